@@ -1,0 +1,1 @@
+"""Lightning callbacks: run-directory writing, evaluation outputs, sample logging."""

@@ -1,0 +1,234 @@
+"""``RunDirectoryWriter``: training writes the run directory evaluation reads (SPEC §1).
+
+After every validation (sanity checks excluded) it saves a checkpoint named by the convention, then on rank 0:
+updates ``best.ckpt`` (lowest validation loss) and ``last.ckpt`` (newest) as relative links replaced atomically,
+writes the best checkpoint's LoRA adapter to ``lora_weights/`` (peft ``save_pretrained``, safetensors), and
+rewrites ``checkpoint_metadata.json``. Metadata is written here rather than in ``on_save_checkpoint``, so it
+appears with weights-only checkpoints too.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+from panollava.errors import InvalidInputError
+
+logger = logging.getLogger(__name__)
+
+
+class RunDirectoryWriter(Callback):
+    """Writes checkpoints, links, the LoRA adapter and ``checkpoint_metadata.json`` into the run directory.
+
+    Args:
+        experiment_name: First level of the run directory.
+        runs_root: Folder holding experiments (relative to the current directory).
+        dataset_name: Dataset part of checkpoint names (default: the training CSV's stem).
+        save_top_k: Keep only the k best checkpoints (best and last are always kept); -1 keeps all.
+        save_weights_only: Save weights only (no optimizer state) in checkpoints.
+        exist_ok: Allow writing into a run directory that already holds checkpoints.
+    """
+
+    def __init__(
+        self,
+        experiment_name: str = "default",
+        runs_root: str = "runs",
+        dataset_name: str | None = None,
+        save_top_k: int = -1,
+        save_weights_only: bool = False,
+        exist_ok: bool = False,
+    ) -> None:
+        self.experiment_name = experiment_name
+        self.runs_root = runs_root
+        self.dataset_name = dataset_name
+        self.save_top_k = save_top_k
+        self.save_weights_only = save_weights_only
+        self.exist_ok = exist_ok
+        self.run_dir: Path | None = None
+        self.entries: list[dict[str, Any]] = []
+        self.created_at: str | None = None
+        self.extra_metadata: dict[str, Any] = {}
+
+    # -- helpers --------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _data_hparams(trainer: L.Trainer) -> dict[str, Any]:
+        dm = trainer.datamodule
+        return dict(dm.hparams) if dm is not None else {}
+
+    def _dataset_name(self, data: dict[str, Any]) -> str:
+        if self.dataset_name:
+            return self.dataset_name
+        train = data.get("train_csv")
+        return Path(train).stem if train else "data"
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        from panollava.rundir import run_dir_path
+
+        data = self._data_hparams(trainer)
+        hp = pl_module.hparams
+        run_dir = run_dir_path(
+            self.runs_root,
+            self.experiment_name,
+            hp.stage,
+            data.get("crop_strategy", "anyres_e2p"),
+            hp.model_config.get("resampler_type", "mlp"),
+        ).resolve()
+        if trainer.is_global_zero:
+            existing = sorted(p.name for p in run_dir.glob("*.ckpt")) if run_dir.is_dir() else []
+            if existing and not self.exist_ok:
+                raise InvalidInputError(
+                    f"run directory '{run_dir}' already holds checkpoints ({', '.join(existing[:5])}); choose another "
+                    "--experiment_name or pass --exist_ok true to add to it"
+                )
+            run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir = run_dir
+        logger.info("run directory: %s", run_dir)
+
+    def _metadata(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        from panollava.metadata import build_metadata
+        from panollava.rundir import BEST_LINK, LAST_LINK  # noqa: F401  (names documented in the metadata)
+
+        hp = pl_module.hparams
+        data = self._data_hparams(trainer)
+        prep = pl_module.image_preprocessing(data.get("use_vision_processor", True))
+        model_config = dict(hp.model_config)
+        model_config["image_size"] = list(prep.image_size)
+        model_config.setdefault("tokenizer_name", model_config["language_model_name"])
+        model_config.setdefault("image_token", "<|image_pad|>")
+        model_config["lora"] = dict(hp.lora) if hp.lora is not None else None
+        model_config["train_vision"] = "vision_tower" in pl_module.trainable_parts
+        model_config["vision_hidden_size"] = int(pl_module.vlm.vision_tower.config.hidden_size)
+        model_config["lm_hidden_size"] = int(pl_module.vlm.projector.out_features)
+        model_config["tokens_per_view"] = int(pl_module.vlm.tokens_per_view(prep.image_size))
+        def _abs(p: str | None) -> str | None:
+            return str(Path(p).resolve()) if p else None
+
+        training_config = {
+            "crop_strategy": data.get("crop_strategy", "anyres_e2p"),
+            "fov_deg": float(data.get("fov_deg", 90.0)),
+            "overlap_ratio": float(data.get("overlap_ratio", 0.5)),
+            "num_views": int(data.get("num_views", 8)),
+            "use_vision_processor": bool(data.get("use_vision_processor", True)),
+            "image_mean": list(prep.mean),
+            "image_std": list(prep.std),
+            "learning_rate": float(hp.learning_rate),
+            "weight_decay": float(hp.weight_decay),
+            "warmup_steps": int(hp.warmup_steps),
+            "batch_size": int(data.get("batch_size", 0)),
+            "max_epochs": trainer.max_epochs,
+            "seed": _seed(),
+            "trainable_parts": list(pl_module.trainable_parts),
+            "precision": str(trainer.precision),
+            "world_size": trainer.world_size,
+            "image_blind": bool(data.get("image_blind", False)),
+        }
+        dataset = {
+            "train_csv": _abs(data.get("train_csv")),
+            "val_csv": _abs(data.get("val_csv")),
+            "test_csv": _abs(data.get("test_csv")),
+            "dataset_name": self._dataset_name(data),
+            "image_root": _abs(data.get("image_root")),
+        }
+        best = min((e for e in self.entries if not math.isnan(e["val_loss"])), key=lambda e: e["val_loss"], default=None)
+        last = self.entries[-1] if self.entries else None
+        checkpoints = {
+            "best": {k: best[k] for k in ("file", "val_loss", "epoch")} if best else None,
+            "last": {k: last[k] for k in ("file", "val_loss", "epoch")} if last else None,
+            "all": [dict(e) for e in self.entries],
+        }
+        info = {
+            "saved": "resampler, projector" + (", vision_tower" if "vision_tower" in pl_module.trainable_parts else "")
+            + (", language_model" if "language_model" in pl_module.trainable_parts else "")
+            + (", LoRA tensors" if hp.lora is not None else ""),
+            "from_pretrained": pl_module._from_pretrained_sources(),
+            "weights_only": self.save_weights_only,
+        }
+        meta = build_metadata(
+            experiment_name=self.experiment_name,
+            stage=hp.stage,
+            model_config=model_config,
+            training_config=training_config,
+            prompt={k: hp.prompt.get(k) for k in ("template", "system_prompt", "enable_thinking")},
+            dataset=dataset,
+            checkpoints=checkpoints,
+            checkpoint_contents=info,
+            lora_weights="lora_weights" if hp.lora is not None else None,
+            created_at=self.created_at,
+            extra={"generation": dict(hp.generation), **self.extra_metadata},
+        )
+        self.created_at = meta["created_at"]
+        return meta
+
+    def _save_adapter(self, pl_module: L.LightningModule, for_file: str) -> None:
+        from peft import PeftModel
+
+        lm = pl_module.vlm.language_model
+        if not isinstance(lm, PeftModel):
+            return
+        target = self.run_dir / "lora_weights"
+        staging = Path(tempfile.mkdtemp(prefix=".lora_weights-", dir=self.run_dir))
+        lm.save_pretrained(str(staging), safe_serialization=True)
+        (staging / "checkpoint.txt").write_text(for_file + "\n")
+        old = None
+        if target.exists():
+            old = self.run_dir / f".lora_weights-old-{os.getpid()}"
+            os.replace(target, old)
+        os.replace(staging, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    # -- hooks ----------------------------------------------------------------------------------------------------
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or self.run_dir is None:
+            return
+        from panollava.metadata import METADATA_FILENAME, write_metadata
+        from panollava.rundir import BEST_LINK, LAST_LINK, checkpoint_filename, update_link
+
+        metric = trainer.callback_metrics.get("val/loss")
+        val_loss = float(metric) if metric is not None else float("nan")
+        data = self._data_hparams(trainer)
+        hp = pl_module.hparams
+        name = checkpoint_filename(
+            hp.model_config["vision_name"],
+            hp.model_config.get("resampler_type", "mlp"),
+            data.get("crop_strategy", "anyres_e2p"),
+            self._dataset_name(data),
+            trainer.current_epoch,
+            val_loss,
+        )
+        path = self.run_dir / name
+        trainer.save_checkpoint(path, weights_only=self.save_weights_only)
+        if not trainer.is_global_zero:
+            return
+        self.entries = [e for e in self.entries if e["file"] != name]
+        self.entries.append({"file": name, "epoch": trainer.current_epoch, "step": trainer.global_step, "val_loss": val_loss})
+        scored = [e for e in self.entries if not math.isnan(e["val_loss"])]
+        best = min(scored, key=lambda e: e["val_loss"]) if scored else self.entries[-1]
+        previous_best = os.readlink(self.run_dir / BEST_LINK) if (self.run_dir / BEST_LINK).is_symlink() else None
+        update_link(self.run_dir / BEST_LINK, self.run_dir / best["file"])
+        update_link(self.run_dir / LAST_LINK, path)
+        if previous_best != best["file"] or not (self.run_dir / "lora_weights").exists():
+            self._save_adapter(pl_module, best["file"])
+        if self.save_top_k >= 0:
+            keep = {e["file"] for e in sorted(scored, key=lambda e: e["val_loss"])[: self.save_top_k]}
+            keep |= {best["file"], name}
+            for e in [e for e in self.entries if e["file"] not in keep]:
+                (self.run_dir / e["file"]).unlink(missing_ok=True)
+                self.entries.remove(e)
+        write_metadata(self.run_dir / METADATA_FILENAME, self._metadata(trainer, pl_module))
+        logger.info("saved %s (val/loss %.4f; best %s)", name, val_loss, best["file"])
+
+
+def _seed() -> int | None:
+    value = os.environ.get("PL_GLOBAL_SEED")
+    return int(value) if value is not None else None

@@ -1,0 +1,192 @@
+"""``panollava-cli``: the only place that prints for the user or picks exit codes.
+
+Lightning subcommands (``fit``, ``validate``, ``test``, ``predict``) go through :class:`PanoLLaVACLI`, a
+``LightningCLI``; light commands (``views``, ``score``, ``tiny-models``, ``demo``) are parsed with argparse and import
+only what they need, so ``panollava-cli --help`` and ``score`` start fast.
+
+Errors caused by user input (:class:`panollava.errors.PanoLLaVAError`) print one short message and exit with
+status 2; ``--verbose`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from panollava.errors import InvalidInputError, PanoLLaVAError
+
+logger = logging.getLogger("panollava.cli")
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+TOP_HELP = """usage: panollava-cli COMMAND [options]
+
+Train and evaluate panoramic vision-language models.
+
+commands:
+  demo         train a tiny model on a generated dataset and evaluate it end to end (offline, CPU)
+  fit          train (LightningCLI); writes runs/<experiment>/<stage>/<crop>_<resampler>/
+  test         evaluate a run directory: test --ckpt_dir RUN_DIR [--csv_input CSV] [--output_dir DIR]
+  predict      captions without scores: predict --ckpt_dir RUN_DIR --csv_input CSV
+  validate     validation loss of a checkpoint (LightningCLI)
+  score        metrics only, from predictions.jsonl or a CSV: score --predictions FILE --output_dir DIR
+  views        cut and save the views of a panorama: views --image PANO --output_dir OUT
+  tiny-models  write the tiny offline models (built on demand anyway) and print their folders
+
+Run 'panollava-cli COMMAND --help' for a command's options. Add --verbose to see tracebacks.
+"""
+
+
+def _is_rank_zero() -> bool:
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("RANK", "0") == "0"
+
+
+def echo(line: str = "") -> None:
+    """Print a user-facing line (rank 0 only)."""
+    if _is_rank_zero():
+        print(line, flush=True)
+
+
+def _configure_logging(verbose: bool) -> None:
+    root = logging.getLogger("panollava")
+    if not any(getattr(h, "_panollava", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler._panollava = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not _is_rank_zero():
+        root.setLevel(logging.WARNING)
+
+
+# -- light commands ---------------------------------------------------------------------------------------------------
+def _cmd_views(argv: Sequence[str]) -> int:
+    import json
+
+    parser = argparse.ArgumentParser(prog="panollava-cli views", description="Cut a panorama into the model's views.")
+    parser.add_argument("--image", required=True, help="equirectangular panorama (2:1 JPEG/PNG)")
+    parser.add_argument("--output_dir", required=True, help="folder for view_NN.png, views.json, contact_sheet.png")
+    parser.add_argument("--crop_strategy", default="anyres_e2p",
+                        help="anyres_e2p (default), e2p, cubemap, sliding_window or resize")
+    parser.add_argument("--fov_deg", type=float, default=90.0, help="field of view of perspective views (0, 180)")
+    parser.add_argument("--overlap_ratio", type=float, default=0.5, help="overlap of neighbouring views [0, 1)")
+    parser.add_argument("--image_size", default="224", help="view size: 256 or [256, 256] (H, W)")
+    parser.add_argument("--num_views", type=int, default=8, help="views for e2p and sliding_window")
+    args = parser.parse_args(argv)
+    try:
+        size = json.loads(args.image_size)
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"--image_size must be a number or [H, W], got {args.image_size!r}") from exc
+    from panollava.commands.views import run_views
+
+    run_views(
+        image=args.image,
+        output_dir=args.output_dir,
+        crop_strategy=args.crop_strategy,
+        fov_deg=args.fov_deg,
+        overlap_ratio=args.overlap_ratio,
+        image_size=size,
+        num_views=args.num_views,
+    )
+    return 0
+
+
+def _cmd_score(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="panollava-cli score",
+        description="Caption metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D as pycocoevalcap defines them) for a "
+        "predictions.jsonl (sample_id, prediction, references) or a CSV with prediction and reference columns.",
+    )
+    parser.add_argument("--predictions", required=True, help="predictions.jsonl or .csv")
+    parser.add_argument("--output_dir", required=True, help="folder for metrics.json")
+    parser.add_argument("--references_column", default=None, help="CSV column holding references (auto-detected)")
+    args = parser.parse_args(argv)
+    from panollava.commands.score import run_score
+
+    run_score(args.predictions, args.output_dir, references_column=args.references_column)
+    return 0
+
+
+def _cmd_tiny_models(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="panollava-cli tiny-models",
+        description="Write the tiny offline models (SigLIP, SigLIP2 vision towers, Qwen3 LM + tokenizer). Configs "
+        "name them tiny:siglip, tiny:siglip2, tiny:qwen3; they are built on first use anyway.",
+    )
+    parser.add_argument("--output_dir", default=None, help="parent folder (default: $PANOLLAVA_CACHE or ~/.cache/panollava)")
+    parser.add_argument("--force", action="store_true", help="rebuild even if present")
+    args = parser.parse_args(argv)
+    from panollava.models.tiny import build_tiny_models
+
+    for name, path in build_tiny_models(args.output_dir, force=args.force).items():
+        echo(f"{name}: {path}")
+    return 0
+
+
+def _cmd_demo(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="panollava-cli demo",
+        description="Generate a small panorama-captioning dataset, train a tiny model on it, evaluate the run "
+        "directory with 'test --ckpt_dir', and compare with an image-blind baseline. Offline, CPU, a few minutes.",
+    )
+    parser.add_argument("--output_dir", default="panollava_demo", help="folder for the dataset, runs and results")
+    parser.add_argument("--max_epochs", type=int, default=None, help="training epochs (default: the demo config's)")
+    parser.add_argument("--skip_baseline", action="store_true", help="do not train the image-blind baseline")
+    args = parser.parse_args(argv)
+    from panollava.commands.demo import run_demo
+
+    run_demo(args.output_dir, max_epochs=args.max_epochs, skip_baseline=args.skip_baseline)
+    return 0
+
+
+LIGHT_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "views": _cmd_views,
+    "score": _cmd_score,
+    "tiny-models": _cmd_tiny_models,
+    "demo": _cmd_demo,
+}
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    """Entry point of ``panollava-cli``.
+
+    Args:
+        args: Command-line arguments without the program name (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0 on success, 2 for a user error.
+    """
+    argv = list(sys.argv[1:] if args is None else args)
+    verbose = "--verbose" in argv
+    argv = [a for a in argv if a != "--verbose"]
+    _configure_logging(verbose)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(TOP_HELP)
+        return 0
+    command = argv[0]
+    try:
+        if command in LIGHT_COMMANDS:
+            return LIGHT_COMMANDS[command](argv[1:])
+        if command in LIGHTNING_COMMANDS:
+            from panollava.lightning_cli import run_lightning_cli
+
+            run_lightning_cli(argv)
+            return 0
+        print(f"error: unknown command {command!r}\n\n{TOP_HELP}", file=sys.stderr)
+        return 2
+    except PanoLLaVAError as exc:
+        if verbose:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # argparse / jsonargparse errors and --help
+        return int(exc.code or 0) if isinstance(exc.code, int) or exc.code is None else 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

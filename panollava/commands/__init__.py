@@ -1,0 +1,1 @@
+"""Light command implementations (may print)."""

@@ -1,0 +1,1 @@
+"""Data: panorama views, datasets, prompts and collation, and the synthetic captioning dataset."""

@@ -1,0 +1,204 @@
+"""``PanoDataModule``: caption CSVs → batches of panorama views.
+
+Each item decodes its panorama once and cuts all of its views in one call (``render_views``), normalised with the
+vision processor's mean/std — the same code for training, validation, test and predict. The view size and
+mean/std come from the model (``PanoLLaVAModule.image_preprocessing``) so data and model cannot disagree.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from panollava.data.dataset import REFERENCE_MODES, CaptionSample, group_samples, read_caption_csv, training_samples
+from panollava.errors import InvalidInputError
+
+logger = logging.getLogger(__name__)
+
+
+class PanoCaptionDataset(Dataset):
+    """Samples → ``{"sample_id", "pixel_values" (V, 3, H, W), "query", "references", "image"}``.
+
+    Args:
+        samples: The caption samples.
+        view_config: A ``panollava.data.views.ViewConfig`` (crop strategy, view size, fov, overlap).
+        mean: Per-channel mean for normalisation.
+        std: Per-channel std for normalisation.
+        image_blind: Replace every view by zeros (the image-blind baseline).
+    """
+
+    def __init__(self, samples: Sequence[CaptionSample], view_config, mean, std, image_blind: bool = False) -> None:
+        self.samples = list(samples)
+        self.view_config = view_config
+        self.mean, self.std = mean, std
+        self.image_blind = image_blind
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from panollava.data.images import load_panorama
+        from panollava.data.views import normalize_views, render_views
+
+        s = self.samples[index]
+        views = normalize_views(render_views(load_panorama(s.image_path), self.view_config), self.mean, self.std)
+        if self.image_blind:
+            views = torch.zeros_like(views)
+        return {
+            "index": index,
+            "sample_id": s.sample_id,
+            "pixel_values": views,
+            "query": s.query,
+            "references": list(s.references),
+            "image": s.url,
+            "image_path": s.image_path,
+        }
+
+
+def collate_samples(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack views to (B, V, 3, H, W); keep the strings as lists (ids travel with every batch)."""
+    return {
+        "index": [it["index"] for it in items],
+        "sample_id": [it["sample_id"] for it in items],
+        "pixel_values": torch.stack([it["pixel_values"] for it in items]),
+        "query": [it["query"] for it in items],
+        "references": [it["references"] for it in items],
+        "image": [it["image"] for it in items],
+        "image_path": [it["image_path"] for it in items],
+    }
+
+
+class PanoDataModule(L.LightningDataModule):
+    """Caption CSVs with panoramas.
+
+    Args:
+        train_csv: Training CSV (``url,query,annotation``); one example per row.
+        val_csv: Validation CSV; the validation loss picks the best checkpoint.
+        test_csv: Test CSV; rows sharing (url, query) form one sample with several references.
+        predict_csv: CSV for ``predict`` (``annotation`` optional).
+        image_root: Folder that relative ``url`` values resolve against (default: each CSV's folder).
+        crop_strategy: How views are cut: anyres_e2p, e2p, cubemap, sliding_window or resize.
+        fov_deg: Field of view of perspective views, degrees.
+        overlap_ratio: Overlap of neighbouring perspective views, in [0, 1).
+        num_views: Views for the e2p and sliding_window strategies.
+        use_vision_processor: Normalise views with the vision processor's mean/std (else keep [0, 1]).
+        batch_size: Training batch size.
+        eval_batch_size: Batch size for validation/test/predict (default: batch_size).
+        num_workers: DataLoader worker processes.
+        max_samples: Use only the first N samples of each split (quick runs); None uses all.
+        reference_mode: ``grouped`` (all annotations of a (url, query) are its references) or ``per_row``
+            (legacy: every row scored against its own annotation).
+        image_blind: Replace every view by zeros (baseline that cannot see the image).
+    """
+
+    def __init__(
+        self,
+        train_csv: str | None = None,
+        val_csv: str | None = None,
+        test_csv: str | None = None,
+        predict_csv: str | None = None,
+        image_root: str | None = None,
+        crop_strategy: str = "anyres_e2p",
+        fov_deg: float = 90.0,
+        overlap_ratio: float = 0.5,
+        num_views: int = 8,
+        use_vision_processor: bool = True,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        max_samples: int | None = None,
+        reference_mode: str = "grouped",
+        image_blind: bool = False,
+    ) -> None:
+        super().__init__()
+        if reference_mode not in REFERENCE_MODES:
+            raise InvalidInputError(f"--data.reference_mode must be one of {REFERENCE_MODES}, got {reference_mode!r}")
+        if max_samples is not None and max_samples < 1:
+            raise InvalidInputError(f"max_samples must be a positive number, got {max_samples}")
+        self.save_hyperparameters()
+        self.datasets: dict[str, PanoCaptionDataset] = {}
+
+    # -- helpers --------------------------------------------------------------------------------------------------
+    def view_config(self, image_size: tuple[int, int]):
+        """The ``ViewConfig`` for views of ``image_size`` (H, W)."""
+        from panollava.data.views import ViewConfig
+
+        hp = self.hparams
+        config = ViewConfig(
+            crop_strategy=hp.crop_strategy,
+            image_size=tuple(int(x) for x in image_size),
+            fov_deg=float(hp.fov_deg),
+            overlap_ratio=float(hp.overlap_ratio),
+            num_views=int(hp.num_views),
+        )
+        config.validate()
+        return config
+
+    def _preprocessing(self):
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if module is None or not hasattr(module, "image_preprocessing"):
+            raise RuntimeError("PanoDataModule needs a PanoLLaVAModule attached through the Trainer")
+        return module.image_preprocessing(self.hparams.use_vision_processor)
+
+    def _dataset(self, csv: str | None, split: str) -> PanoCaptionDataset:
+        if csv is None:
+            raise InvalidInputError(f"no {split} CSV: set --data.{split}_csv (or --csv_input for test/predict)")
+        require = split in ("train", "val")
+        rows = read_caption_csv(csv, self.hparams.image_root, require_annotation=require)
+        if split in ("train", "val"):
+            samples = training_samples(rows)
+        else:
+            samples = group_samples(rows, self.hparams.reference_mode)
+        if self.hparams.max_samples is not None:
+            samples = samples[: self.hparams.max_samples]
+        prep = self._preprocessing()
+        config = self.view_config(prep.image_size)
+        logger.info("%s: %d samples from %s (%s)", split, len(samples), Path(csv).resolve(), config.crop_strategy)
+        return PanoCaptionDataset(samples, config, prep.mean, prep.std, self.hparams.image_blind)
+
+    # -- Lightning hooks ------------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        hp = self.hparams
+        wanted = {
+            "fit": [("train", hp.train_csv), ("val", hp.val_csv)],
+            "validate": [("val", hp.val_csv)],
+            "test": [("test", hp.test_csv)],
+            "predict": [("predict", hp.predict_csv)],
+        }[stage]
+        for split, csv in wanted:
+            if split == "val" and csv is None and stage == "fit":
+                raise InvalidInputError(
+                    "training needs a validation CSV (--data.val_csv): its loss chooses best.ckpt"
+                )
+            if split not in self.datasets:
+                self.datasets[split] = self._dataset(csv, split)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        hp = self.hparams
+        bs = hp.batch_size if split == "train" else (hp.eval_batch_size or hp.batch_size)
+        return DataLoader(
+            self.datasets[split],
+            batch_size=bs,
+            shuffle=shuffle,
+            num_workers=hp.num_workers,
+            collate_fn=collate_samples,
+            persistent_workers=hp.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", shuffle=False)

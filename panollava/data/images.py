@@ -1,0 +1,163 @@
+"""Decoding equirectangular panoramas from image files.
+
+``load_panorama`` turns any common image file into the one format the crop strategies take: 8-bit RGB,
+``(3, H, W)`` uint8. Modes other than RGB are converted and the conversion is logged (INFO when nothing is
+lost, WARNING when information is dropped or approximated); inputs that cannot be a panorama raise
+``InvalidInputError`` naming the absolute path.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from panollava.errors import InputNotFoundError, InvalidInputError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EQUIRECT_RATIO_TOLERANCE", "MIN_PANORAMA_SIDE_PX", "load_panorama"]
+
+#: Both sides of a panorama must have at least this many pixels.
+MIN_PANORAMA_SIDE_PX = 64
+
+#: Relative deviation of W / H from 2 above which a panorama is reported as not equirectangular.
+EQUIRECT_RATIO_TOLERANCE = 0.01
+
+# modes that PIL converts to RGB losslessly (up to replicating gray into three channels)
+_LOSSLESS_MODES = {"L": "8-bit grayscale", "1": "1-bit black and white", "P": "palette"}
+# modes whose alpha channel is dropped
+_ALPHA_MODES = {
+    "RGBA": "RGBA", "LA": "grayscale + alpha", "PA": "palette + alpha", "RGBa": "RGBa", "La": "La",
+}
+
+
+def load_panorama(path: str | Path) -> torch.Tensor:
+    """Decode an equirectangular image file to uint8 ``(3, H, W)`` RGB.
+
+    Converts grayscale (L, 1), palette (P), alpha (RGBA, LA, PA: alpha dropped), CMYK, YCbCr/LAB/HSV and
+    16-bit (I;16*, I, and 16-bit-per-channel RGB PNGs) inputs to 8-bit RGB, logging each conversion once per
+    call. 16-bit values are scaled (``v / 257``), not clipped.
+
+    Args:
+        path: The image file (JPEG, PNG, anything Pillow decodes).
+
+    Returns:
+        ``(3, H, W)`` uint8 RGB on CPU. Its memory is the decoded ``(H, W, 3)`` buffer seen through a permute
+        (channels-last strides, no copy), which the crop strategies read fastest; call ``.contiguous()`` if a
+        caller needs standard strides.
+
+    Raises:
+        InputNotFoundError: If ``path`` does not exist or is a directory.
+        InvalidInputError: For a file that cannot be decoded (corrupt, truncated, not an image), a portrait
+            image (H > W), or an image smaller than ``MIN_PANORAMA_SIDE_PX`` on either side.
+    """
+    path = Path(path).expanduser().absolute()
+    if not path.exists():
+        raise InputNotFoundError(f"panorama image '{path}' does not exist; check the path (or the CSV's url)")
+    if path.is_dir():
+        raise InputNotFoundError(f"panorama image '{path}' is a directory; pass an image file")
+    try:
+        with Image.open(path) as img:
+            raw_modes = _raw_modes(img)
+            img.load()
+            arr = _to_rgb8(img, path, raw_modes)
+    except Image.DecompressionBombError as exc:
+        raise InvalidInputError(
+            f"panorama image '{path}' is too large to decode safely ({exc}); downscale it, or raise "
+            f"PIL.Image.MAX_IMAGE_PIXELS if you trust the file"
+        ) from None
+    except PermissionError as exc:
+        raise InvalidInputError(
+            f"cannot read panorama image '{path}': {exc.strerror}; check its permissions"
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise InvalidInputError(
+            f"cannot decode panorama image '{path}': {type(exc).__name__}: {exc}. Expected a readable image "
+            f"file (JPEG, PNG, ...); the file may be corrupt or truncated"
+        ) from None
+    height, width = arr.shape[:2]
+    _check_shape(path, height, width)
+    return torch.from_numpy(arr).permute(2, 0, 1)
+
+
+def _raw_modes(img: Image.Image) -> list[str]:
+    """The decoder's raw modes, e.g. ``"RGB;16B"``: the only trace of a 16-bit RGB PNG (opened as RGB)."""
+    modes = []
+    for tile in getattr(img, "tile", None) or []:
+        args = tile[3] if len(tile) > 3 else None
+        if isinstance(args, tuple) and args:
+            args = args[0]
+        if isinstance(args, str):
+            modes.append(args)
+    return modes
+
+
+def _to_rgb8(img: Image.Image, path: Path, raw_modes: list[str]) -> np.ndarray:
+    """``img`` as a writable (H, W, 3) uint8 array, converting and logging non-RGB modes."""
+    mode = img.mode
+    wide = any(";16" in m for m in raw_modes)
+    if mode == "RGB":
+        if wide:
+            logger.warning("panorama image '%s' has 16 bits per channel: reduced to 8-bit RGB", path)
+        return np.array(img, dtype=np.uint8)
+    if mode in _LOSSLESS_MODES:
+        logger.info(
+            "panorama image '%s' is %s (mode %s): converted to RGB", path, _LOSSLESS_MODES[mode], mode
+        )
+        return np.array(img.convert("RGB"), dtype=np.uint8)
+    if mode in _ALPHA_MODES:
+        logger.warning(
+            "panorama image '%s' is %s (mode %s): alpha channel dropped%s, converted to RGB",
+            path, _ALPHA_MODES[mode], mode, " and 16-bit values reduced to 8 bits" if wide else "",
+        )
+        return np.array(img.convert("RGB"), dtype=np.uint8)
+    if mode == "CMYK":
+        logger.warning(
+            "panorama image '%s' is CMYK: converted to RGB without colour management (colours approximate)",
+            path,
+        )
+        return np.array(img.convert("RGB"), dtype=np.uint8)
+    if mode.startswith("I;16") or mode == "I":
+        values = np.array(img).astype(np.float64)
+        gray = np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8)
+        logger.warning(
+            "panorama image '%s' is 16-bit grayscale (mode %s): scaled to 8 bits (v / 257), converted to RGB",
+            path, mode,
+        )
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode == "F":
+        values = np.array(img).astype(np.float64)
+        scale = 255.0 if values.size and np.nanmax(values) <= 1.0 else 1.0
+        gray = np.clip(np.rint(np.nan_to_num(values) * scale), 0, 255).astype(np.uint8)
+        logger.warning(
+            "panorama image '%s' is 32-bit float grayscale: mapped to 8 bits (x%g, clipped), made RGB",
+            path, scale,
+        )
+        return np.repeat(gray[..., None], 3, axis=2)
+    # YCbCr, LAB, HSV and anything else Pillow can convert
+    logger.warning("panorama image '%s' has mode %s: converted to RGB", path, mode)
+    return np.array(img.convert("RGB"), dtype=np.uint8)
+
+
+def _check_shape(path: Path, height: int, width: int) -> None:
+    if height < MIN_PANORAMA_SIDE_PX or width < MIN_PANORAMA_SIDE_PX:
+        raise InvalidInputError(
+            f"panorama image '{path}' is {width}x{height} px: both sides must be at least "
+            f"{MIN_PANORAMA_SIDE_PX} px (an equirectangular panorama is W x H = 2:1, e.g. 2048x1024)"
+        )
+    if height > width:
+        raise InvalidInputError(
+            f"panorama image '{path}' is portrait ({width}x{height} px, W:H = {width / height:.3g}:1): an "
+            f"equirectangular panorama is landscape, W:H = 2:1; is the image rotated or not a 360 panorama?"
+        )
+    ratio = width / height
+    if abs(ratio / 2.0 - 1.0) > EQUIRECT_RATIO_TOLERANCE:
+        logger.warning(
+            "panorama image '%s' is %dx%d px, W:H = %.3f:1, not the 2:1 of an equirectangular panorama: its "
+            "views assume it covers 360x180 degrees, so they will be stretched",
+            path, width, height, ratio,
+        )

@@ -1,0 +1,122 @@
+"""Prompts: the chat-templated query with the image placeholder, tokenised the same way for training and test.
+
+The user turn is ``<|vision_start|><|image_pad|><|vision_end|>\\n`` followed by the query text (image first), rendered
+through the tokenizer's chat template with ``add_generation_prompt=True`` (and ``enable_thinking`` passed through for
+Qwen3's official template). The single placeholder is then expanded, in token-id space, to one placeholder per
+image feature vector. Training appends the reference caption and the end-of-turn token; generation starts right
+after the prompt, so both see the image tokens at the same positions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from panollava.errors import InvalidInputError
+
+DEFAULT_PROMPT_TEMPLATE = 'In this panoramic image, please provide a concise but detailed description of "{query}".'
+IGNORE_INDEX = -100
+
+
+def format_user_text(template: str, query: str) -> str:
+    """Fill ``{query}`` in the template (the query itself may contain braces)."""
+    if "{query}" not in template:
+        raise InvalidInputError(f"prompt template {template!r} has no '{{query}}' field")
+    return template.replace("{query}", query)
+
+
+@dataclass
+class PromptEncoder:
+    """Turns queries (and, for training, answers) into left-padded token batches.
+
+    Args:
+        tokenizer: A Hugging Face tokenizer with a chat template and the image token.
+        image_token: The placeholder token string (e.g. ``<|image_pad|>``).
+        template: User text template with ``{query}``.
+        system_prompt: Optional system message.
+        enable_thinking: Passed to the chat template (Qwen3's official template adds an empty think block when
+            False); ignored by templates that do not use it.
+        max_answer_tokens: Training answers are truncated to this many tokens (the end-of-turn token kept).
+    """
+
+    tokenizer: object
+    image_token: str
+    template: str = DEFAULT_PROMPT_TEMPLATE
+    system_prompt: str | None = None
+    enable_thinking: bool = False
+    max_answer_tokens: int = 128
+
+    def __post_init__(self) -> None:
+        self.image_token_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
+        self._prompt_cache: dict[tuple[str, int], list[int]] = {}
+
+    def render(self, query: str) -> str:
+        """The prompt text (one placeholder) for ``query``."""
+        messages = []
+        if self.system_prompt:
+            messages.append({"role": "system", "content": self.system_prompt})
+        image_block = f"<|vision_start|>{self.image_token}<|vision_end|>\n"
+        messages.append({"role": "user", "content": image_block + format_user_text(self.template, query)})
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, enable_thinking=self.enable_thinking
+        )
+
+    def prompt_ids(self, query: str, num_image_tokens: int) -> list[int]:
+        """Token ids of the prompt with the placeholder expanded to ``num_image_tokens`` copies."""
+        key = (query, num_image_tokens)
+        if key not in self._prompt_cache:
+            ids = self.tokenizer(self.render(query), add_special_tokens=False)["input_ids"]
+            where = [i for i, t in enumerate(ids) if t == self.image_token_id]
+            if len(where) != 1:
+                raise InvalidInputError(
+                    f"the rendered prompt for query {query!r} holds {len(where)} image tokens {self.image_token!r}; "
+                    "expected exactly 1 (remove the image token from the query / template)"
+                )
+            i = where[0]
+            self._prompt_cache[key] = ids[:i] + [self.image_token_id] * num_image_tokens + ids[i + 1 :]
+        return self._prompt_cache[key]
+
+    def answer_ids(self, answer: str) -> list[int]:
+        """Token ids of the answer followed by the end-of-turn (eos) token."""
+        ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"][: self.max_answer_tokens - 1]
+        return ids + [self.tokenizer.eos_token_id]
+
+    def encode(
+        self, queries: Sequence[str], num_image_tokens: int, answers: Sequence[str] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Left-padded batch.
+
+        Args:
+            queries: B query strings.
+            num_image_tokens: Placeholders per prompt (views × tokens per view).
+            answers: B answers for teacher forcing, or None for generation prompts.
+
+        Returns:
+            ``input_ids`` (B, L), ``attention_mask`` (B, L) and, with answers, ``labels`` (B, L) that are
+            ``IGNORE_INDEX`` except on answer tokens.
+        """
+        rows, label_rows = [], []
+        for k, query in enumerate(queries):
+            prompt = self.prompt_ids(query, num_image_tokens)
+            if answers is None:
+                rows.append(prompt)
+            else:
+                answer = self.answer_ids(answers[k])
+                rows.append(prompt + answer)
+                label_rows.append([IGNORE_INDEX] * len(prompt) + answer)
+        length = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long) if answers is not None else None
+        for k, row in enumerate(rows):
+            input_ids[k, length - len(row) :] = torch.tensor(row)
+            attention_mask[k, length - len(row) :] = 1
+            if labels is not None:
+                labels[k, length - len(row) :] = torch.tensor(label_rows[k])
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if labels is not None:
+            batch["labels"] = labels
+        return batch

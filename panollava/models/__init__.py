@@ -1,0 +1,1 @@
+"""Model code: pure torch + transformers (never imports lightning)."""

@@ -1,0 +1,244 @@
+"""Build a :class:`~panollava.models.vlm.PanoramicVLM` from names (hub ids or local folders) and LoRA settings."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from panollava.errors import InvalidInputError, ModelUnavailableError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+DEFAULT_LORA = {"r": 32, "alpha": 64, "dropout": 0.05, "target_modules": list(DEFAULT_LORA_TARGETS)}
+
+
+@dataclass
+class ImagePreprocessing:
+    """How views are turned into vision-tower input.
+
+    Attributes:
+        image_size: (H, W) of every view.
+        mean: Per-channel mean of the vision processor.
+        std: Per-channel std of the vision processor.
+    """
+
+    image_size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+def _source(name: str, what: str, flag: str) -> str:
+    """Return a loadable name: an absolute local folder, or a hub id available (cached or online).
+
+    ``tiny:siglip``, ``tiny:siglip2`` and ``tiny:qwen3`` name the tiny offline models (built on first use).
+    """
+    if name.startswith("tiny:"):
+        from panollava.models.tiny import TINY_NAMES, build_tiny_models
+
+        key = f"tiny-{name[5:]}"
+        if key not in TINY_NAMES:
+            raise ModelUnavailableError(
+                f"{what} {name!r}: unknown tiny model; choose one of {[n.replace('tiny-', 'tiny:') for n in TINY_NAMES]}"
+            )
+        return str(build_tiny_models()[key])
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    if path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:
+        raise ModelUnavailableError(
+            f"{what} {name!r} is not a folder ('{path.resolve()}' does not exist); pass an existing model folder "
+            f"or a Hugging Face hub id ({flag})"
+        )
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            raise ModelUnavailableError(
+                f"{what} {name!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: download it on a "
+                f"machine with network access (`hf download {name}`) and copy the cache (HF_HOME), or pass a local "
+                f"folder ({flag} /path/to/model)"
+            )
+    return name
+
+
+def _wrap_load_error(exc: Exception, what: str, name: str, flag: str) -> ModelUnavailableError:
+    return ModelUnavailableError(
+        f"could not load {what} {name!r}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
+        f"It is neither a local folder nor available from the Hugging Face hub/cache; pass a local folder "
+        f"({flag} /path/to/model) or download it first (`hf download {name}`)"
+    )
+
+
+def load_vision_tower(name: str):
+    """Load the vision part of a SigLIP / SigLIP2 checkpoint.
+
+    Full ``SiglipModel`` checkpoints (as on the hub) and bare vision checkpoints both work: the vision config is
+    taken from ``vision_config`` when present. The pooling head is dropped (patch tokens are used).
+
+    Args:
+        name: Hub id or local folder.
+
+    Returns:
+        (model, kind, patch_size) where kind is ``"siglip"`` (images) or ``"siglip2"`` (NaFlex patches).
+
+    Raises:
+        ModelUnavailableError: the model cannot be found offline or online.
+        InvalidInputError: the checkpoint is not a SigLIP-family vision model.
+    """
+    from transformers import AutoConfig, Siglip2VisionModel, SiglipVisionModel
+
+    flag = "--model.model_config.vision_name"
+    src = _source(name, "vision model", flag)
+    try:
+        config = AutoConfig.from_pretrained(src)
+    except OSError as exc:
+        raise _wrap_load_error(exc, "vision model", name, flag) from exc
+    vision_config = getattr(config, "vision_config", config)
+    kinds = {"siglip_vision_model": ("siglip", SiglipVisionModel), "siglip2_vision_model": ("siglip2", Siglip2VisionModel)}
+    if vision_config.model_type not in kinds:
+        raise InvalidInputError(
+            f"vision model {name!r} has model_type {vision_config.model_type!r}; panollava supports SigLIP "
+            f"({sorted(kinds)}) vision towers"
+        )
+    kind, cls = kinds[vision_config.model_type]
+    vision_config.vision_use_head = False
+    model = cls.from_pretrained(src, config=vision_config)
+    return model, kind, int(vision_config.patch_size)
+
+
+def load_image_preprocessing(name: str, image_size: tuple[int, int] | None, use_vision_processor: bool) -> ImagePreprocessing:
+    """Read mean/std (and the native size) from the vision model's image processor.
+
+    Args:
+        name: Vision model hub id or folder.
+        image_size: (H, W) override; ``None`` takes the processor's / config's size.
+        use_vision_processor: ``False`` skips normalisation (mean 0, std 1: views stay in [0, 1]).
+    """
+    from transformers import AutoConfig, AutoImageProcessor
+
+    src = _source(name, "vision model", "--model.model_config.vision_name")
+    config = AutoConfig.from_pretrained(src)
+    vision_config = getattr(config, "vision_config", config)
+    native = getattr(vision_config, "image_size", None)
+    if native is None:  # NaFlex: num_patches on a square grid
+        side = int(round(vision_config.num_patches**0.5)) * vision_config.patch_size
+        native = side
+    size = tuple(image_size) if image_size is not None else (int(native), int(native))
+    if not use_vision_processor:
+        return ImagePreprocessing(size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    try:
+        processor = AutoImageProcessor.from_pretrained(src)
+        mean = tuple(float(x) for x in processor.image_mean)
+        std = tuple(float(x) for x in processor.image_std)
+    except (OSError, ValueError, AttributeError) as exc:
+        logger.warning(
+            "no image processor config for %r (%s); using SigLIP's mean/std 0.5/0.5", name, type(exc).__name__
+        )
+        mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    return ImagePreprocessing(size, mean, std)
+
+
+def load_tokenizer(name: str, image_token: str):
+    """Load the tokenizer, left padding, and check it knows the image placeholder and a chat template.
+
+    Raises:
+        InvalidInputError: the image token or the chat template is missing.
+    """
+    from transformers import AutoTokenizer
+
+    flag = "--model.model_config.tokenizer_name"
+    src = _source(name, "tokenizer", flag)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(src)
+    except OSError as exc:
+        raise _wrap_load_error(exc, "tokenizer", name, flag) from exc
+    tokenizer.padding_side = "left"
+    token_id = tokenizer.convert_tokens_to_ids(image_token)
+    if token_id is None or token_id == tokenizer.unk_token_id or tokenizer.convert_ids_to_tokens(token_id) != image_token:
+        raise InvalidInputError(
+            f"tokenizer {name!r} has no token {image_token!r} (model_config.image_token); use a Qwen2/2.5/3 "
+            "tokenizer or set image_token to one of its special tokens"
+        )
+    if not tokenizer.chat_template:
+        raise InvalidInputError(f"tokenizer {name!r} has no chat_template; panollava renders prompts through it")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_language_model(name: str):
+    """``AutoModelForCausalLM.from_pretrained`` with a clear error when the model is unavailable."""
+    from transformers import AutoModelForCausalLM
+
+    flag = "--model.model_config.language_model_name"
+    src = _source(name, "language model", flag)
+    try:
+        return AutoModelForCausalLM.from_pretrained(src, dtype="float32")
+    except OSError as exc:
+        raise _wrap_load_error(exc, "language model", name, flag) from exc
+
+
+def lora_settings(lora: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Fill a LoRA dict with defaults (r 32, α 64, dropout 0.05, q/k/v/o/gate/up/down)."""
+    if lora is None:
+        return None
+    merged = {**DEFAULT_LORA, **lora}
+    merged["target_modules"] = list(merged["target_modules"])
+    return merged
+
+
+def apply_lora(language_model, lora: dict[str, Any] | None, adapter_dir: str | None, trainable: bool):
+    """Wrap the LM with a peft LoRA adapter: loaded from ``adapter_dir`` or freshly initialised from ``lora``.
+
+    Only the LM is wrapped, so the targets can never hit the vision tower's projections.
+    """
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if adapter_dir is not None:
+        path = Path(adapter_dir)
+        if not (path / "adapter_config.json").is_file():
+            raise ModelUnavailableError(f"LoRA folder '{path.resolve()}' has no adapter_config.json")
+        return PeftModel.from_pretrained(language_model, str(path), is_trainable=trainable)
+    if lora is None:
+        return language_model
+    config = LoraConfig(
+        r=int(lora["r"]),
+        lora_alpha=int(lora["alpha"]),
+        lora_dropout=float(lora["dropout"]),
+        target_modules=list(lora["target_modules"]),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(language_model, config)
+
+
+def build_vlm(model_config: dict[str, Any], lora: dict[str, Any] | None = None, lora_dir: str | None = None,
+              lora_trainable: bool = True):
+    """Build the VLM and its tokenizer from a ``model_config`` dict (the metadata's ``model_config``).
+
+    Args:
+        model_config: vision_name, language_model_name, tokenizer_name (optional), resampler_type,
+            latent_dimension, image_token.
+        lora: LoRA settings (None: no LoRA unless ``lora_dir`` is given).
+        lora_dir: A peft adapter folder to load instead of a fresh adapter.
+        lora_trainable: Whether the adapter's weights require grad.
+
+    Returns:
+        (PanoramicVLM, tokenizer).
+    """
+    from panollava.models.resampler import build_resampler
+    from panollava.models.vlm import PanoramicVLM
+
+    image_token = model_config.get("image_token", "<|image_pad|>")
+    tokenizer = load_tokenizer(model_config.get("tokenizer_name") or model_config["language_model_name"], image_token)
+    vision, kind, patch = load_vision_tower(model_config["vision_name"])
+    resampler = build_resampler(
+        model_config.get("resampler_type", "mlp"), vision.config.hidden_size, int(model_config.get("latent_dimension", 768))
+    )
+    lm = load_language_model(model_config["language_model_name"])
+    lm = apply_lora(lm, lora_settings(lora), lora_dir, lora_trainable)
+    vlm = PanoramicVLM(vision, kind, patch, resampler, lm, tokenizer.convert_tokens_to_ids(image_token))
+    return vlm, tokenizer
