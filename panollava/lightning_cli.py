@@ -234,7 +234,7 @@ class PanoLLaVACLI(LightningCLI):
         if mismatch:
             logger.warning(mismatch)
         self._merged = merged
-        for line in banner_lines(resolved) if resolved is not None else []:
+        for line in banner_lines(resolved, merged_ok=not merged.mismatches, include_warnings=False) if resolved else []:
             echo(line)
 
         # Apply: metadata/config/defaults → model and data init args.
@@ -302,7 +302,8 @@ class PanoLLaVACLI(LightningCLI):
                         "reference_mode": cfg["data"].get("reference_mode")},
             "command": " ".join(["panollava-cli", *self._argv]),
         }
-        echo("✅ Metadata merged into config" if meta is not None else "⚠️  No metadata: settings from config and defaults")
+        if meta is None:
+            echo("⚠️  No metadata: settings come from the config and the defaults")
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
@@ -360,7 +361,27 @@ class PanoLLaVACLI(LightningCLI):
             echo(f"📁 Run directory: {self.run_dir_writer.run_dir}")
 
 
+def _quiet_third_party() -> None:
+    """Silence known, harmless third-party noise (progress bars while loading weights, deprecation notes)."""
+    import warnings
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*")
+    warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*litlogger.*")
+
+
 def run_lightning_cli(argv: Sequence[str]) -> PanoLLaVACLI:
     """Run a Lightning subcommand (``argv[0]`` is fit/validate/test/predict)."""
+    _quiet_third_party()
     PanoLLaVACLI._argv = list(argv)
     return PanoLLaVACLI(args=argv)

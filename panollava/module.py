@@ -123,7 +123,9 @@ class PanoLLaVAModule(L.LightningModule):
         self.vlm = None
         self.tokenizer = None
         self.prompts = None
-        self.caption_metric = None
+        # Not a registered submodule: its string states are gathered by the metric itself, and torchmetrics'
+        # __hash__ fails on list states when Lightning walks the module tree.
+        self._eval_metrics: dict[str, Any] = {}
         self.test_records: list[dict[str, Any]] = []
         self.test_scores = None
         self.predictions: list[dict[str, Any]] = []
@@ -264,7 +266,12 @@ class PanoLLaVAModule(L.LightningModule):
                 "from (no 'panollava' entry): it was not written by panollava"
             )
         sources: dict[str, str] = info["from_pretrained"]
-        unexplained = [k for k in missing if not any(k.startswith(p) for p in sources)]
+        # LoRA tensors sit under the LM's prefix but never come from the pretrained LM: a fresh adapter (B = 0) would
+        # silently evaluate the base model. They may be missing only when an adapter folder (lora_dir) supplies them.
+        lora_supplied = self.hparams.lora_dir is not None
+        unexplained = [
+            k for k in missing if ("lora_" in k and not lora_supplied) or not any(k.startswith(p) for p in sources)
+        ]
         if unexplained:
             raise InvalidInputError(
                 f"checkpoint lacks {len(unexplained)} weight(s) that are not reloaded from a pretrained model, "
@@ -354,11 +361,11 @@ class PanoLLaVAModule(L.LightningModule):
 
         self.test_records = []
         self.test_scores = None
-        self.caption_metric = CaptionMetric()
+        self._eval_metrics["caption"] = CaptionMetric()
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         predictions = self.generate_captions(batch)
-        self.caption_metric.update(batch["sample_id"], predictions, batch["references"])
+        self._eval_metrics["caption"].update(batch["sample_id"], predictions, batch["references"])
         records = self._records(batch, predictions)
         self.test_records.extend(records)
         return records
@@ -367,8 +374,9 @@ class PanoLLaVAModule(L.LightningModule):
         from panollava.distributed import gather_records
 
         self.test_records = gather_records(self.test_records)
-        values = self.caption_metric.compute()
-        self.test_scores = self.caption_metric.last_scores
+        metric = self._eval_metrics["caption"]
+        values = metric.compute()
+        self.test_scores = metric.last_scores
         for name, value in values.items():
             # Already gathered and identical on every rank: no further reduction.
             self.log(f"test/{name}", value, rank_zero_only=True)

@@ -61,8 +61,9 @@ def crop_short(crop_strategy: str) -> str:
 def vision_short(vision_name: str) -> str:
     """The first ``-``-separated word of the vision model's last path part.
 
-    ``"google/siglip2-so400m-patch16-256"`` → ``"siglip2"``; ``"/x/tiny-siglip/"`` → ``"tiny"``. Underscores
-    become ``-`` so that checkpoint file names stay parseable.
+    ``"google/siglip2-so400m-patch16-256"`` → ``"siglip2"``; ``"/x/tiny-siglip/"`` → ``"tiny"``; the built-in
+    tiny models ``"tiny:siglip"`` → ``"tiny-siglip"``. Underscores become ``-`` so that checkpoint file names stay
+    parseable.
 
     Args:
         vision_name: a Hugging Face id or a local directory.
@@ -73,6 +74,8 @@ def vision_short(vision_name: str) -> str:
     Raises:
         InvalidInputError: the name is empty.
     """
+    if vision_name.startswith("tiny:"):
+        return "tiny-" + vision_name[5:].replace("_", "-").replace(":", "-")
     last = re.split(r"[\\/]+", vision_name.strip().rstrip("/\\"))[-1]
     word = last.split("-")[0].replace("_", "-")
     if not word:
