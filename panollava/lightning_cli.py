@@ -378,6 +378,7 @@ def _quiet_third_party() -> None:
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r".*litlogger.*")
+    warnings.filterwarnings("ignore", message=r".*args parameter is intended to run from within Python.*")
 
 
 def run_lightning_cli(argv: Sequence[str]) -> PanoLLaVACLI:
