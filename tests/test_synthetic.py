@@ -286,3 +286,16 @@ def test_interrupted_and_conflicting_runs(tmp_path: Path) -> None:
 
     with pytest.raises(InvalidInputError, match="num_val"):
         generate_synthetic_dataset(tmp_path / "bad", num_val=-1)
+
+
+def test_queries_subset_writes_only_those_queries(tmp_path):
+    import csv as _csv
+
+    from panollava.data.synthetic import generate_synthetic_dataset
+
+    paths = generate_synthetic_dataset(tmp_path, num_train=4, num_val=1, num_test=1, queries=["position", "color"])
+    with open(paths["train"], newline="") as fh:
+        queries = {row["query"] for row in _csv.DictReader(fh)}
+    assert queries == {"color", "position"}
+    with pytest.raises(InvalidInputError, match="subset"):
+        generate_synthetic_dataset(tmp_path / "bad", num_train=1, queries=["weather"])

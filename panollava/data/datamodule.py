@@ -8,6 +8,7 @@ mean/std come from the model (``PanoLLaVAModule.image_preprocessing``) so data a
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,23 +32,52 @@ class PanoCaptionDataset(Dataset):
         mean: Per-channel mean for normalisation.
         std: Per-channel std for normalisation.
         image_blind: Replace every view by zeros (the image-blind baseline).
+        view_cache_mb: Keep up to this many MB of rendered views per process, keyed by image (a panorama usually
+            has several queries, so its views are cut once); 0 disables the cache.
     """
 
-    def __init__(self, samples: Sequence[CaptionSample], view_config, mean, std, image_blind: bool = False) -> None:
+    def __init__(
+        self,
+        samples: Sequence[CaptionSample],
+        view_config,
+        mean,
+        std,
+        image_blind: bool = False,
+        view_cache_mb: float = 0.0,
+    ) -> None:
         self.samples = list(samples)
         self.view_config = view_config
         self.mean, self.std = mean, std
         self.image_blind = image_blind
+        self.view_cache_bytes = int(view_cache_mb * 2**20)
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._cached_bytes = 0
+
+    def views(self, image_path: str) -> torch.Tensor:
+        """Normalised views (V, 3, H, W) of one panorama, from the cache when present."""
+        from panollava.data.images import load_panorama
+        from panollava.data.views import normalize_views, render_views
+
+        views = self._cache.get(image_path)
+        if views is not None:
+            self._cache.move_to_end(image_path)
+            return views
+        views = normalize_views(render_views(load_panorama(image_path), self.view_config), self.mean, self.std)
+        size = views.numel() * views.element_size()
+        if size <= self.view_cache_bytes:
+            self._cache[image_path] = views
+            self._cached_bytes += size
+            while self._cached_bytes > self.view_cache_bytes:
+                _, old = self._cache.popitem(last=False)
+                self._cached_bytes -= old.numel() * old.element_size()
+        return views
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from panollava.data.images import load_panorama
-        from panollava.data.views import normalize_views, render_views
-
         s = self.samples[index]
-        views = normalize_views(render_views(load_panorama(s.image_path), self.view_config), self.mean, self.std)
+        views = self.views(s.image_path)
         if self.image_blind:
             views = torch.zeros_like(views)
         return {
@@ -95,6 +125,7 @@ class PanoDataModule(L.LightningDataModule):
         reference_mode: ``grouped`` (all annotations of a (url, query) are its references) or ``per_row``
             (legacy: every row scored against its own annotation).
         image_blind: Replace every view by zeros (baseline that cannot see the image).
+        view_cache_mb: Per-process cache of rendered views, in MB (each panorama's views are cut once); 0 disables.
     """
 
     def __init__(
@@ -115,6 +146,7 @@ class PanoDataModule(L.LightningDataModule):
         max_samples: int | None = None,
         reference_mode: str = "grouped",
         image_blind: bool = False,
+        view_cache_mb: float = 256.0,
     ) -> None:
         super().__init__()
         if reference_mode not in REFERENCE_MODES:
@@ -160,7 +192,9 @@ class PanoDataModule(L.LightningDataModule):
         prep = self._preprocessing()
         config = self.view_config(prep.image_size)
         logger.info("%s: %d samples from %s (%s)", split, len(samples), Path(csv).resolve(), config.crop_strategy)
-        return PanoCaptionDataset(samples, config, prep.mean, prep.std, self.hparams.image_blind)
+        return PanoCaptionDataset(
+            samples, config, prep.mean, prep.std, self.hparams.image_blind, self.hparams.view_cache_mb
+        )
 
     # -- Lightning hooks ------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:

@@ -246,6 +246,7 @@ def generate_synthetic_dataset(
     size_hw: tuple[int, int] = (128, 256),
     seed: int = 0,
     overwrite: bool = False,
+    queries: tuple[str, ...] | list[str] | None = None,
 ) -> dict[str, Path]:
     """Write the synthetic dataset as QuIC-360-style CSVs plus PNG panoramas, or reuse a complete one.
 
@@ -271,6 +272,7 @@ def generate_synthetic_dataset(
         seed: Seed of everything random; the same arguments give byte-identical files.
         overwrite: Replace a dataset generated with other parameters, or write into a folder holding other
             files (those are left alone).
+        queries: The queries to write (a subset of :data:`SYNTHETIC_QUERIES`, in that order); None writes all.
 
     Returns:
         ``{"train": Path, "val": Path, "test": Path}``: the CSV paths.
@@ -287,6 +289,13 @@ def generate_synthetic_dataset(
     if num_train < 1:
         raise InvalidInputError(f"num_train must be at least 1, got {num_train}")
 
+    if queries is None:
+        queries = SYNTHETIC_QUERIES
+    unknown = sorted(set(queries) - set(SYNTHETIC_QUERIES))
+    if unknown or not queries:
+        raise InvalidInputError(f"queries must be a non-empty subset of {SYNTHETIC_QUERIES}, got {list(queries)}")
+    queries = tuple(q for q in SYNTHETIC_QUERIES if q in queries)
+
     out = Path(output_dir).expanduser().absolute()
     csv_paths = {split: out / f"{split}.csv" for split in _SPLITS}
     params = {
@@ -297,6 +306,7 @@ def generate_synthetic_dataset(
         "num_test": num_test,
         "size_hw": [height, width],
         "seed": int(seed),
+        **({"queries": list(queries)} if queries != SYNTHETIC_QUERIES else {}),
     }
 
     if out.exists() and not out.is_dir():
@@ -334,6 +344,8 @@ def generate_synthetic_dataset(
             image = render_panorama(obj, (height, width), seed=render_seed)
             _write_png(image, out / url)
             for query, references in describe_object(obj).items():
+                if query not in queries:
+                    continue
                 rows.extend((url, query, reference) for reference in references)
             objects_json.append(
                 {"split": split, "url": url, "direction": direction_of(obj.yaw_deg), **asdict(obj)}
