@@ -15,8 +15,6 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
 
 from panollava.errors import InvalidInputError, PanoLLaVAError
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional

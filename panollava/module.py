@@ -300,6 +300,10 @@ class PanoLLaVAModule(L.LightningModule):
             state[key] = own[key]
 
     # -- steps ----------------------------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        # from_pretrained returns modules in eval mode; training must see dropout where a config sets it.
+        self.vlm.train()
+
     def _num_image_tokens(self, pixel_values: torch.Tensor) -> int:
         return self.vlm.num_image_tokens(pixel_values.shape[1], tuple(pixel_values.shape[-2:]))
 

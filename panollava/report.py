@@ -60,11 +60,13 @@ def attach_scores(records: Sequence[dict[str, Any]], per_sample: Mapping[str, Ma
     return out
 
 
-def write_predictions(output_dir: str | Path, records: Sequence[dict[str, Any]]) -> tuple[Path, Path]:
-    """Write ``predictions.jsonl`` (one object per sample) and ``predictions.csv`` (flat: references as a JSON
-    list, one column per score)."""
+def write_predictions(
+    output_dir: str | Path, records: Sequence[dict[str, Any]], stem: str = "predictions"
+) -> tuple[Path, Path]:
+    """Write ``<stem>.jsonl`` (one object per sample) and ``<stem>.csv`` (flat: references as a JSON list, one
+    column per score)."""
     output_dir = Path(output_dir)
-    jsonl = output_dir / "predictions.jsonl"
+    jsonl = output_dir / f"{stem}.jsonl"
     write_text_atomic(jsonl, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -72,10 +74,11 @@ def write_predictions(output_dir: str | Path, records: Sequence[dict[str, Any]])
     for r in records:
         scores = r.get("scores") or {}
         writer.writerow(
-            [r["sample_id"], r.get("image", ""), r["query"], r["prediction"], json.dumps(r.get("references", []), ensure_ascii=False)]
+            [r["sample_id"], r.get("image", ""), r.get("query", ""), r["prediction"],
+             json.dumps(r.get("references", []), ensure_ascii=False)]
             + ["" if scores.get(k) is None else scores[k] for k in PER_SAMPLE_KEYS]
         )
-    csv_path = output_dir / "predictions.csv"
+    csv_path = output_dir / f"{stem}.csv"
     write_text_atomic(csv_path, buf.getvalue())
     return jsonl, csv_path
 

@@ -96,7 +96,6 @@ class RunDirectoryWriter(Callback):
 
     def _metadata(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         from panollava.metadata import build_metadata
-        from panollava.rundir import BEST_LINK, LAST_LINK  # noqa: F401  (names documented in the metadata)
 
         hp = pl_module.hparams
         data = self._data_hparams(trainer)

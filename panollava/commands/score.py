@@ -14,7 +14,6 @@ Light module: neither torch, lightning nor transformers is imported (unless seco
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 import shutil
@@ -240,26 +239,10 @@ def load_predictions(path: str | Path, references_column: str | None = None) -> 
 def _write_scored(
     output_dir: Path, records: list[dict[str, Any]], per_sample: dict[str, dict[str, Any]]
 ) -> Path:
-    from panollava.report import write_text_atomic
+    from panollava.report import write_predictions
 
-    scored = []
-    for record in records:
-        item = dict(record)
-        item["scores"] = {k: per_sample.get(record["sample_id"], {}).get(k) for k in SCORE_KEYS}
-        scored.append(item)
-    jsonl = output_dir / "predictions_scored.jsonl"
-    write_text_atomic(jsonl, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in scored))
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["sample_id", "image", "query", "prediction", "references", *SCORE_KEYS])
-    for r in scored:
-        writer.writerow(
-            [r["sample_id"], r.get("image", ""), r.get("query", ""), r["prediction"],
-             json.dumps(r["references"], ensure_ascii=False)]
-            + ["" if r["scores"][k] is None else r["scores"][k] for k in SCORE_KEYS]
-        )
-    write_text_atomic(output_dir / "predictions_scored.csv", buf.getvalue())
-    return jsonl
+    scored = [dict(r, scores={k: per_sample.get(r["sample_id"], {}).get(k) for k in SCORE_KEYS}) for r in records]
+    return write_predictions(output_dir, scored, stem="predictions_scored")[0]
 
 
 def run_score(

@@ -142,15 +142,19 @@ def load_image_preprocessing(name: str, image_size: tuple[int, int] | None, use_
     return ImagePreprocessing(size, mean, std)
 
 
-def load_tokenizer(name: str, image_token: str):
+def load_tokenizer(name: str, image_token: str, flag: str = "--model.model_config.tokenizer_name"):
     """Load the tokenizer, left padding, and check it knows the image placeholder and a chat template.
+
+    Args:
+        name: Hub id or local folder.
+        image_token: The image placeholder token that must exist.
+        flag: The setting that named it (for error messages).
 
     Raises:
         InvalidInputError: the image token or the chat template is missing.
     """
     from transformers import AutoTokenizer
 
-    flag = "--model.model_config.tokenizer_name"
     src = _source(name, "tokenizer", flag)
     try:
         tokenizer = AutoTokenizer.from_pretrained(src)
@@ -233,7 +237,12 @@ def build_vlm(model_config: dict[str, Any], lora: dict[str, Any] | None = None, 
     from panollava.models.vlm import PanoramicVLM
 
     image_token = model_config.get("image_token", "<|image_pad|>")
-    tokenizer = load_tokenizer(model_config.get("tokenizer_name") or model_config["language_model_name"], image_token)
+    if model_config.get("tokenizer_name"):
+        tokenizer = load_tokenizer(model_config["tokenizer_name"], image_token)
+    else:
+        tokenizer = load_tokenizer(
+            model_config["language_model_name"], image_token, "--model.model_config.language_model_name"
+        )
     vision, kind, patch = load_vision_tower(model_config["vision_name"])
     resampler = build_resampler(
         model_config.get("resampler_type", "mlp"), vision.config.hidden_size, int(model_config.get("latent_dimension", 768))
