@@ -94,6 +94,10 @@ class PanoLLaVAModule(L.LightningModule):
         for key in ("vision_name", "language_model_name"):
             if not model_config.get(key):
                 raise InvalidInputError(f"model_config.{key} is required (a hub id or a local model folder)")
+        from panollava.models.resampler import build_resampler, RESAMPLERS
+
+        if model_config.get("resampler_type", "mlp") not in RESAMPLERS:
+            build_resampler(model_config["resampler_type"], 1, 1)  # raises the error that names the choices
         if trainable is not None:
             unknown = sorted(set(trainable) - set(TRAINABLE_PARTS))
             if unknown:

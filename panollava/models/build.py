@@ -66,10 +66,11 @@ def _source(name: str, what: str, flag: str) -> str:
 
 
 def _wrap_load_error(exc: Exception, what: str, name: str, flag: str) -> ModelUnavailableError:
+    first_line = str(exc).splitlines()[0] if str(exc) else ""
     return ModelUnavailableError(
-        f"could not load {what} {name!r}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
-        f"It is neither a local folder nor available from the Hugging Face hub/cache; pass a local folder "
-        f"({flag} /path/to/model) or download it first (`hf download {name}`)"
+        f"could not load {what} {name!r}: it is not a local folder, not in the Hugging Face cache, and the hub "
+        f"could not provide it ({type(exc).__name__}: {first_line}). Pass a local folder ({flag} /path/to/model) "
+        f"or download it on a machine with network access (`hf download {name}`) and copy the cache (HF_HOME)"
     )
 
 
@@ -106,7 +107,10 @@ def load_vision_tower(name: str):
         )
     kind, cls = kinds[vision_config.model_type]
     vision_config.vision_use_head = False
-    model = cls.from_pretrained(src, config=vision_config)
+    try:
+        model = cls.from_pretrained(src, config=vision_config)
+    except OSError as exc:
+        raise _wrap_load_error(exc, "vision model", name, flag) from exc
     return model, kind, int(vision_config.patch_size)
 
 
@@ -120,8 +124,12 @@ def load_image_preprocessing(name: str, image_size: tuple[int, int] | None, use_
     """
     from transformers import AutoConfig, AutoImageProcessor
 
-    src = _source(name, "vision model", "--model.model_config.vision_name")
-    config = AutoConfig.from_pretrained(src)
+    flag = "--model.model_config.vision_name"
+    src = _source(name, "vision model", flag)
+    try:
+        config = AutoConfig.from_pretrained(src)
+    except OSError as exc:
+        raise _wrap_load_error(exc, "vision model", name, flag) from exc
     vision_config = getattr(config, "vision_config", config)
     native = getattr(vision_config, "image_size", None)
     if native is None:  # NaFlex: num_patches on a square grid
