@@ -21,4 +21,4 @@ def test_demo_trained_model_uses_the_image(tmp_path):
     assert trained["cider"] > 0.5
     assert trained["cider"] >= 3 * blind["cider"], (trained["cider"], blind["cider"])
     assert (tmp_path / "eval" / "trained" / "predictions.jsonl").is_file()
-    assert summary["run_dir"].endswith("runs/demo/finetune/anyres-e2p_avgpool")
+    assert summary["run_dir"].endswith("runs/demo/finetune/anyres-e2p_mlp")

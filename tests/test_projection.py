@@ -200,3 +200,19 @@ def test_cuda_matches_cpu(strategy):
         gpu = render_views(gpu_pano, config)
         assert gpu.device.type == "cuda" and gpu.dtype == torch.float32 and gpu.shape == cpu.shape
         assert (gpu.cpu() - cpu).abs().mean() < 1.0 / 255, strategy
+
+
+def test_caches_filled_under_inference_mode_work_in_training_mode():
+    """Lightning's test/predict run under torch.inference_mode; a later fit in the same process reuses the
+    cached grids and scratch buffers, which must therefore never be inference tensors."""
+    from panollava.data.projection import clear_projection_caches
+    from panollava.data.views import ViewConfig, render_views
+
+    clear_projection_caches()
+    pano = (torch.arange(3 * 64 * 128, dtype=torch.float32).reshape(3, 64, 128) % 255).to(torch.uint8)
+    config = ViewConfig(image_size=(32, 32))
+    with torch.inference_mode():
+        inside = render_views(pano, config)
+    outside = render_views(pano, config)
+    assert not outside.is_inference()
+    assert torch.equal(inside, outside)

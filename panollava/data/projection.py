@@ -181,7 +181,10 @@ def perspective_coords(
             _stats["coord_hits"] += 1
             return coords
         _stats["coord_misses"] += 1
-    coords = _compute_perspective_coords(in_h, in_w, h, w, h_fov, v_fov, float(yaw_deg), float(pitch_deg))
+    # Cached tensors outlive the caller's mode: never make them inference tensors (Lightning's test/predict run
+    # under torch.inference_mode, and a later training step would fail to use them).
+    with torch.inference_mode(False):
+        coords = _compute_perspective_coords(in_h, in_w, h, w, h_fov, v_fov, float(yaw_deg), float(pitch_deg))
     with _lock:
         _coord_cache[key] = coords
         while len(_coord_cache) > _COORD_CACHE_SIZE:
@@ -233,6 +236,11 @@ def _view_set_grid(
             _stats["grid_hits"] += 1
             return hit
         _stats["grid_misses"] += 1
+    with torch.inference_mode(False):
+        return _compute_view_set_grid(key, in_hw, out_hw, fovs, yaw_pitch, device)
+
+
+def _compute_view_set_grid(key, in_hw, out_hw, fovs, yaw_pitch, device) -> tuple[torch.Tensor, int, int]:
     in_h, in_w = in_hw
     coords = torch.cat([perspective_coords(in_hw, out_hw, fovs, y, p) for y, p in yaw_pitch], dim=0)
     # coordinates in the 1-pixel padded image; only the rows [r0, r1] of it are materialised
@@ -257,8 +265,9 @@ def _band_buffer(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
     if device.type != "cpu" or math.prod(shape) * 4 > _MAX_REUSED_BAND_BYTES:
         return torch.empty(shape, dtype=torch.float32, device=device)
     buf = getattr(_buffers, "band", None)
-    if buf is None or tuple(buf.shape) != shape:
-        buf = torch.empty(shape, dtype=torch.float32)
+    if buf is None or tuple(buf.shape) != shape or (buf.is_inference() and not torch.is_inference_mode_enabled()):
+        with torch.inference_mode(False):  # reusable in and out of inference mode
+            buf = torch.empty(shape, dtype=torch.float32)
         _buffers.band = buf  # keep only the latest shape: bounded memory
     return buf
 
