@@ -166,9 +166,6 @@ class PanoLLaVACLI(LightningCLI):
                 value = model_config.get(key)
                 if isinstance(value, str) and value.startswith((".", "..")) and (path.parent / value).exists():
                     cfg["model"]["model_config"][key] = str((path.parent / value).resolve())
-            runs_root = data.get("runs_root")
-            if isinstance(runs_root, str) and not Path(runs_root).is_absolute() and cfg.get("runs_root") == runs_root:
-                pass  # runs go under the current directory unless a flag says otherwise (documented)
 
     def _config_settings(self, cfg) -> dict[str, Any]:
         """Flat settings the config files (and --model.* / --data.* flags) give."""
@@ -260,13 +257,15 @@ class PanoLLaVACLI(LightningCLI):
             num_views = meta.training_config.get("num_views")
             if num_views is not None:
                 cfg["data"]["num_views"] = int(num_views)
+            # Training's target truncation, so that `validate` reproduces the validation loss of training.
+            if meta.training_config.get("max_answer_tokens") is not None:
+                model["max_answer_tokens"] = int(meta.training_config["max_answer_tokens"])
 
-        csv_key = "test_csv" if self.subcommand in ("test", "validate") else "predict_csv"
-        if self.subcommand == "validate":
-            csv_key = "val_csv"
-        csv_path, csv_reason = resolve_csv(
-            cfg.get("csv_input") or cfg["data"].get(csv_key), meta, resolved.run_dir if resolved else None
-        )
+        csv_key = {"test": "test_csv", "predict": "predict_csv", "validate": "val_csv"}[self.subcommand]
+        given = cfg.get("csv_input") or cfg["data"].get(csv_key)
+        if self.subcommand == "validate" and given is None and meta is not None:
+            given = meta.dataset.get("val_csv")
+        csv_path, csv_reason = resolve_csv(given, meta, resolved.run_dir if resolved else None)
         cfg["data"][csv_key] = str(csv_path)
         if cfg.get("csv_input") is None and meta is not None and meta.dataset.get("image_root"):
             cfg["data"]["image_root"] = meta.dataset["image_root"]
@@ -334,7 +333,7 @@ class PanoLLaVACLI(LightningCLI):
             )
             callbacks.append(self.run_dir_writer)
             return
-        if self.subcommand in ("test", "predict") and getattr(self, "_checkpoint_path", None) is not None:
+        if self.subcommand in ("test", "predict", "validate") and getattr(self, "_checkpoint_path", None) is not None:
             model_kwargs = {k: _plain(v) for k, v in cfg["model"].items()}
             self.model = PanoLLaVAModule.load_from_checkpoint(
                 self._checkpoint_path, map_location="cpu", weights_only=True, strict=True, **model_kwargs
@@ -343,6 +342,8 @@ class PanoLLaVACLI(LightningCLI):
                 self.model.merge_adapter()
             self.config_init[self.subcommand]["ckpt_path"] = None
             echo(f"✅ Loaded {self._checkpoint_path.name} (strict, weights_only)")
+            if self.subcommand == "validate":
+                return
             self.evaluation_writer = EvaluationWriter(str(self._output_dir), self._provenance)
             callbacks.append(self.evaluation_writer)
 
@@ -358,6 +359,13 @@ class PanoLLaVACLI(LightningCLI):
             echo(f"📁 {len(writer.records)} captions written to {self._output_dir / 'predictions.jsonl'}")
         if subcommand == "fit" and getattr(self, "run_dir_writer", None) is not None:
             echo(f"📁 Run directory: {self.run_dir_writer.run_dir}")
+
+
+class _DropAdvert(logging.Filter):
+    """Drops Lightning's start-up advertisement for its hosted logger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage().lower()
 
 
 def _quiet_third_party() -> None:
@@ -377,6 +385,10 @@ def _quiet_third_party() -> None:
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r".*litlogger.*")
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        target = logging.getLogger(name)
+        if not any(isinstance(f, _DropAdvert) for f in target.filters):
+            target.addFilter(_DropAdvert())
     warnings.filterwarnings("ignore", message=r".*args parameter is intended to run from within Python.*")
 
 

@@ -280,3 +280,13 @@ def test_eval_script_wrapper(tiny_run, tmp_path, real_eval):
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(_predictions(tmp_path)) == 3
     assert "pred:" in result.stdout + result.stderr
+
+
+def test_validate_reproduces_the_validation_loss_of_training(tiny_run):
+    """The best checkpoint's name carries its validation loss; `validate --ckpt_dir` must find the same number
+    (same model, same data, same target truncation restored from the metadata)."""
+    from panollava.lightning_cli import run_lightning_cli
+
+    cli = run_lightning_cli(["validate", "--ckpt_dir", str(tiny_run["run_dir"])])
+    best = parse_checkpoint_filename(os.readlink(tiny_run["run_dir"] / "best.ckpt"))
+    assert float(cli.trainer.callback_metrics["val/loss"]) == pytest.approx(best["val_loss"], abs=1e-4)

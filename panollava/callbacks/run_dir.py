@@ -127,6 +127,7 @@ class RunDirectoryWriter(Callback):
             "max_epochs": trainer.max_epochs,
             "seed": _seed(),
             "trainable_parts": list(pl_module.trainable_parts),
+            "max_answer_tokens": int(hp.max_answer_tokens),
             "precision": str(trainer.precision),
             "world_size": trainer.world_size,
             "image_blind": bool(data.get("image_blind", False)),

@@ -102,6 +102,9 @@ def run_demo(output_dir: str | Path, max_epochs: int | None = None, skip_baselin
     # The tiny model is overhead-bound: one thread is faster than two (and far faster on a busy machine).
     torch.set_num_threads(1)
     echo(f"🧪 panollava demo → {out}")
+    from panollava.lightning_cli import _quiet_third_party
+
+    _quiet_third_party()
     models = build_tiny_models()
     echo(f"✅ tiny models: {models['tiny-siglip'].parent}")
     data = generate_synthetic_dataset(out / "data", **DEMO_DATA)
