@@ -238,12 +238,21 @@ class PanoLLaVAModule(L.LightningModule):
                     digest.update(f"{name}{tuple(tensor.shape)}{head.sum().item():.6e}".encode())
         return {prefix: d.hexdigest()[:16] for prefix, d in digests.items()}
 
+    def _tokenizer_fingerprint(self) -> str:
+        """sha256 (16 hex digits) of the tokenizer's vocabulary: token ids must mean what they meant in training."""
+        import hashlib
+        import json
+
+        vocab = sorted(self.tokenizer.get_vocab().items(), key=lambda item: item[1])
+        return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:16]
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["state_dict"]
         for key in [k for k in state if not self._saved_in_checkpoint(k)]:
             del state[key]
         sources = self._from_pretrained_sources()
         checkpoint[CHECKPOINT_KEY] = {
+            "tokenizer_fingerprint": self._tokenizer_fingerprint(),
             "from_pretrained": sources,
             "base_fingerprints": self._base_fingerprints(sources),
             "saved_keys": len(state),
@@ -260,6 +269,14 @@ class PanoLLaVAModule(L.LightningModule):
             raise InvalidInputError(
                 f"checkpoint holds {len(unexpected)} weight(s) this model does not have, e.g. {unexpected[:5]}; "
                 "the model settings (metadata model_config / LoRA) do not match the run that wrote it"
+            )
+        expected_tokenizer = (info or {}).get("tokenizer_fingerprint")
+        if expected_tokenizer is not None and expected_tokenizer != self._tokenizer_fingerprint():
+            mc = self.hparams.model_config
+            raise InvalidInputError(
+                f"the tokenizer loaded from {mc.get('tokenizer_name') or mc['language_model_name']!r} has another "
+                f"vocabulary than the one the checkpoint was trained with (fingerprint {self._tokenizer_fingerprint()} "
+                f"!= {expected_tokenizer}); load the same tokenizer"
             )
         missing = sorted(set(own) - set(state))
         if not missing:

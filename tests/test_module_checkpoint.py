@@ -315,3 +315,9 @@ def test_finetune_fit_trains_lora_only_and_round_trips(model_dirs: dict[str, Pat
     assert (_logits(module) - _logits(loaded)).abs().max().item() <= 1e-6
     for key, value in _lora(module).items():
         assert torch.equal(_lora(loaded)[key], value), key
+
+
+def test_another_tokenizer_vocabulary_is_refused(finetuned, tmp_path: Path) -> None:
+    path = _edited(finetuned, tmp_path, lambda c: c[CHECKPOINT_KEY].update(tokenizer_fingerprint="0" * 16))
+    with pytest.raises(InvalidInputError, match="another vocabulary"):
+        PanoLLaVAModule.load_from_checkpoint(path, weights_only=True)

@@ -12,7 +12,7 @@ loads them through the real ``from_pretrained(local_dir)`` path:
   ``<|image_pad|>``, ``<|vision_end|>``, pad ``<|endoftext|>``).
 
 The folders are cached under ``$PANOLLAVA_CACHE`` (default ``~/.cache/panollava``) in a directory named after
-:data:`TINY_VERSION`, written to a temporary directory and renamed into place, so concurrent callers (DDP ranks,
+:data:`TINY_VERSION` and a digest of the tokenizer corpus, written to a temporary directory and renamed into place, so concurrent callers (DDP ranks,
 parallel tests) never see half-written folders.
 """
 
@@ -75,6 +75,14 @@ def _corpus() -> list[str]:
     except ImportError:  # pragma: no cover - synthetic data module is part of the package
         pass
     return corpus * 4
+
+
+def build_digest() -> str:
+    """8 hex digits identifying what the tiny models are built from (the tokenizer corpus), so that a cache written
+    by other code is never mistaken for the current one."""
+    import hashlib
+
+    return hashlib.sha256("\n".join([TINY_VERSION, CHAT_TEMPLATE, *_corpus()]).encode()).hexdigest()[:8]
 
 
 def build_tokenizer(output_dir: Path, vocab_size: int = 512):
@@ -186,13 +194,13 @@ def build_tiny_models(root: str | Path | None = None, force: bool = False) -> di
     """Write (once) and return the tiny model folders.
 
     Args:
-        root: Parent folder; default ``cache_root() / f"tiny-models-{TINY_VERSION}"``.
+        root: Folder to write; default ``cache_root() / f"tiny-models-{TINY_VERSION}-{build_digest()}"``.
         force: Rebuild even if a complete set exists.
 
     Returns:
         ``{"tiny-siglip": Path, "tiny-siglip2": Path, "tiny-qwen3": Path}`` (absolute paths).
     """
-    root = Path(root) if root is not None else cache_root() / f"tiny-models-{TINY_VERSION}"
+    root = Path(root) if root is not None else cache_root() / f"tiny-models-{TINY_VERSION}-{build_digest()}"
     root = root.expanduser().resolve()
     paths = {name: root / name for name in TINY_NAMES}
     done = root / "COMPLETE.json"
