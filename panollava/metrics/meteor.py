@@ -46,11 +46,12 @@ __all__ = [
 ]
 
 METEOR_JAR = "meteor-1.5.jar"
-# JVM options added to pycocoevalcap's command: one GC thread and the C1 compiler only. METEOR's output does
-# not depend on them (Java arithmetic is strict; the parity tests compare every score), but on a shared 2-core
-# machine they cut the JVM's CPU time by ~20% (11 s -> 9 s for the 1,119 QuIC-360 test groups, start
-# included). ``PANOLLAVA_METEOR_JVM_OPTIONS`` (space-separated, may be empty) replaces them.
-METEOR_JVM_OPTIONS = ("-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1")
+# JVM options added to pycocoevalcap's command: none by default. On an idle 2-core machine pycocoevalcap's own
+# command was fastest (panollava-cli score on the 1,119 QuIC-360 test groups: 7.8-8.1 s wall, against 9.3-9.6 s with
+# "-XX:+UseSerialGC -XX:TieredStopAtLevel=1", which saves ~15% CPU and helps only on a machine that is already
+# busy). METEOR's output does not depend on them (the parity tests compare every score).
+# ``PANOLLAVA_METEOR_JVM_OPTIONS`` (space-separated) adds options.
+METEOR_JVM_OPTIONS: tuple[str, ...] = ()
 _POLL_S = 0.05  # pause between reads while METEOR is still answering: lets its output accumulate
 
 
