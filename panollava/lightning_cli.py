@@ -103,6 +103,19 @@ def _group_args(data: dict[str, Any], group: str) -> dict[str, Any]:
     return section if isinstance(section, dict) else {}
 
 
+def _metric_library_versions() -> dict[str, str | None]:
+    """Versions of the evaluation-side libraries (read from package metadata)."""
+    from importlib import metadata as importlib_metadata
+
+    versions: dict[str, str | None] = {}
+    for name in ("pycocoevalcap", "torchmetrics", "tokenizers", "py360convert"):
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
 class PanoLLaVACLI(LightningCLI):
     """LightningCLI for panollava (see the module docstring)."""
 
@@ -191,7 +204,7 @@ class PanoLLaVACLI(LightningCLI):
         return out
 
     def _prepare_evaluation(self, cfg) -> None:
-        from panollava.metadata import metadata_recorded_training, metadata_settings
+        from panollava.metadata import installed_library_versions, metadata_recorded_training, metadata_settings
         from panollava.report import sha256_file
         from panollava.rundir import banner_lines, find_run_dir_from_config, resolve_run_dir
         from panollava.settings import merge_settings, resolve_csv
@@ -298,6 +311,7 @@ class PanoLLaVACLI(LightningCLI):
             "decoding": _plain(cfg["model"].get("generation")),
             "dataset": {"path": str(csv_path), "sha256": sha256_file(csv_path), "reason": csv_reason,
                         "reference_mode": cfg["data"].get("reference_mode")},
+            "library_versions": {**installed_library_versions(), **_metric_library_versions()},
             "command": " ".join(["panollava-cli", *self._argv]),
         }
         if meta is None:
