@@ -17,14 +17,6 @@ from panollava.module import CHECKPOINT_KEY, PanoLLaVAModule
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    # Tiny models on 2 shared cores: intra-op threads only add synchronisation.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:

@@ -74,6 +74,19 @@ def _wrap_load_error(exc: Exception, what: str, name: str, flag: str) -> ModelUn
     )
 
 
+def _vision_config(name: str):
+    """(loadable source, vision config) of a SigLIP-family checkpoint; full models yield their ``vision_config``."""
+    from transformers import AutoConfig
+
+    flag = "--model.model_config.vision_name"
+    src = _source(name, "vision model", flag)
+    try:
+        config = AutoConfig.from_pretrained(src)
+    except OSError as exc:
+        raise _wrap_load_error(exc, "vision model", name, flag) from exc
+    return src, getattr(config, "vision_config", config)
+
+
 def load_vision_tower(name: str):
     """Load the vision part of a SigLIP / SigLIP2 checkpoint.
 
@@ -90,15 +103,10 @@ def load_vision_tower(name: str):
         ModelUnavailableError: the model cannot be found offline or online.
         InvalidInputError: the checkpoint is not a SigLIP-family vision model.
     """
-    from transformers import AutoConfig, Siglip2VisionModel, SiglipVisionModel
+    from transformers import Siglip2VisionModel, SiglipVisionModel
 
     flag = "--model.model_config.vision_name"
-    src = _source(name, "vision model", flag)
-    try:
-        config = AutoConfig.from_pretrained(src)
-    except OSError as exc:
-        raise _wrap_load_error(exc, "vision model", name, flag) from exc
-    vision_config = getattr(config, "vision_config", config)
+    src, vision_config = _vision_config(name)
     kinds = {"siglip_vision_model": ("siglip", SiglipVisionModel), "siglip2_vision_model": ("siglip2", Siglip2VisionModel)}
     if vision_config.model_type not in kinds:
         raise InvalidInputError(
@@ -122,15 +130,9 @@ def load_image_preprocessing(name: str, image_size: tuple[int, int] | None, use_
         image_size: (H, W) override; ``None`` takes the processor's / config's size.
         use_vision_processor: ``False`` skips normalisation (mean 0, std 1: views stay in [0, 1]).
     """
-    from transformers import AutoConfig, AutoImageProcessor
+    from transformers import AutoImageProcessor
 
-    flag = "--model.model_config.vision_name"
-    src = _source(name, "vision model", flag)
-    try:
-        config = AutoConfig.from_pretrained(src)
-    except OSError as exc:
-        raise _wrap_load_error(exc, "vision model", name, flag) from exc
-    vision_config = getattr(config, "vision_config", config)
+    src, vision_config = _vision_config(name)
     native = getattr(vision_config, "image_size", None)
     if native is None:  # NaFlex: num_patches on a square grid
         side = int(round(vision_config.num_patches**0.5)) * vision_config.patch_size
