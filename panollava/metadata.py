@@ -28,9 +28,7 @@ import copy
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Mapping
-from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -760,32 +758,10 @@ def write_metadata(path: str | os.PathLike[str], data: Mapping[str, Any]) -> Non
             raise InvalidInputError(f"refusing to write '{path}': {key} is missing; training must record it")
     text = json.dumps(normalized, indent=2, ensure_ascii=False) + "\n"
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+    from panollava.report import write_text_atomic
+
+    write_text_atomic(path, text)
     logger.info("wrote checkpoint metadata '%s'", path)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Makes a rename durable (best effort: some filesystems cannot open directories)."""
-    with suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def metadata_settings(meta: RunMetadata, *, include_defaults: bool = False) -> dict[str, Any]:

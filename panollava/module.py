@@ -17,6 +17,8 @@ import lightning as L
 import torch
 
 from panollava.errors import InvalidInputError
+from panollava.metadata import DEFAULT_PROMPT_TEMPLATE
+from panollava.settings import DEFAULT_SETTINGS
 
 logger = logging.getLogger(__name__)
 
@@ -28,19 +30,10 @@ STAGE_TRAINABLE = {
     "finetune": ("lora", "projector"),
 }
 DEFAULT_GENERATION = {
-    "max_new_tokens": 64,
-    "num_beams": 1,
-    "do_sample": False,
-    "temperature": 1.0,
-    "top_p": 1.0,
-    "seed": 0,
+    **{key: DEFAULT_SETTINGS[key] for key in ("max_new_tokens", "num_beams", "do_sample", "temperature", "top_p", "seed")},
     "repetition_penalty": 1.0,
 }
-DEFAULT_PROMPT = {
-    "template": 'In this panoramic image, please provide a concise but detailed description of "{query}".',
-    "system_prompt": None,
-    "enable_thinking": False,
-}
+DEFAULT_PROMPT = {"template": DEFAULT_PROMPT_TEMPLATE, "system_prompt": None, "enable_thinking": False}
 CHECKPOINT_KEY = "panollava"
 
 
@@ -103,9 +96,9 @@ class PanoLLaVAModule(L.LightningModule):
             if unknown:
                 raise InvalidInputError(f"unknown trainable part(s) {unknown}; choose from {TRAINABLE_PARTS}")
         if lora is None and stage == "finetune":
-            from panollava.models.build import DEFAULT_LORA
+            from panollava.metadata import DEFAULT_LORA
 
-            lora = dict(DEFAULT_LORA)
+            lora = {**DEFAULT_LORA, "target_modules": list(DEFAULT_LORA["target_modules"])}
         generation = {**DEFAULT_GENERATION, **(generation or {})}
         prompt = {**DEFAULT_PROMPT, **(prompt or {})}
         self.save_hyperparameters(

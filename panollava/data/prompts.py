@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from panollava.errors import InvalidInputError
+from panollava.metadata import DEFAULT_PROMPT_TEMPLATE
 
-DEFAULT_PROMPT_TEMPLATE = 'In this panoramic image, please provide a concise but detailed description of "{query}".'
 IGNORE_INDEX = -100
 
 

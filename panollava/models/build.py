@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from panollava.errors import InvalidInputError, ModelUnavailableError
+from panollava.metadata import DEFAULT_LORA
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-DEFAULT_LORA = {"r": 32, "alpha": 64, "dropout": 0.05, "target_modules": list(DEFAULT_LORA_TARGETS)}
+DEFAULT_LORA_TARGETS = tuple(DEFAULT_LORA["target_modules"])
 
 
 @dataclass

@@ -25,6 +25,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from panollava.metadata import DEFAULT_PROMPT_TEMPLATE
+
 logger = logging.getLogger(__name__)
 
 TINY_VERSION = "v1"
@@ -49,7 +51,7 @@ CHAT_TEMPLATE = (
 )
 
 _BASE_CORPUS = [
-    'In this panoramic image, please provide a concise but detailed description of "{query}".',
+    DEFAULT_PROMPT_TEMPLATE,
     "You are a helpful assistant that describes panoramic images.",
     "user assistant system user assistant system",
     "the a an of in on at to is are there it its this that with and or behind front left right above below",
