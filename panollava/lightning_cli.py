@@ -328,7 +328,7 @@ class PanoLLaVACLI(LightningCLI):
 
     def after_instantiate_classes(self) -> None:
         from panollava.callbacks.outputs import EvaluationWriter, SampleLogger
-        from panollava.callbacks.run_dir import RunDirectoryWriter
+        from panollava.callbacks.run_writer import RunDirectoryWriter
 
         cfg = self.config[self.subcommand]
         callbacks = self.trainer.callbacks
