@@ -4,13 +4,19 @@ For evaluation, rows that share (``url``, ``query``) are one sample with several
 against all); ``reference_mode="per_row"`` keeps the original tool's one-reference-per-row scoring as a legacy mode.
 For training each row is one example (the annotation is the target).
 
+Duplicate policy (the tool's only one): an exact duplicate row (same ``url``, ``query`` and ``annotation``) is
+dropped when the CSV is read, with one warning naming its lines, because it would count one reference twice.
+Rows that share (``url``, ``query``) with different annotations are the references of one sample.
+
 A sample's id is derived from the CSV alone (a hash of url and query, plus the row in per-row mode), so it is the
 same across runs, subsets and world sizes.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -51,6 +57,62 @@ def sample_id_for(url: str, query: str, row: int | None = None) -> str:
     return digest if row is None else f"{digest}-r{row}"
 
 
+#: Cell values that mean "missing" (what pandas, numpy and Python write for a missing value); never text.
+MISSING_CELL_VALUES = frozenset({"nan", "NaN", "NAN", "-nan", "<NA>", "None", "null", "NULL", "#N/A"})
+
+#: How many offending lines an error or warning lists before "and N more".
+_SHOWN_LINES = 10
+
+
+def _show_lines(lines: Sequence[int]) -> str:
+    shown = ", ".join(str(n) for n in lines[:_SHOWN_LINES])
+    return shown + (f" and {len(lines) - _SHOWN_LINES} more" if len(lines) > _SHOWN_LINES else "")
+
+
+def _decode_csv(path: Path) -> str:
+    """The CSV's text: UTF-8 with or without a byte-order mark; bad bytes raise naming their offset and line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        bad = data[exc.start : exc.end].hex(" ")
+        raise InvalidInputError(
+            f"caption CSV '{path}' is not valid UTF-8: byte(s) 0x{bad} at byte offset {exc.start} (line {line}, "
+            f"column {column}): {exc.reason}. Re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+
+
+def _csv_records(path: Path, text: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Header and (first physical line, cells) of every non-blank record; line numbers count blank lines."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header: list[str] | None = None
+    records: list[tuple[int, list[str]]] = []
+    previous_end = 0
+    try:
+        for cells in reader:
+            line = previous_end + 1
+            previous_end = reader.line_num
+            if not cells or all(not c.strip() for c in cells):
+                continue  # blank line (or a line of empty cells): skipped, but it still counts for numbering
+            if header is None:
+                header = [c.strip() for c in cells]
+            else:
+                records.append((line, cells))
+    except csv.Error as exc:
+        raise InvalidInputError(
+            f"caption CSV '{path}' line {previous_end + 1} could not be parsed: {exc}. Check the quoting of that "
+            "line (a field with a comma, quote or line break must be in double quotes, inner quotes doubled)"
+        ) from None
+    if header is None:
+        raise InvalidInputError(
+            f"caption CSV '{path}' is empty; expected a header line url,query,annotation followed by one row per "
+            "reference caption"
+        )
+    return header, records
+
+
 def read_caption_csv(
     path: str | Path,
     image_root: str | Path | None = None,
@@ -59,57 +121,87 @@ def read_caption_csv(
 ) -> list[dict[str, Any]]:
     """Read and validate a caption CSV.
 
+    Read with the ``csv`` module (not pandas) so that every error names the physical line of the file, blank lines
+    included. Exact duplicate rows (same ``url``, ``query`` and ``annotation``) are dropped with one warning naming
+    their lines: a repeated row would count one reference twice. This is the tool's one duplicate policy.
+
     Args:
-        path: CSV with columns ``url``, ``query`` and (unless ``require_annotation`` is False) ``annotation``.
+        path: CSV with columns ``url``, ``query`` and (unless ``require_annotation`` is False) ``annotation``;
+            UTF-8, a byte-order mark is accepted. Blank lines are skipped.
         image_root: Folder that relative ``url`` values resolve against (default: the CSV's folder).
         require_annotation: Whether ``annotation`` must be present.
         check_images: Check up front that every image file exists.
 
     Returns:
-        One dict per row: ``url``, ``query``, ``annotation`` (or None), ``image_path`` (absolute), ``row``.
+        One dict per kept row: ``url``, ``query``, ``annotation`` (or None), ``image_path`` (absolute), ``row``
+        (the line of the file, 1 = header).
 
     Raises:
         InputNotFoundError: the CSV or an image is missing (the row and path are named).
-        InvalidInputError: a required column is missing or a cell is empty.
+        InvalidInputError: the file is empty, header-only, not UTF-8 or not parseable; a required column is
+            missing; a row has the wrong number of cells; a cell is empty or holds a missing-value marker such as
+            ``nan`` (every offending line and column is named).
     """
-    import pandas as pd
-
     path = Path(path).expanduser().resolve()
     if not path.is_file():
-        raise InputNotFoundError(f"caption CSV '{path}' does not exist; pass an existing file (--csv_input)")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise InvalidInputError(f"caption CSV '{path}' could not be parsed: {exc}") from exc
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise InputNotFoundError(f"caption CSV '{path}' {what}; pass an existing CSV file (--csv_input)")
+    header, records = _csv_records(path, _decode_csv(path))
     required = ["url", "query"] + (["annotation"] if require_annotation else [])
-    missing = [c for c in required if c not in frame.columns]
+    missing = [c for c in required if c not in header]
     if missing:
         raise InvalidInputError(
-            f"caption CSV '{path}' lacks column(s) {missing} (found: {list(frame.columns)}); "
+            f"caption CSV '{path}' lacks column(s) {missing} (found: {header}); "
             "expected the QuIC-360 columns url,query,annotation"
+            + ("; to caption a CSV without references use 'predict'" if missing == ["annotation"] else "")
         )
-    has_annotation = "annotation" in frame.columns
+    repeated = sorted({c for c in header if header.count(c) > 1 and c in ("url", "query", "annotation")})
+    if repeated:
+        raise InvalidInputError(f"caption CSV '{path}' has the column(s) {repeated} more than once: {header}")
+    has_annotation = "annotation" in header
+    wanted = ["url", "query"] + (["annotation"] if has_annotation else [])
+    position = {c: header.index(c) for c in wanted}
+    if not records:
+        raise InvalidInputError(
+            f"caption CSV '{path}' has a header but no rows; add one row per reference caption (url,query,annotation)"
+        )
     root = Path(image_root).expanduser().resolve() if image_root else path.parent
+    bad_width = [(line, len(cells)) for line, cells in records if len(cells) != len(header)]
+    if bad_width:
+        line, width = bad_width[0]
+        raise InvalidInputError(
+            f"caption CSV '{path}' line {line} has {width} cell(s) but the header has {len(header)} "
+            f"({len(bad_width)} such line(s): {_show_lines([n for n, _ in bad_width])}); quote fields that contain "
+            "commas and check for missing or extra separators"
+        )
+    empty: dict[str, list[int]] = {}
     rows: list[dict[str, Any]] = []
-    for i, rec in enumerate(frame.to_dict("records")):
-        line = i + 2  # line 1 is the header
-        for column in required:
-            if not str(rec[column]).strip():
-                raise InvalidInputError(f"caption CSV '{path}' line {line}: column {column!r} is empty")
-        url = str(rec["url"]).strip()
-        image = Path(url).expanduser()
+    for line, cells in records:
+        values = {c: cells[i].strip() for c, i in position.items()}
+        for column in wanted:
+            if not values[column] or values[column] in MISSING_CELL_VALUES:
+                empty.setdefault(column, []).append(line)
+        image = Path(values["url"]).expanduser()
         image = image if image.is_absolute() else root / image
         rows.append(
             {
-                "url": url,
-                "query": str(rec["query"]).strip(),
-                "annotation": str(rec["annotation"]).strip() if has_annotation else None,
+                "url": values["url"],
+                "query": values["query"],
+                "annotation": values["annotation"] if has_annotation else None,
                 "image_path": str(image),
                 "row": line,
             }
         )
-    if not rows:
-        raise InvalidInputError(f"caption CSV '{path}' has a header but no rows")
+    if empty:
+        first_column, first_lines = next(iter(empty.items()))
+        everywhere = "; ".join(f"column {c!r} on line(s) {_show_lines(lines)}" for c, lines in empty.items())
+        raise InvalidInputError(
+            f"caption CSV '{path}' line {first_lines[0]}: column {first_column!r} is empty or a missing-value "
+            f"marker such as 'nan' (all: {everywhere}). An empty query cannot be prompted and an empty annotation "
+            "would be scored as a reference: fill in or delete those rows"
+        )
+    if has_annotation:  # without references a repeated (url, query) is simply one sample
+        rows = _drop_exact_duplicates(path, rows)
     if check_images:
         seen: dict[str, int] = {}
         for rec in rows:
@@ -123,6 +215,30 @@ def read_caption_csv(
                 f"'{root}' — set the image root (--data.image_root) or fix the paths"
             )
     return rows
+
+
+def _drop_exact_duplicates(path: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Keep the first of rows with the same (url, query, annotation), warning once with every repeated line."""
+    first: dict[tuple[str, str, str | None], int] = {}
+    kept: list[dict[str, Any]] = []
+    repeats: list[str] = []
+    for rec in rows:
+        key = (rec["url"], rec["query"], rec["annotation"])
+        if key in first:
+            repeats.append(f"{rec['row']} (= line {first[key]})")
+            continue
+        first[key] = rec["row"]
+        kept.append(rec)
+    if repeats:
+        shown = ", ".join(repeats[:_SHOWN_LINES]) + (
+            f" and {len(repeats) - _SHOWN_LINES} more" if len(repeats) > _SHOWN_LINES else ""
+        )
+        logger.warning(
+            "caption CSV '%s': dropped %d exact duplicate row(s) (same url, query and annotation), which would "
+            "count one reference twice: line(s) %s. Remove them from the file to silence this warning",
+            path, len(repeats), shown,
+        )
+    return kept
 
 
 def group_samples(rows: Sequence[dict[str, Any]], reference_mode: str = "grouped") -> list[CaptionSample]:
