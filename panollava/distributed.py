@@ -1,8 +1,7 @@
-"""Gathering per-sample records across ranks without duplicates.
+"""Gathering Python objects (per-sample records, errors) across ranks.
 
-Lightning's ``DistributedSampler`` pads the last batches by repeating samples, so every rank may hold a few
-records that another rank also holds. Records carry their ``sample_id`` (and dataset ``index``); gathering keeps the
-first copy of each id and restores dataset order.
+Evaluation never pads or repeats samples (``panollava.evaluation.sharding``), so gathered records are never
+de-duplicated: a sample id seen twice is an error wherever it is found (the one duplicate policy, docs/data.md).
 """
 
 from __future__ import annotations
@@ -30,21 +29,3 @@ def all_gather_objects(items: Sequence[Any]) -> list[Any]:
     gathered: list[list[Any]] = [[] for _ in range(dist.get_world_size())]
     dist.all_gather_object(gathered, list(items))
     return [item for part in gathered for item in part]
-
-
-def dedupe_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Keep the first record of each ``sample_id``; sort by dataset ``index`` when present."""
-    seen: dict[str, dict[str, Any]] = {}
-    for rec in records:
-        seen.setdefault(rec["sample_id"], rec)
-    out = list(seen.values())
-    if out and all("index" in r for r in out):
-        out.sort(key=lambda r: r["index"])
-    if len(out) != len(records):
-        logger.info("dropped %d duplicate record(s) added by the distributed sampler", len(records) - len(out))
-    return out
-
-
-def gather_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """All ranks' records, de-duplicated by sample id and in dataset order (on every rank)."""
-    return dedupe_records(all_gather_objects(records))

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 PER_SAMPLE_KEYS = ("bleu_4", "cider", "rouge_l", "meteor")
+RECORD_KEYS = ("sample_id", "index", "image", "image_path", "query", "prediction", "references")
+"""Keys of a per-sample record in ``predictions.jsonl``, in order (``scores`` follows when scored)."""
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -72,7 +74,7 @@ def attach_scores(records: Sequence[dict[str, Any]], per_sample: Mapping[str, Ma
     """Copy records, adding ``scores`` (bleu_4, cider, rouge_l, meteor) per sample when available."""
     out = []
     for rec in records:
-        item = {k: rec[k] for k in ("sample_id", "image", "query", "prediction", "references") if k in rec}
+        item = {k: rec[k] for k in RECORD_KEYS if k in rec}
         if per_sample is not None and rec["sample_id"] in per_sample:
             item["scores"] = {k: per_sample[rec["sample_id"]].get(k) for k in PER_SAMPLE_KEYS}
         out.append(item)

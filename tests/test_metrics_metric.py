@@ -24,10 +24,8 @@ SAMPLES = [
 
 
 def _rank_batches(world_size: int) -> list[list[tuple[str, str, list[str]]]]:
-    """What Lightning's DistributedSampler hands each rank: interleaved, padded by repeating the first
-    samples."""
-    padded = SAMPLES + SAMPLES[: (-len(SAMPLES)) % world_size]
-    return [padded[rank::world_size] for rank in range(world_size)]
+    """Each sample on exactly one rank (as panollava's evaluation loaders shard), interleaved."""
+    return [SAMPLES[rank::world_size] for rank in range(world_size)]
 
 
 def _update(metric: CaptionMetric, samples, batch_size: int = 2) -> None:
@@ -36,17 +34,12 @@ def _update(metric: CaptionMetric, samples, batch_size: int = 2) -> None:
         metric.update([s[0] for s in chunk], [s[1] for s in chunk], [s[2] for s in chunk])
 
 
-def test_sampler_padding_is_what_we_simulate():
-    ranks = _rank_batches(2)
-    assert [s[0] for s in ranks[0]] == ["s1", "s3", "s4"] and [s[0] for s in ranks[1]] == ["s2", "s10", "s1"]
-
-
-def test_merge_states_dedupes_and_orders_naturally():
+def test_merge_states_orders_naturally():
     states = [
         {"sample_ids": ["s1", "s3", "s4"], "predictions": ["a", "c", "d"],
          "references": [["x"], ["z"], ["w"]]},
-        {"sample_ids": ["s2", "s10", "s1"], "predictions": ["b", "e", "a"],
-         "references": [["y"], ["v"], ["x"]]},
+        {"sample_ids": ["s2", "s10"], "predictions": ["b", "e"],
+         "references": [["y"], ["v"]]},
     ]
     ids, preds, refs = merge_states(states)
     assert ids == ["s1", "s2", "s3", "s4", "s10"]
@@ -54,13 +47,16 @@ def test_merge_states_dedupes_and_orders_naturally():
     assert sorted(["10", "9", "img_2", "img_10"], key=sample_sort_key) == ["9", "10", "img_2", "img_10"]
 
 
-def test_merge_states_refuses_conflicting_duplicates():
+def test_merge_states_refuses_any_duplicate():
     states = [
         {"sample_ids": ["s1"], "predictions": ["a cat"], "references": [["x"]]},
         {"sample_ids": ["s1"], "predictions": ["a dog"], "references": [["x"]]},
     ]
-    with pytest.raises(InvalidInputError, match="'s1' was scored twice with different prediction"):
+    with pytest.raises(InvalidInputError, match="'s1' was scored twice .with different predictions"):
         merge_states(states)
+    same = [{"sample_ids": ["s1"], "predictions": ["a cat"], "references": [["x"]]}] * 2
+    with pytest.raises(InvalidInputError, match="'s1' was scored twice .identical copies.*exactly once"):
+        merge_states(same)
 
 
 @pytest.fixture(scope="module")
@@ -103,10 +99,10 @@ def test_two_simulated_ranks_equal_one_process(single_process):
         values = metric.compute()
         assert metric.last_scores.corpus == expected.corpus
         assert metric.last_scores.per_sample == expected.per_sample
-        assert metric.last_scores.num_samples == len(SAMPLES)  # the padded duplicate was dropped
+        assert metric.last_scores.num_samples == len(SAMPLES)
         assert set(values) == {k for k, v in expected.corpus.items() if v is not None}
     # the local state is restored after the synced compute (torchmetrics unsync)
-    assert metrics[1].sample_ids == ["s2", "s10", "s1"]
+    assert metrics[1].sample_ids == [s[0] for s in ranks[1]]
 
 
 def test_update_validates_batches():

@@ -16,7 +16,6 @@ from panollava.data.dataset import (
     training_samples,
 )
 from panollava.data.prompts import DEFAULT_PROMPT_TEMPLATE, IGNORE_INDEX, PromptEncoder, format_user_text
-from panollava.distributed import dedupe_records, gather_records
 from panollava.errors import InputNotFoundError, InvalidInputError
 
 IMAGE_TOKEN = "<|image_pad|>"
@@ -268,19 +267,3 @@ def test_relative_urls_resolve_against_csv_folder_or_image_root(image_dir: Path,
 def test_header_only_csv(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="no rows"):
         read_caption_csv(_write(tmp_path / "h.csv", "url,query,annotation\n"))
-
-
-# -- distributed de-duplication ------------------------------------------------------------------------------------
-def test_dedupe_records_keeps_the_first_copy_in_dataset_order() -> None:
-    # Two ranks with the sampler's padding: rank 0 [0, 2, 4], rank 1 [1, 3, 0 (repeat)].
-    rank0 = [{"sample_id": f"s{i}", "index": i, "prediction": f"p{i}"} for i in (0, 2, 4)]
-    rank1 = [{"sample_id": f"s{i}", "index": i, "prediction": f"p{i}"} for i in (1, 3)]
-    rank1.append({"sample_id": "s0", "index": 0, "prediction": "padding copy"})
-    out = dedupe_records(rank0 + rank1)
-    assert [r["index"] for r in out] == [0, 1, 2, 3, 4]
-    assert out[0]["prediction"] == "p0"
-    # Without an index the order of first appearance is kept.
-    plain = dedupe_records([{"sample_id": "b"}, {"sample_id": "a"}, {"sample_id": "b", "x": 1}])
-    assert plain == [{"sample_id": "b"}, {"sample_id": "a"}]
-    assert dedupe_records([]) == []
-    assert gather_records(rank0 + rank1) == out  # not distributed: the local records, de-duplicated

@@ -1,11 +1,11 @@
 """``CaptionMetric``: the COCO caption metrics as a torchmetrics ``Metric``, correct under DDP.
 
 Its state is Python objects (sample ids, predictions, reference lists), which tensor all-gathers cannot carry,
-so ``_sync_dist`` gathers them with ``torch.distributed.all_gather_object``. Lightning's
-``DistributedSampler`` pads the last batches by repeating samples, so after gathering the same sample can
-appear twice: :func:`merge_states` keeps one copy per ``sample_id`` (and refuses two *different* predictions
-for one id), then sorts the samples by id, so that 1 or N processes score exactly the same list in the same
-order. Rank 0 scores (one METEOR JVM, not one per rank) and broadcasts the result to the other ranks.
+so ``_sync_dist`` gathers them with ``torch.distributed.all_gather_object``. Every sample must be added exactly
+once across all ranks: :func:`merge_states` refuses a sample id seen twice (Lightning's padding
+``DistributedSampler`` repeats samples; panollava's evaluation loaders never do), then sorts the samples by id, so
+that 1 or N processes score exactly the same list in the same order. Rank 0 scores (one METEOR JVM, not one per
+rank) and broadcasts the result to the other ranks.
 
 ``compute()`` returns ``{"bleu_1": tensor, ...}`` for logging (available official metrics, then the secondary
 ones); the full :class:`~panollava.metrics.CaptionScores` (per-sample scores, reasons, implementations) is
@@ -40,7 +40,7 @@ def sample_sort_key(sample_id: str) -> tuple[Any, ...]:
 
 
 def merge_states(states: Sequence[dict[str, list[Any]]]) -> tuple[list[str], list[str], list[list[str]]]:
-    """Merge the states of several ranks: one copy per sample id, in natural id order.
+    """Merge the states of several ranks, in natural id order; each sample id must appear once.
 
     Args:
         states: Per rank, ``{"sample_ids": [...], "predictions": [...], "references": [...]}`` (parallel
@@ -50,26 +50,20 @@ def merge_states(states: Sequence[dict[str, list[Any]]]) -> tuple[list[str], lis
         ``(sample_ids, predictions, references)``.
 
     Raises:
-        InvalidInputError: One sample id with two different predictions or reference lists.
+        InvalidInputError: A sample id appears twice (the one duplicate policy: never silently dropped).
     """
     merged: dict[str, tuple[str, list[str]]] = {}
-    duplicates = 0
     for rank, state in enumerate(states):
         for sid, prediction, refs in zip(state["sample_ids"], state["predictions"], state["references"]):
-            entry = (prediction, list(refs))
-            previous = merged.setdefault(sid, entry)
-            if previous is entry:
-                continue
-            duplicates += 1
-            if previous != entry:
-                what, index = ("prediction", 0) if previous[0] != prediction else ("references", 1)
+            if sid in merged:
+                same = merged[sid] == (prediction, list(refs))
+                how = "identical copies" if same else "with different predictions or references"
                 raise InvalidInputError(
-                    f"sample_id {sid!r} was scored twice with different {what} (second copy from rank "
-                    f"{rank}): {previous[index]!r} vs {entry[index]!r}. Sample ids must be unique in the "
-                    "dataset"
+                    f"sample_id {sid!r} was scored twice ({how}; second copy from rank {rank}): every sample must "
+                    "be scored exactly once. Sample ids must be unique in the dataset, and a distributed loader must "
+                    "not pad by repeating samples (panollava's evaluation loaders never do)"
                 )
-    if duplicates:
-        logger.info("CaptionMetric: dropped %d repeated sample(s) (distributed-sampler padding)", duplicates)
+            merged[sid] = (prediction, list(refs))
     ids = sorted(merged, key=sample_sort_key)
     return ids, [merged[i][0] for i in ids], [merged[i][1] for i in ids]
 

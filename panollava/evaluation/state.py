@@ -1,0 +1,375 @@
+"""The on-disk state of one evaluation: per-rank shards, the resume fingerprint, and the final set of outputs.
+
+Layout of an output folder::
+
+    eval_state.json          fingerprint of what makes the captions, attempts (resumed / generated counts), complete
+    shards/<attempt>-rank<R>.jsonl   finished records, appended and fsynced every batch (removed after the final write)
+    predictions.jsonl, predictions.csv, report.html, metrics.json    the final set (test); predict_info.json (predict)
+
+Rules that make it safe to kill at any moment:
+
+* a record reaches a shard only after its caption exists, one JSON line each, flushed and fsynced every batch; a
+  line cut short by a kill is ignored on reading (its sample is simply generated again);
+* a rerun into the same folder reads every shard (whatever world size wrote them) and skips those samples, if and
+  only if the fingerprint matches (checkpoint, adapter, settings that change captions, data); otherwise it refuses
+  and names what changed (``--overwrite true`` starts fresh);
+* the final set is written predictions first and ``metrics.json`` last, after removing the old ``metrics.json``: a
+  ``metrics.json`` only ever sits beside the predictions it was computed from (it records their sha256).
+
+Light module: no torch, no lightning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from panollava.errors import InvalidInputError, PanoLLaVAError
+from panollava.report import sha256_file, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "eval_state.json"
+SHARD_DIR = "shards"
+FINAL_FILES = {
+    "test": ("metrics.json", "report.html", "predictions.jsonl", "predictions.csv"),
+    "predict": ("predict_info.json", "predictions.jsonl", "predictions.csv"),
+}
+"""The final outputs of each mode; the first is the commit marker (removed first, written last)."""
+
+LAYOUT_KEYS = frozenset({
+    "batch_size", "num_workers", "output_dir", "overwrite", "progress", "log_samples", "log_interval",
+    "log_max_samples", "strict_metrics", "csv_input", "runs_root", "experiment_name",
+})
+"""Settings that change how the work is laid out, never a caption: left out of the fingerprint, so a run that ran
+out of memory can resume with a smaller batch or another world size."""
+
+
+class ResumeRefusedError(PanoLLaVAError, ValueError):
+    """The output folder holds another evaluation's state."""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def adapter_digest(lora_dir: str | os.PathLike[str] | None) -> str | None:
+    """sha256 over the adapter folder's config and weight files (None without an adapter)."""
+    if lora_dir is None:
+        return None
+    import hashlib
+
+    digest = hashlib.sha256()
+    folder = Path(lora_dir)
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if path.is_file() and (path.suffix in (".json", ".safetensors", ".bin")):
+            digest.update(path.name.encode())
+            digest.update(sha256_file(path).encode())
+    return digest.hexdigest()
+
+
+def evaluation_fingerprint(
+    provenance: Mapping[str, Any], *, mode: str, precision: str, device_type: str
+) -> dict[str, Any]:
+    """What makes the captions of an evaluation: two runs with equal fingerprints produce the same records.
+
+    Args:
+        provenance: The evaluation's provenance (checkpoint, run, settings, decoding, dataset).
+        mode: ``"test"`` or ``"predict"``.
+        precision: The trainer's precision (``"32-true"``, ``"bf16-mixed"``, ...).
+        device_type: ``"cpu"``, ``"cuda"``, ...
+
+    Returns:
+        A flat JSON-able dict: ``checkpoint_sha256``, ``adapter_sha256``, ``dataset_sha256``, ``reference_mode``,
+        ``precision``, ``device_type``, ``mode``, ``decoding.<key>`` and ``setting.<key>`` for every setting that
+        is not a layout choice (:data:`LAYOUT_KEYS`).
+    """
+    run = provenance.get("run") or {}
+    dataset = provenance.get("dataset") or {}
+    out: dict[str, Any] = {
+        "mode": mode,
+        "checkpoint_sha256": (provenance.get("checkpoint") or {}).get("sha256"),
+        "adapter_sha256": adapter_digest(run.get("lora_dir")),
+        "dataset_sha256": dataset.get("sha256"),
+        "reference_mode": dataset.get("reference_mode"),
+        "precision": str(precision),
+        "device_type": str(device_type),
+    }
+    for key, value in sorted((provenance.get("decoding") or {}).items()):
+        out[f"decoding.{key}"] = value
+    for key, entry in sorted((provenance.get("settings") or {}).items()):
+        if key not in LAYOUT_KEYS:
+            out[f"setting.{key}"] = entry.get("value") if isinstance(entry, Mapping) else entry
+    return json.loads(json.dumps(out, default=str))
+
+
+def fingerprint_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(key, before, now)`` for every fingerprint entry that differs."""
+    return [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+def _flag_name(key: str) -> str:
+    name = key.split(".", 1)[-1]
+    return {"checkpoint_sha256": "the checkpoint file", "adapter_sha256": "the LoRA adapter",
+            "dataset_sha256": "the dataset CSV"}.get(key, name)
+
+
+class ShardWriter:
+    """Appends finished records to one shard file, one JSON line each, flushed and fsynced per call.
+
+    Args:
+        path: The shard file (created with its folder).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "a", encoding="utf-8")
+        self.count = 0
+
+    def append(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Writes ``records`` and makes them durable before returning."""
+        lines = "".join(json.dumps(dict(r), ensure_ascii=False, allow_nan=False) + "\n" for r in records)
+        if not lines:
+            return
+        self._fh.write(lines)
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self.count += lines.count("\n")
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+
+
+def read_jsonl_records(path: Path) -> list[dict[str, Any]]:
+    """Records of a JSON-lines file; a last line cut short by a kill (no newline, not JSON) is ignored.
+
+    Raises:
+        InvalidInputError: a complete line in the middle of the file is not a JSON object.
+    """
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = text.split("\n")
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):  # the unterminated tail of a killed write
+                logger.info("ignoring the incomplete last line of '%s' (a run was killed while writing it)", path)
+                continue
+            raise InvalidInputError(
+                f"'{path}' line {number} is not valid JSON; the evaluation state is damaged. "
+                "Delete the file to regenerate its samples, or rerun with --overwrite true."
+            ) from None
+        if not isinstance(record, dict) or "sample_id" not in record:
+            raise InvalidInputError(f"'{path}' line {number} is not a record with a sample_id")
+        records.append(record)
+    return records
+
+
+def read_done(output_dir: Path, include_final: bool) -> dict[str, dict[str, Any]]:
+    """Finished records in an output folder, by sample id: every shard, plus ``predictions.jsonl`` of a complete
+    evaluation when ``include_final``.
+
+    Raises:
+        InvalidInputError: one sample id with two different captions (the folder mixes two evaluations).
+    """
+    sources: list[Path] = sorted((output_dir / SHARD_DIR).glob("*.jsonl")) if (output_dir / SHARD_DIR).is_dir() else []
+    if include_final and (output_dir / "predictions.jsonl").is_file():
+        sources.append(output_dir / "predictions.jsonl")
+    done: dict[str, dict[str, Any]] = {}
+    for path in sources:
+        for record in read_jsonl_records(path):
+            sid = record["sample_id"]
+            previous = done.get(sid)
+            if previous is not None and previous.get("prediction") != record.get("prediction"):
+                raise InvalidInputError(
+                    f"sample {sid!r} has two different captions in '{output_dir}' ({previous.get('prediction')!r} "
+                    f"and {record.get('prediction')!r} in '{path}'): the folder mixes two evaluations. "
+                    "Rerun with --overwrite true or use another --output_dir."
+                )
+            done.setdefault(sid, record)
+    return done
+
+
+def _remove_outputs(output_dir: Path, mode: str) -> None:
+    for name in {*FINAL_FILES["test"], *FINAL_FILES["predict"], STATE_FILE}:
+        (output_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(output_dir / SHARD_DIR, ignore_errors=True)
+
+
+def _check_writable(output_dir: Path) -> None:
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / f".write-test-{uuid.uuid4().hex[:8]}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise InvalidInputError(
+            f"cannot write evaluation results to '{output_dir}': {exc.strerror or exc}. "
+            "Pass a writable --output_dir."
+        ) from None
+
+
+def begin_attempt(
+    output_dir: Path,
+    fingerprint: Mapping[str, Any],
+    *,
+    mode: str,
+    overwrite: bool,
+    sample_ids: Sequence[str],
+    world_size: int,
+) -> tuple[str, dict[str, dict[str, Any]]]:
+    """Starts (or resumes) an evaluation in ``output_dir``; run on rank 0 only.
+
+    Args:
+        output_dir: The output folder (created).
+        fingerprint: :func:`evaluation_fingerprint` of this run.
+        mode: ``"test"`` or ``"predict"``.
+        overwrite: Start fresh: remove an earlier evaluation's state and outputs first.
+        sample_ids: The dataset's sample ids (done records of other ids are ignored, with a warning).
+        world_size: Number of processes (recorded).
+
+    Returns:
+        ``(attempt_id, done)``: a new attempt id and the finished records to reuse, by sample id.
+
+    Raises:
+        ResumeRefusedError: the folder holds an evaluation with another fingerprint (the message lists each
+            change and says how to start fresh), or final outputs without a recorded fingerprint.
+        InvalidInputError: the folder is not writable, or its state is damaged.
+    """
+    _check_writable(output_dir)
+    state_path = output_dir / STATE_FILE
+    state: dict[str, Any] | None = None
+    if state_path.is_file():
+        try:
+            state = json.loads(state_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            state = None
+            if not overwrite:
+                raise ResumeRefusedError(
+                    f"'{state_path}' is damaged (not JSON), so the folder cannot be resumed safely. "
+                    "Rerun with --overwrite true to start fresh, or use another --output_dir."
+                ) from None
+    if overwrite:
+        if state is not None or any((output_dir / n).exists() for n in (*FINAL_FILES[mode], SHARD_DIR)):
+            logger.warning("--overwrite true: removing the earlier evaluation in '%s'", output_dir)
+        _remove_outputs(output_dir, mode)
+        state = None
+    elif state is None:
+        leftovers = [n for n in (*FINAL_FILES["test"], *FINAL_FILES["predict"], SHARD_DIR) if (output_dir / n).exists()]
+        if leftovers:
+            raise ResumeRefusedError(
+                f"'{output_dir}' holds results of an earlier evaluation ({', '.join(sorted(set(leftovers)))}) but no "
+                f"{STATE_FILE} recording what produced them, so they cannot be reused or safely mixed. Rerun with "
+                "--overwrite true to replace them, or pass another --output_dir."
+            )
+    else:
+        changes = fingerprint_changes(state.get("fingerprint") or {}, fingerprint)
+        if changes:
+            shown = "; ".join(f"{_flag_name(k)}: {old!r} -> {new!r}" for k, old, new in changes[:12])
+            more = f" (and {len(changes) - 12} more)" if len(changes) > 12 else ""
+            raise ResumeRefusedError(
+                f"'{output_dir}' holds an evaluation made with other settings, so it cannot be resumed: {shown}{more}. "
+                "Rerun with the same settings to continue it, pass --overwrite true to start fresh, or use another "
+                "--output_dir."
+            )
+
+    complete = bool(state and state.get("complete"))
+    done = read_done(output_dir, include_final=complete)
+    wanted = set(sample_ids)
+    foreign = [sid for sid in done if sid not in wanted]
+    if foreign:
+        logger.warning("ignoring %d finished record(s) whose sample is not in this dataset", len(foreign))
+        for sid in foreign:
+            del done[sid]
+    attempt = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    attempts = list((state or {}).get("attempts") or [])
+    attempts.append({
+        "attempt": attempt, "started_at": _now(), "world_size": world_size,
+        "resumed": len(done), "remaining": len(wanted) - len(done), "generated": None,
+    })
+    write_json_atomic(state_path, {
+        "mode": mode, "fingerprint": dict(fingerprint), "complete": False, "num_samples": len(wanted),
+        "attempts": attempts,
+    })
+    return attempt, done
+
+
+def shard_path(output_dir: Path, attempt: str, rank: int) -> Path:
+    """Where rank ``rank`` of attempt ``attempt`` appends its records."""
+    return output_dir / SHARD_DIR / f"{attempt}-rank{rank}.jsonl"
+
+
+def count_shard_lines(output_dir: Path, attempt: str, offsets: dict[Path, tuple[int, int]]) -> int:
+    """Records written so far by every rank of ``attempt`` (reads only the bytes appended since the last call).
+
+    Args:
+        output_dir: The output folder.
+        attempt: The attempt id.
+        offsets: Per shard ``(bytes read, lines counted)``, updated in place between calls.
+
+    Returns:
+        The total number of complete lines.
+    """
+    total = 0
+    for path in (output_dir / SHARD_DIR).glob(f"{attempt}-rank*.jsonl"):
+        read, lines = offsets.get(path, (0, 0))
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(read)
+                chunk = fh.read()
+        except OSError:
+            chunk = b""
+        offsets[path] = (read + len(chunk), lines + chunk.count(b"\n"))
+        total += offsets[path][1]
+    return total
+
+
+def finish_attempt(
+    output_dir: Path,
+    *,
+    mode: str,
+    attempt: str,
+    generated: int,
+    write_outputs: Any,
+    metrics_name: str,
+    metrics: dict[str, Any],
+) -> None:
+    """Writes the final set and marks the evaluation complete; run on rank 0 only.
+
+    The commit marker (``metrics_name``) is removed first and written last, with the sha256 of the predictions it
+    was computed from, so an interrupted write never leaves an old ``metrics.json`` beside new predictions.
+
+    Args:
+        output_dir: The output folder.
+        mode: ``"test"`` or ``"predict"``.
+        attempt: The attempt id (its ``generated`` count is recorded).
+        generated: Captions generated by this attempt, all ranks together.
+        write_outputs: ``() -> None`` that writes every other final file (predictions, report).
+        metrics_name: ``"metrics.json"`` (test) or ``"predict_info.json"`` (predict).
+        metrics: Its content; ``predictions_sha256`` is added.
+    """
+    (output_dir / metrics_name).unlink(missing_ok=True)
+    write_outputs()
+    metrics["predictions_sha256"] = sha256_file(output_dir / "predictions.jsonl")
+    write_json_atomic(output_dir / metrics_name, metrics)
+    state_path = output_dir / STATE_FILE
+    state = json.loads(state_path.read_text(encoding="utf-8"))
+    for entry in state.get("attempts") or []:
+        if entry.get("attempt") == attempt:
+            entry["generated"] = generated
+            entry["finished_at"] = _now()
+    state["complete"] = True
+    write_json_atomic(state_path, state)
+    shutil.rmtree(output_dir / SHARD_DIR, ignore_errors=True)
