@@ -34,6 +34,8 @@ commands:
   validate     validation loss of a checkpoint (LightningCLI)
   score        metrics only, from predictions.jsonl or a CSV: score --predictions FILE --output_dir DIR
   views        cut and save the views of a panorama: views --image PANO --output_dir OUT
+  report       (re)build report.html from an evaluation: report --predictions FILE [--metrics M] [--output_dir D]
+  compare      leaderboard of evaluations with bootstrap intervals: compare DIR... [--baseline DIR] [--output_dir D]
   tiny-models  write the tiny offline models (built on demand anyway) and print their folders
 
 Run 'panollava-cli COMMAND --help' for a command's options. Add --verbose to see tracebacks.
@@ -103,11 +105,22 @@ def _cmd_score(argv: Sequence[str]) -> int:
     parser.add_argument("--predictions", required=True, help="predictions.jsonl or .csv")
     parser.add_argument("--output_dir", required=True, help="folder for metrics.json")
     parser.add_argument("--references_column", default=None, help="CSV column holding references (auto-detected)")
+    parser.add_argument("--strict_metrics", type=_parse_bool, default=False,
+                        help="true: a metric unavailable here (METEOR without Java, SPICE) is fatal (exit 3)")
     args = parser.parse_args(argv)
     from panollava.commands.score import run_score
 
-    run_score(args.predictions, args.output_dir, references_column=args.references_column)
+    run_score(args.predictions, args.output_dir, references_column=args.references_column,
+              strict_metrics=args.strict_metrics)
     return 0
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def _cmd_tiny_models(argv: Sequence[str]) -> int:
@@ -142,11 +155,48 @@ def _cmd_demo(argv: Sequence[str]) -> int:
     return 0
 
 
+def _cmd_report(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="panollava-cli report",
+        description="(Re)build report.html (metrics with provenance, every sample with its panorama, views, "
+        "prediction, references and scores) from an evaluation's predictions.jsonl and metrics.json.",
+    )
+    parser.add_argument("--predictions", required=True, help="predictions.jsonl written by test (or score)")
+    parser.add_argument("--metrics", default=None, help="metrics.json (default: the one beside --predictions)")
+    parser.add_argument("--output_dir", default=None, help="folder for report.html (default: --predictions' folder)")
+    parser.add_argument("--image_root", default=None, help="folder that relative image paths resolve against")
+    args = parser.parse_args(argv)
+    from panollava.commands.report import run_report
+
+    run_report(args.predictions, args.metrics, args.output_dir, args.image_root)
+    return 0
+
+
+def _cmd_compare(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="panollava-cli compare",
+        description="Leaderboard of evaluations: markdown on stdout, leaderboard.csv and leaderboard.html, with "
+        "95%% bootstrap intervals (CIDEr-D, METEOR) and paired bootstrap p-values against the baseline row.",
+    )
+    parser.add_argument("dirs", nargs="+", metavar="DIR",
+                        help="evaluation folders (metrics.json + predictions.jsonl) or run directories (their "
+                        "latest evaluation under ./eval_results)")
+    parser.add_argument("--baseline", default=None, help="the row the others are compared with (default: the first)")
+    parser.add_argument("--output_dir", default=None, help="folder for leaderboard.csv/html (default: current folder)")
+    args = parser.parse_args(argv)
+    from panollava.commands.compare import run_compare_command
+
+    run_compare_command(args.dirs, args.output_dir, args.baseline)
+    return 0
+
+
 LIGHT_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "views": _cmd_views,
     "score": _cmd_score,
     "tiny-models": _cmd_tiny_models,
     "demo": _cmd_demo,
+    "report": _cmd_report,
+    "compare": _cmd_compare,
 }
 
 
@@ -181,7 +231,7 @@ def main(args: Sequence[str] | None = None) -> int:
         if verbose:
             raise
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code  # 2: user error; 3: results written but a metric failed (errors.py)
     except SystemExit as exc:  # argparse / jsonargparse errors and --help
         return int(exc.code or 0) if isinstance(exc.code, int) or exc.code is None else 2
 

@@ -99,7 +99,7 @@ def test_csv_with_named_reference_column(tmp_path):
          "lines 2 and 3 .* different predictions"),
         (["sample_id", "prediction", "references"], [["a", "x", "not json"]],
          "line 2: column 'references' must hold"),
-        (["sample_id", "prediction", "annotation"], [["a", "x", ""]], "no non-empty reference"),
+        (["sample_id", "prediction", "annotation"], [["a", "x", ""]], "line 2: column 'annotation' is empty"),
     ],
 )
 def test_bad_csv(tmp_path, header, rows, match):
@@ -140,9 +140,12 @@ def test_hanging_meteor_still_writes_the_other_metrics(tmp_path, monkeypatch):
     hanging = MeteorProcess([sys.executable, "-c", "import time; time.sleep(120)"])
     monkeypatch.setattr(meteor_module, "_SHARED", hanging)
     src = _write_jsonl(tmp_path / "predictions.jsonl", RECORDS)
-    metrics_path = run_score(str(src), str(tmp_path / "out"), meteor_timeout_s=1.0)
-    data = json.loads(metrics_path.read_text(encoding="utf-8"))
-    assert data["meteor"] is None and "killed" in data["unavailable"]["meteor"]
+    from panollava.errors import MetricFailedError
+
+    with pytest.raises(MetricFailedError, match="meteor: METEOR did not finish"):  # written first, then raised
+        run_score(str(src), str(tmp_path / "out"), meteor_timeout_s=1.0)
+    data = json.loads((tmp_path / "out" / "metrics.json").read_text(encoding="utf-8"))
+    assert data["meteor"] is None and "killed" in data["failed"]["meteor"]
     assert data["cider"] is not None and data["bleu_4"] is not None
 
 

@@ -105,8 +105,8 @@ def test_hanging_meteor_gives_null_with_reason_and_other_metrics(monkeypatch):
         pytest.skip("without Java METEOR is never started")
     result = score_captions(PREDS, REFS, meteor_timeout_s=1.5, secondary=False)
     assert result.corpus["meteor"] is None
-    assert "did not finish within meteor_timeout_s=1.5 s" in result.unavailable["meteor"]
-    assert "killed" in result.unavailable["meteor"]
+    assert "did not finish within meteor_timeout_s=1.5 s" in result.failed["meteor"]
+    assert "killed" in result.failed["meteor"]
     assert result.corpus["cider"] is not None and result.corpus["bleu_4"] is not None
     assert not hanging.alive
 
@@ -120,7 +120,7 @@ def test_crashing_meteor_is_reported(monkeypatch):
     monkeypatch.setattr(meteor_module, "_SHARED", crashing)
     monkeypatch.setattr(meteor_module, "meteor_command", lambda java: command)
     result = score_captions(PREDS, REFS, secondary=False)
-    assert result.corpus["meteor"] is None and "boom: no heap" in result.unavailable["meteor"]
+    assert result.corpus["meteor"] is None and "boom: no heap" in result.failed["meteor"]
     assert result.corpus["rouge_l"] is not None
 
 
@@ -178,10 +178,37 @@ def test_invalid_inputs(predictions, references, match):
         score_captions(predictions, references, secondary=False, meteor=False)
 
 
-def test_all_references_empty_reports_cider_unavailable():
-    result = score_captions({"a": "x"}, {"a": [""]}, secondary=False, meteor=False)
-    assert result.corpus["cider"] is None and "CIDEr-D failed" in result.unavailable["cider"]
+def test_empty_reference_is_refused():
+    with pytest.raises(InvalidInputError, match=r"empty reference.*'a'"):
+        score_captions({"a": "x"}, {"a": ["a cat", " "]}, secondary=False, meteor=False)
+
+
+def test_a_metric_that_raises_is_failed_not_unavailable(monkeypatch):
+    from pycocoevalcap.cider.cider import Cider
+
+    from panollava.errors import MetricFailedError
+
+    def boom(self, gts, res):
+        raise ZeroDivisionError("no document frequencies")
+
+    monkeypatch.setattr(Cider, "compute_score", boom)
+    result = score_captions(PREDS, REFS, secondary=False, meteor=False)
+    assert result.corpus["cider"] is None and "CIDEr-D raised ZeroDivisionError" in result.failed["cider"]
+    assert "cider" not in result.unavailable and result.to_metrics_json()["failed"] == result.failed
     assert result.corpus["bleu_4"] is not None and not math.isnan(result.corpus["bleu_4"])
+    with pytest.raises(MetricFailedError, match=r"1 metric\(s\) failed: cider: CIDEr-D raised .*written \(m.json\)"):
+        result.raise_for_failures(written=["m.json"])
+    assert MetricFailedError.exit_code == 3
+
+
+def test_unavailable_is_fatal_only_in_strict_mode():
+    from panollava.errors import MetricFailedError
+
+    result = score_captions(PREDS, REFS, secondary=False, meteor=False)
+    assert not result.failed and "meteor" in result.unavailable
+    result.raise_for_failures()  # a warning only
+    with pytest.raises(MetricFailedError, match=r"unavailable \(strict mode\): meteor: unavailable: METEOR was not"):
+        result.raise_for_failures(strict=True)
 
 
 def test_import_is_light():

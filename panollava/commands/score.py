@@ -96,9 +96,19 @@ def _pick(columns: Sequence[str], candidates: Sequence[str]) -> str | None:
 
 def _load_csv(path: Path, references_column: str | None) -> list[dict[str, Any]]:
     with path.open(encoding="utf-8-sig", newline="") as fh:
-        reader = csv.DictReader(fh)
-        columns = list(reader.fieldnames or [])
-        rows = list(reader)
+        reader = csv.reader(fh)
+        columns: list[str] = []
+        numbered: list[tuple[int, dict[str, str | None]]] = []
+        end = 0
+        for cells in reader:  # physical line numbers (blank lines counted), as every message names them
+            start, end = end + 1, reader.line_num
+            if not cells:
+                continue
+            if not columns:
+                columns = cells
+                continue
+            padded = cells + [None] * (len(columns) - len(cells))  # type: ignore[list-item]
+            numbered.append((start, dict(zip(columns, padded))))
     found = ", ".join(columns) or "none"
     prediction_col = _pick(columns, PREDICTION_COLUMNS)
     if prediction_col is None:
@@ -137,9 +147,8 @@ def _load_csv(path: Path, references_column: str | None) -> list[dict[str, Any]]
             "'%s' has no sample_id, url/image or query column: every row is a sample with one reference", path
         )
     groups: dict[tuple[str, ...], dict[str, Any]] = {}
-    for i, row in enumerate(rows):
-        line = i + 2  # header is line 1
-        key = key_of(i, row)
+    for i, (line, row) in enumerate(numbered):
+        key = key_of(i, row)  # type: ignore[arg-type]
         prediction = row[prediction_col]
         if prediction is None:
             raise InvalidInputError(f"'{path}' line {line}: the row has fewer cells than the header")
@@ -158,7 +167,12 @@ def _load_csv(path: Path, references_column: str | None) -> list[dict[str, Any]]
                     f"'{path}' line {line}: column {ref_col!r} must be a JSON list of strings"
                 )
         else:
-            refs = [row[ref_col]] if row[ref_col] else []
+            if not (row[ref_col] or "").strip():
+                raise InvalidInputError(
+                    f"'{path}' line {line}: column {ref_col!r} is empty; an empty reference is never scored. "
+                    "Fill it in or delete the row"
+                )
+            refs = [row[ref_col]]
         group = groups.get(key)
         if group is None:
             record: dict[str, Any] = {
@@ -253,6 +267,7 @@ def run_score(
     tokenizer: str = "auto",
     meteor_timeout_s: float = 300.0,
     secondary: bool = False,
+    strict_metrics: bool = False,
 ) -> Path:
     """Score a predictions file and write ``metrics.json`` (and the per-sample scores) into ``output_dir``.
 
@@ -263,6 +278,7 @@ def run_score(
         tokenizer: PTB tokenizer: ``auto``, ``python`` or ``java``.
         meteor_timeout_s: Seconds METEOR may take before its process is killed (METEOR is then null).
         secondary: Also compute torchmetrics BLEU-4/ROUGE-L on PTB tokens (imports torch: a few seconds more).
+        strict_metrics: Treat a metric unavailable here (METEOR without Java, SPICE) as a failure.
 
     Returns:
         The path of ``metrics.json``.
@@ -270,6 +286,8 @@ def run_score(
     Raises:
         InputNotFoundError: ``predictions`` does not exist.
         InvalidInputError: Malformed input (the message names the file, line and columns).
+        MetricFailedError: A metric raised (or, with ``strict_metrics``, is unavailable); raised after
+            ``metrics.json`` and the scored predictions were written, with the metric null and its reason.
     """
     from panollava.metrics import prestart_meteor, score_captions
     from panollava.report import format_metrics_table, sha256_file, write_json_atomic
@@ -304,4 +322,5 @@ def run_score(
     for note in scores.notes:
         print(f"note: {note}")
     print(f"📁 {metrics_path}\n📁 {scored_path}")
+    scores.raise_for_failures(strict=strict_metrics, written=[str(metrics_path), str(scored_path)])
     return metrics_path

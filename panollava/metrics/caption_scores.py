@@ -11,8 +11,13 @@ predictions, each scored against all of its references, plus per-sample scores. 
 BLEU, ROUGE-L and CIDEr are pycocoevalcap's own Python classes; METEOR and SPICE are its jars. What changes is
 the plumbing: METEOR's JVM starts before tokenisation and scores in a thread while BLEU/ROUGE/CIDEr run, it is
 reused by later calls, and a METEOR that hangs is killed after ``meteor_timeout_s`` (METEOR is then ``None``
-with the reason, the other metrics are still returned). A metric that cannot be computed is ``None`` with a
-reason in ``unavailable``; no number ever stands in for a missing one.
+with the reason, the other metrics are still returned). A metric that is not computed is ``None`` with its reason,
+in one of two places; no number ever stands in for a missing one:
+
+- ``unavailable``: it cannot run in this environment (METEOR without Java, SPICE without Stanford CoreNLP, METEOR
+  not requested). A warning, exit status 0; fatal only in strict mode.
+- ``failed``: it was attempted and raised (or METEOR timed out or its JVM crashed). The callers write what they
+  could and then exit non-zero through :meth:`CaptionScores.raise_for_failures`.
 
 This module imports nothing heavy at import time (no numpy, torch, lightning or transformers).
 """
@@ -27,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from panollava.errors import InvalidInputError
+from panollava.errors import InvalidInputError, MetricFailedError
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +49,9 @@ class CaptionScores:
     Attributes:
         corpus: Every key of :data:`OFFICIAL_METRICS`; ``None`` when unavailable.
         per_sample: ``sample_id -> {"bleu_4", "cider", "rouge_l", "meteor"}`` (``None`` when unavailable).
-        unavailable: ``metric -> reason`` for every ``None`` (and for secondary metrics that failed).
+        unavailable: ``metric -> reason`` for a ``None`` that cannot be computed in this environment (and for
+            secondary metrics that failed: they are not official results).
+        failed: ``metric -> reason`` for a ``None`` whose computation raised (or timed out).
         implementations: ``metric -> implementation and version``, plus ``"tokenizer"``.
         secondary: Non-official numbers, e.g. ``torchmetrics_bleu_4_ptb``, ``torchmetrics_rouge_l_ptb``.
         num_samples: Number of scored samples.
@@ -59,6 +66,7 @@ class CaptionScores:
     implementations: dict[str, str]
     secondary: dict[str, float]
     num_samples: int
+    failed: dict[str, str] = field(default_factory=dict)
     tokenizer: str = "ptb-python"
     notes: list[str] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
@@ -72,10 +80,45 @@ class CaptionScores:
         out["num_samples"] = self.num_samples
         out["tokenizer"] = self.tokenizer
         out["unavailable"] = dict(self.unavailable)
+        out["failed"] = dict(self.failed)
         out["implementations"] = dict(self.implementations)
         out["secondary"] = dict(self.secondary)
         out["notes"] = list(self.notes)
         return out
+
+    def raise_for_failures(self, *, strict: bool = False, written: Sequence[str] = ()) -> None:
+        """Raise when a metric failed (or, with ``strict``, when one is unavailable); call after writing results.
+
+        Unavailable official metrics are logged as warnings either way (SPICE's warning is a one-line note, it is
+        never available offline).
+
+        Args:
+            strict: Treat unavailable official metrics as failures (``--strict_metrics true``).
+            written: Files already written (named in the message, so the user knows what was kept).
+
+        Raises:
+            MetricFailedError: Some metric failed, or ``strict`` and some official metric is unavailable.
+        """
+        missing = {k: v for k, v in self.unavailable.items() if k in OFFICIAL_METRICS}
+        for name, reason in missing.items():
+            logger.warning("%s is unavailable (null in metrics.json): %s", name, reason)
+        problems = dict(self.failed)
+        if strict:
+            problems.update({k: f"unavailable: {v}" for k, v in missing.items() if k not in problems})
+        if not problems:
+            return
+        listed = "; ".join(f"{name}: {reason}" for name, reason in problems.items())
+        kept = f" The results that could be computed were written ({', '.join(written)});" if written else ""
+        what = "failed" if self.failed else "unavailable"
+        fix = (
+            " fix the cause and score again (panollava-cli score --predictions <predictions.jsonl>)"
+            if self.failed
+            else " install what is missing, or drop --strict_metrics to accept null for unavailable metrics"
+        )
+        raise MetricFailedError(
+            f"{len(problems)} metric(s) {what}{' (strict mode)' if strict and not self.failed else ''}: {listed}."
+            f"{kept} they are null in metrics.json with the reason;{fix}"
+        )
 
 
 def _version(package: str) -> str:
@@ -123,6 +166,13 @@ def _validate(
             f"references must be a non-empty list of strings per sample; not so for {show(bad_refs)} "
             f"(e.g. {references[bad_refs[0]]!r})"
         )
+    blank_refs = [k for k, v in references.items() if any(not r.strip() for r in v)]
+    if blank_refs:
+        raise InvalidInputError(
+            f"an empty reference would be scored as a caption nobody wrote; empty reference(s) for "
+            f"{show(blank_refs)} (e.g. {references[blank_refs[0]]!r}). Remove the empty references (or the rows "
+            "that hold them) from the input"
+        )
     for key, prediction in predictions.items():
         sid = str(key)
         if sid in preds:
@@ -169,10 +219,13 @@ def score_captions(
         meteor: Set ``False`` to skip METEOR (then ``None``, with that reason).
 
     Returns:
-        Corpus and per-sample scores, the implementations used, and the reasons for missing metrics.
+        Corpus and per-sample scores, the implementations used, and the reasons for missing metrics (``failed``
+        for a metric that raised, ``unavailable`` for one that cannot run here). It never raises for a failing
+        metric: call :meth:`CaptionScores.raise_for_failures` once the results are written.
 
     Raises:
-        InvalidInputError: Different id sets, a prediction that is not a string, or empty/missing references.
+        InvalidInputError: Different id sets, a prediction that is not a string, missing references, or an
+            empty (blank) reference.
         ValueError: Unknown ``tokenizer``.
         RuntimeError: ``tokenizer="java"`` without Java (or no tokenizer at all).
     """
@@ -186,6 +239,7 @@ def score_captions(
     ids = list(preds)
     timings: dict[str, float] = {}
     unavailable: dict[str, str] = {}
+    failed: dict[str, str] = {}
     notes: list[str] = []
     coco_version = _version("pycocoevalcap")
     java = java_executable()
@@ -204,7 +258,7 @@ def score_captions(
         try:
             meteor_proc = get_meteor(java)
         except (OSError, MeteorError) as exc:
-            unavailable["meteor"] = f"could not start METEOR: {exc}"
+            failed["meteor"] = f"could not start METEOR with '{java}': {exc}"
 
     # 2. PTB tokenisation: references and predictions as two files, like PTBTokenizer().tokenize twice.
     t0 = time.monotonic()
@@ -249,7 +303,7 @@ def score_captions(
             per_sample[k]["bleu_4"] = float(value)
     except Exception as exc:  # noqa: BLE001 - reported, never replaced by a number
         for n in range(4):
-            unavailable[f"bleu_{n + 1}"] = f"BLEU failed: {type(exc).__name__}: {exc}"
+            failed[f"bleu_{n + 1}"] = f"BLEU raised {type(exc).__name__}: {exc}"
     timings["bleu"] = time.monotonic() - t0
 
     t0 = time.monotonic()
@@ -259,7 +313,7 @@ def score_captions(
         for k, value in zip(ids, rouge_per_sample):
             per_sample[k]["rouge_l"] = float(value)
     except Exception as exc:  # noqa: BLE001
-        unavailable["rouge_l"] = f"ROUGE-L failed: {type(exc).__name__}: {exc}"
+        failed["rouge_l"] = f"ROUGE-L raised {type(exc).__name__}: {exc}"
     timings["rouge_l"] = time.monotonic() - t0
 
     t0 = time.monotonic()
@@ -269,7 +323,7 @@ def score_captions(
         for k, value in zip(ids, cider_per_sample):
             per_sample[k]["cider"] = float(value)
     except Exception as exc:  # noqa: BLE001
-        unavailable["cider"] = f"CIDEr-D failed: {type(exc).__name__}: {exc}"
+        failed["cider"] = f"CIDEr-D raised {type(exc).__name__}: {exc}"
     timings["cider"] = time.monotonic() - t0
 
     secondary_values: dict[str, float] = {}
@@ -289,24 +343,24 @@ def score_captions(
         if meteor_job.thread.is_alive():  # the worker enforces the deadline itself; this is a last resort
             meteor_proc.kill()  # type: ignore[union-attr]
             meteor_job.thread.join(timeout=10.0)
-            unavailable["meteor"] = _meteor_timeout_reason(meteor_timeout_s, meteor_proc)
+            failed["meteor"] = _meteor_timeout_reason(meteor_timeout_s, meteor_proc)
         elif isinstance(meteor_job.error, MeteorTimeout):
-            unavailable["meteor"] = _meteor_timeout_reason(meteor_timeout_s, meteor_proc)
+            failed["meteor"] = _meteor_timeout_reason(meteor_timeout_s, meteor_proc)
         elif meteor_job.error is not None:
-            unavailable["meteor"] = f"METEOR failed: {meteor_job.error}"
+            failed["meteor"] = f"METEOR raised {type(meteor_job.error).__name__}: {meteor_job.error}"
         else:
             value, values = meteor_job.value
             corpus["meteor"] = float(value)
             for k, v in zip(ids, values):
                 per_sample[k]["meteor"] = float(v)
-        if "meteor" in unavailable:
-            logger.warning("METEOR unavailable: %s", unavailable["meteor"])
+        if "meteor" in failed:
+            logger.warning("METEOR failed: %s", failed["meteor"])
         timings["meteor_wait"] = time.monotonic() - t0
     if spice_job is not None:
         try:
             corpus["spice"] = spice_job.result(max(0.0, deadline - time.monotonic()))
         except (RuntimeError, OSError, ValueError, KeyError) as exc:
-            unavailable["spice"] = str(exc)
+            failed["spice"] = str(exc)
 
     implementations = {
         "bleu_1": f"pycocoevalcap {coco_version} Bleu(4), option='closest'",
@@ -327,6 +381,7 @@ def score_captions(
         corpus=corpus,
         per_sample=per_sample,
         unavailable=unavailable,
+        failed=failed,
         implementations=implementations,
         secondary=secondary_values,
         num_samples=len(ids),
