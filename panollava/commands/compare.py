@@ -1,0 +1,32 @@
+"""``panollava-cli compare``: print the leaderboard of :func:`panollava.compare.run_compare` and where it was written."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+__all__ = ["run_compare_command"]
+
+
+def run_compare_command(dirs: list[str], output_dir: str | None = None, baseline: str | None = None) -> dict[str, Any]:
+    """Build the leaderboard, print it (markdown) with its warnings and the paths of its CSV and HTML files.
+
+    Args:
+        dirs: Evaluation folders or run directories.
+        output_dir: Folder for leaderboard.csv and leaderboard.html (default: the current directory).
+        baseline: The evaluation the others are compared with (default: the first).
+
+    Returns:
+        What :func:`panollava.compare.run_compare` returns.
+    """
+    from panollava.compare import run_compare
+
+    result = run_compare(dirs, output_dir, baseline)
+    for row in result["rows"]:
+        if row["picked"] != "evaluation folder":
+            print(f"🔎 row {row['row']}: {row['picked']}")
+    print(result["markdown"])
+    for warning in result["warnings"]:
+        print(f"⚠️  {warning}", file=sys.stderr)
+    print(f"📁 {result['csv_path']}\n📁 {result['html_path']}")
+    return result

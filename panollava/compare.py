@@ -1,0 +1,454 @@
+"""A leaderboard of evaluations, with the sampling noise of each number and of each difference.
+
+:func:`run_compare` takes evaluation folders (``metrics.json`` + ``predictions.jsonl``, as ``test`` writes them;
+``score``'s ``predictions_scored.jsonl`` also works) or run directories (then their latest evaluation, found under
+``./eval_results`` in the layout ``test`` uses by default), and writes one row per evaluation:
+
+- its run, checkpoint rule and checkpoint name, the corpus metrics, the difference from the baseline row (the first,
+  or ``baseline``);
+- a 95 % percentile bootstrap interval of CIDEr-D and METEOR, resampling the per-sample scores with CIDEr-D's
+  document frequencies held fixed (:mod:`panollava.metrics.bootstrap`);
+- a paired bootstrap p-value against the baseline, on the samples (``sample_id``) both rows share.
+
+Rows scored on another dataset (sha256), with another reference mode or other decoding settings are not
+comparable: each such difference is a warning. Light module: numpy, no torch.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from panollava.errors import InputNotFoundError, InvalidInputError
+from panollava.metrics.bootstrap import (
+    DEFAULT_RESAMPLES,
+    BootstrapInterval,
+    bootstrap_interval,
+    paired_bootstrap_pvalue,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CI_METRICS", "LEADERBOARD_METRICS", "Evaluation", "find_evaluation", "load_evaluation", "run_compare"]
+
+#: Corpus metrics shown per row, with their labels.
+LEADERBOARD_METRICS: dict[str, str] = {"bleu_4": "BLEU-4", "meteor": "METEOR", "rouge_l": "ROUGE-L", "cider": "CIDEr-D"}
+#: Metrics that get a bootstrap interval and a paired p-value.
+CI_METRICS: tuple[str, ...] = ("cider", "meteor")
+_PREDICTION_FILES = ("predictions.jsonl", "predictions_scored.jsonl")
+# decoding entries that describe how generation ran, not what it computes
+_NOT_DECODING = frozenset({"path", "kv_cache", "fallback_reason", "share_prefix"})
+_SEED = 0
+
+
+@dataclass
+class Evaluation:
+    """One evaluation folder, loaded.
+
+    Attributes:
+        folder: The evaluation folder (absolute).
+        metrics: Its metrics.json content.
+        scores: ``sample_id`` → per-sample scores, from its predictions file.
+        picked: How the folder was found (for run directories: which evaluation was picked and why).
+    """
+
+    folder: Path
+    metrics: dict[str, Any]
+    scores: dict[str, dict[str, Any]]
+    picked: str
+    row: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run(self) -> str:
+        """``experiment/stage/<crop>_<resampler>``, else the run directory's name, else the folder's name."""
+        meta = self.metrics.get("metadata") or {}
+        run_dir = (self.metrics.get("run") or {}).get("run_dir")
+        if meta.get("experiment_name") and run_dir:
+            return f"{meta['experiment_name']}/{Path(run_dir).parent.name}/{Path(run_dir).name}"
+        return Path(run_dir).name if run_dir else self.folder.name
+
+    @property
+    def checkpoint(self) -> tuple[str, str]:
+        """(rule, file name) of the evaluated checkpoint, ``("", "")`` when not recorded."""
+        ckpt = self.metrics.get("checkpoint") or {}
+        return str(ckpt.get("rule") or ""), Path(str(ckpt["path"])).name if ckpt.get("path") else ""
+
+
+def _listing(folder: Path) -> str:
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+    return ", ".join(names[:12]) + (", ..." if len(names) > 12 else "") if names else "nothing"
+
+
+def find_evaluation(path: str | Path, cwd: str | Path | None = None) -> tuple[Path, str]:
+    """The evaluation folder that ``path`` names, and how it was found.
+
+    Args:
+        path: An evaluation folder (holding metrics.json) or a run directory (holding checkpoint_metadata.json).
+        cwd: Where ``eval_results/`` is looked for (default: the current directory).
+
+    Returns:
+        ``(folder, reason)``.
+
+    Raises:
+        InputNotFoundError: ``path`` is neither, or a run directory has no evaluation in the default layout.
+    """
+    folder = Path(path).expanduser().resolve()
+    if not folder.is_dir():
+        raise InputNotFoundError(
+            f"'{folder}' is not a folder; pass evaluation folders (metrics.json + predictions.jsonl, written by "
+            "'panollava-cli test') or run directories"
+        )
+    if (folder / "metrics.json").is_file():
+        return folder, "evaluation folder"
+    if not (folder / "checkpoint_metadata.json").is_file():
+        raise InputNotFoundError(
+            f"'{folder}' is neither an evaluation folder (no metrics.json) nor a run directory (no "
+            f"checkpoint_metadata.json); found: {_listing(folder)}. Pass the folder that 'panollava-cli test' "
+            "wrote, or the run directory that training wrote"
+        )
+    try:
+        meta = json.loads((folder / "checkpoint_metadata.json").read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"'{folder / 'checkpoint_metadata.json'}' is not valid JSON: {exc}") from exc
+    experiment = meta.get("experiment_name") if isinstance(meta, dict) else None
+    root = Path(cwd or Path.cwd()).resolve()
+    base = root / "eval_results"
+    # the layout of 'test' without --output_dir: eval_results/<experiment>/<stage>/<crop>_<resampler>/<ckpt stem>
+    base = base / experiment / folder.parent.name / folder.name if experiment else base / folder.name
+    candidates = []
+    if base.is_dir():
+        for sub in base.iterdir():
+            metrics_path = sub / "metrics.json"
+            if not metrics_path.is_file():
+                continue
+            try:
+                recorded = (json.loads(metrics_path.read_text(encoding="utf-8")).get("run") or {}).get("run_dir")
+            except (json.JSONDecodeError, AttributeError):
+                recorded = None
+            if recorded and Path(recorded).resolve() != folder:
+                logger.info("skipping %s: it evaluated another run directory (%s)", sub, recorded)
+                continue
+            candidates.append((metrics_path.stat().st_mtime, sub))
+    if not candidates:
+        raise InputNotFoundError(
+            f"run directory '{folder}' has no evaluation under '{base}' (where 'panollava-cli test --ckpt_dir "
+            f"{folder}' writes by default when run from '{root}'). "
+            "Run test first, run compare from the folder test ran in, or pass the evaluation folder itself"
+        )
+    candidates.sort()
+    picked = candidates[-1][1]
+    reason = (
+        f"run directory {folder}: latest of {len(candidates)} evaluation(s) under {base} → {picked.name} "
+        "(newest metrics.json)"
+    )
+    logger.info("compare: %s", reason)
+    return picked, reason
+
+
+def load_evaluation(path: str | Path, cwd: str | Path | None = None) -> Evaluation:
+    """Find (see :func:`find_evaluation`) and read an evaluation: its metrics and per-sample scores.
+
+    Raises:
+        InputNotFoundError: No evaluation found, or no predictions file beside metrics.json.
+        InvalidInputError: Malformed metrics.json or predictions file.
+    """
+    folder, picked = find_evaluation(path, cwd)
+    metrics_path = folder / "metrics.json"
+    try:
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"'{metrics_path}' is not valid JSON: {exc}") from exc
+    if not isinstance(metrics, dict):
+        raise InvalidInputError(f"'{metrics_path}': expected a JSON object, found {type(metrics).__name__}")
+    predictions = next((folder / n for n in _PREDICTION_FILES if (folder / n).is_file()), None)
+    if predictions is None:
+        raise InputNotFoundError(
+            f"no predictions file in '{folder}' (looked for {', '.join(_PREDICTION_FILES)}; found: "
+            f"{_listing(folder)}): the per-sample scores are needed for the bootstrap"
+        )
+    from panollava.commands.report import read_records
+
+    scores = {str(r["sample_id"]): dict(r.get("scores") or {}) for r in read_records(predictions)}
+    return Evaluation(folder=folder, metrics=metrics, scores=scores, picked=picked)
+
+
+def _decoding(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
+    decoding = metrics.get("decoding")
+    if not isinstance(decoding, Mapping):
+        return None
+    values = {k: v for k, v in decoding.items() if k not in _NOT_DECODING}
+    try:  # fill the defaults of keys an older metrics.json lacks (e.g. top_k)
+        from panollava.generation import DecodeSettings  # type: ignore[attr-defined]
+        from dataclasses import asdict
+
+        return asdict(DecodeSettings.from_dict(values))
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return values
+
+
+def _comparability_warnings(evals: Sequence[Evaluation], base: Evaluation) -> list[str]:
+    warnings: list[str] = []
+
+    def label(e: Evaluation) -> str:
+        return f"row {e.row['row']} ({e.run}, {e.folder.name})"
+
+    base_data = base.metrics.get("dataset") or {}
+    base_dec = _decoding(base.metrics)
+    for e in evals:
+        if e is base:
+            continue
+        data = e.metrics.get("dataset") or {}
+        if not data.get("sha256") or not base_data.get("sha256"):
+            warnings.append(
+                f"{label(e)}: dataset sha256 not recorded for it or for the baseline; cannot check that both were "
+                "scored on the same data"
+            )
+        elif data["sha256"] != base_data["sha256"]:
+            warnings.append(
+                f"{label(e)} was scored on another dataset than the baseline: sha256 {data['sha256'][:12]} "
+                f"({data.get('path')}) vs {base_data['sha256'][:12]} ({base_data.get('path')}); the numbers are not "
+                "comparable"
+            )
+        if data.get("reference_mode") != base_data.get("reference_mode"):
+            warnings.append(
+                f"{label(e)} used reference_mode {data.get('reference_mode')!r}, the baseline "
+                f"{base_data.get('reference_mode')!r}; the numbers are not comparable"
+            )
+        dec = _decoding(e.metrics)
+        if dec is None or base_dec is None:
+            if dec is not base_dec:
+                warnings.append(f"{label(e)}: decoding settings not recorded for it or for the baseline")
+            continue
+        diffs = [f"{k} {dec.get(k)!r} vs {base_dec.get(k)!r}" for k in sorted(set(dec) & set(base_dec))
+                 if dec.get(k) != base_dec.get(k)]
+        if diffs:
+            warnings.append(f"{label(e)} decoded differently from the baseline ({'; '.join(diffs)})")
+    for e in evals:
+        failed = e.metrics.get("failed") or {}
+        for key, reason in failed.items():
+            warnings.append(f"{label(e)}: {key} failed ({reason})")
+    return warnings
+
+
+def _values(e: Evaluation, key: str, ids: Sequence[str] | None = None) -> list[float]:
+    ids = list(e.scores) if ids is None else ids
+    return [float(e.scores[i][key]) for i in ids if isinstance((e.scores.get(i) or {}).get(key), (int, float))]
+
+
+def _fmt(value: Any, digits: int = 4, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def _fmt_p(p: float | None) -> str:
+    if p is None:
+        return "n/a"
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def _build_row(e: Evaluation, base: Evaluation, index: int, warnings: list[str], num_resamples: int) -> dict[str, Any]:
+    rule, name = e.checkpoint
+    row: dict[str, Any] = {
+        "row": index, "run": e.run, "checkpoint_rule": rule, "checkpoint": name, "folder": str(e.folder),
+        "picked": e.picked, "num_samples": e.metrics.get("num_samples", len(e.scores)),
+        "dataset_sha256": (e.metrics.get("dataset") or {}).get("sha256"),
+        "reference_mode": (e.metrics.get("dataset") or {}).get("reference_mode"),
+        "baseline": e is base,
+    }
+    for key in LEADERBOARD_METRICS:
+        value = e.metrics.get(key)
+        row[key] = float(value) if isinstance(value, (int, float)) else None
+        base_value = base.metrics.get(key)
+        row[f"delta_{key}"] = (
+            row[key] - float(base_value) if row[key] is not None and isinstance(base_value, (int, float)) else None
+        )
+    shared = [sid for sid in e.scores if sid in base.scores]
+    row["paired_samples"] = len(shared)
+    for key in CI_METRICS:
+        values = _values(e, key)
+        interval: BootstrapInterval | None = None
+        if values:
+            interval = bootstrap_interval(values, num_resamples=num_resamples, seed=_SEED)
+        elif e.scores:
+            warnings.append(f"row {index} ({e.run}): no per-sample {key} scores; no interval")
+        row[f"{key}_ci_low"] = interval.low if interval else None
+        row[f"{key}_ci_high"] = interval.high if interval else None
+        row[f"{key}_sample_mean"] = interval.mean if interval else None
+        row[f"p_{key}"] = None
+        if e is base:
+            continue
+        both = [sid for sid in shared if isinstance(e.scores[sid].get(key), (int, float))
+                and isinstance(base.scores[sid].get(key), (int, float))]
+        if both:
+            row[f"p_{key}"] = paired_bootstrap_pvalue(
+                _values(base, key, both), _values(e, key, both), num_resamples=num_resamples, seed=_SEED,
+            )
+    if e is not base:
+        if not shared:
+            warnings.append(f"row {index} ({e.run}) shares no sample_id with the baseline: no paired p-value")
+        elif len(shared) < max(len(e.scores), len(base.scores)):
+            warnings.append(
+                f"row {index} ({e.run}): the paired test uses the {len(shared)} samples it shares with the "
+                f"baseline (it has {len(e.scores)}, the baseline {len(base.scores)})"
+            )
+    return row
+
+
+def _ci(row: Mapping[str, Any], key: str) -> str:
+    if row.get(f"{key}_ci_low") is None:
+        return _fmt(row.get(key))
+    return f"{_fmt(row.get(key))} [{_fmt(row[f'{key}_ci_low'])}, {_fmt(row[f'{key}_ci_high'])}]"
+
+
+def _delta(row: Mapping[str, Any], key: str) -> str:
+    if row["baseline"]:
+        return "baseline"
+    text = _fmt(row.get(f"delta_{key}"), signed=True)
+    if key in CI_METRICS:
+        text += f" (p {_fmt_p(row.get(f'p_{key}'))})"
+    return text
+
+
+def _markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    head = ["#", "evaluation", "run", "checkpoint", "n", "BLEU-4", "METEOR [95% CI]", "ROUGE-L", "CIDEr-D [95% CI]",
+            "Δ CIDEr-D (p)", "Δ METEOR (p)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in rows:
+        ckpt = f"{r['checkpoint_rule']}: {r['checkpoint']}" if r["checkpoint_rule"] else r["checkpoint"] or "n/a"
+        cells = [str(r["row"]), Path(r["folder"]).name, r["run"], ckpt, str(r["num_samples"]), _fmt(r["bleu_4"]), _ci(r, "meteor"),
+                 _fmt(r["rouge_l"]), _ci(r, "cider"), _delta(r, "cider"), _delta(r, "meteor")]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+_CSV_COLUMNS = (
+    "row", "run", "checkpoint_rule", "checkpoint", "num_samples", "bleu_4", "meteor", "rouge_l", "cider",
+    "delta_bleu_4", "delta_meteor", "delta_rouge_l", "delta_cider", "cider_ci_low", "cider_ci_high",
+    "meteor_ci_low", "meteor_ci_high", "p_cider", "p_meteor", "paired_samples", "baseline", "dataset_sha256",
+    "reference_mode", "folder", "picked",
+)
+
+
+def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(_CSV_COLUMNS)
+    for r in rows:
+        writer.writerow(["" if r.get(c) is None else r[c] for c in _CSV_COLUMNS])
+    return buf.getvalue()
+
+
+def _html(rows: Sequence[Mapping[str, Any]], warnings: Sequence[str], num_resamples: int) -> str:
+    from panollava.report_html import render_page
+
+    esc = __import__("html").escape
+
+    def data(value: Any) -> str:
+        return "" if value is None else repr(float(value))
+
+    keys = ["bleu_4", "meteor", "rouge_l", "cider", "delta_cider", "p_cider", "delta_meteor", "p_meteor"]
+    labels = ["BLEU-4", "METEOR [95% CI]", "ROUGE-L", "CIDEr-D [95% CI]", "Δ CIDEr-D", "p (CIDEr-D)",
+              "Δ METEOR", "p (METEOR)"]
+    head = ("<th class=\"num\" data-key=\"index\">#</th><th data-key=\"run\">run</th><th>checkpoint</th>"
+            "<th class=\"num\" data-key=\"num_samples\">n</th>"
+            + "".join(f"<th class=\"num\" data-key=\"{k}\">{esc(l)}</th>" for k, l in zip(keys, labels)))
+    body_rows = []
+    for r in rows:
+        attrs = "".join(f" data-{k}=\"{data(r.get(k))}\"" for k in keys)
+        cells = [
+            _fmt(r["bleu_4"]), _ci(r, "meteor"), _fmt(r["rouge_l"]), _ci(r, "cider"),
+            "baseline" if r["baseline"] else _fmt(r["delta_cider"], signed=True),
+            "" if r["baseline"] else _fmt_p(r["p_cider"]),
+            "baseline" if r["baseline"] else _fmt(r["delta_meteor"], signed=True),
+            "" if r["baseline"] else _fmt_p(r["p_meteor"]),
+        ]
+        body_rows.append(
+            f"<tr class=\"row\" data-index=\"{r['row']}\" data-run=\"{esc(r['run'])}\" "
+            f"data-num_samples=\"{r['num_samples']}\"{attrs}>"
+            f"<td class=\"num\">{r['row']}</td><td>{esc(r['run'])}<div class=\"muted mono\">{esc(r['folder'])}</div>"
+            f"<div class=\"muted\">{esc(r['picked'])}</div></td>"
+            f"<td>{esc(r['checkpoint_rule'] or '')}<div class=\"mono\">{esc(r['checkpoint'] or 'n/a')}</div></td>"
+            f"<td class=\"num\">{r['num_samples']}</td>"
+            + "".join(f"<td class=\"num\">{esc(c)}</td>" for c in cells) + "</tr>"
+        )
+    warn = "".join(f"<li class=\"warn\">{esc(w)}</li>" for w in warnings)
+    body = (
+        f"<h1>panollava leaderboard</h1><div class=\"muted\">{len(rows)} evaluations; differences are against "
+        "the baseline row</div>"
+        + (f"<h2>Warnings</h2><ul id=\"warnings\">{warn}</ul>" if warnings else "")
+        + "<div class=\"controls\"><span id=\"count\" class=\"muted\"></span>"
+        "<span class=\"muted\">click a header to sort</span></div>"
+        f"<table class=\"sortable\" id=\"leaderboard\" data-default-sort=\"index\"><thead><tr>{head}</tr></thead>"
+        f"<tbody>{''.join(body_rows)}</tbody></table>"
+        f"<p class=\"muted\">Intervals: 95 % percentile bootstrap ({num_resamples} resamples, seed {_SEED}) of the "
+        "mean per-sample score; CIDEr-D's document frequencies are those of the full evaluated set (each sample's "
+        "CIDEr-D was computed once against it, and the corpus CIDEr-D is their mean). METEOR's interval is that of "
+        "the mean segment score. p: two-sided paired bootstrap test against the baseline on the samples both rows "
+        "share (docs/reporting.md).</p>"
+    )
+    return render_page("panollava leaderboard", body)
+
+
+def run_compare(
+    paths: list[str],
+    output_dir: str | None = None,
+    baseline: str | None = None,
+    *,
+    num_resamples: int = DEFAULT_RESAMPLES,
+    cwd: str | None = None,
+) -> dict[str, Any]:
+    """Build the leaderboard of several evaluations and write ``leaderboard.csv`` and ``leaderboard.html``.
+
+    Args:
+        paths: Evaluation folders or run directories (see :func:`find_evaluation`), one row each, in order.
+        output_dir: Folder for leaderboard.csv and leaderboard.html (default: the current directory).
+        baseline: The evaluation the others are compared with (default: the first row). If it is not among
+            ``paths`` it becomes the first row.
+        num_resamples: Bootstrap resamples.
+        cwd: Where run directories' evaluations are looked for (default: the current directory).
+
+    Returns:
+        ``{"markdown": str, "csv_path": Path, "html_path": Path, "warnings": list[str], "rows": list[dict]}``.
+
+    Raises:
+        InvalidInputError: No paths, or the same evaluation twice.
+        InputNotFoundError: A path that is not an evaluation (see :func:`find_evaluation`).
+    """
+    from panollava.report import write_text_atomic
+
+    if not paths:
+        raise InvalidInputError("compare needs at least one evaluation folder or run directory")
+    evals = [load_evaluation(p, cwd) for p in paths]
+    seen: dict[Path, str] = {}
+    for p, e in zip(paths, evals):
+        if e.folder in seen:
+            raise InvalidInputError(
+                f"'{p}' and '{seen[e.folder]}' are the same evaluation ({e.folder}); list each evaluation once"
+            )
+        seen[e.folder] = p
+    base = evals[0]
+    if baseline is not None:
+        wanted = load_evaluation(baseline, cwd)
+        match = next((e for e in evals if e.folder == wanted.folder), None)
+        if match is None:
+            evals.insert(0, wanted)
+            match = wanted
+        base = match
+    for i, e in enumerate(evals, start=1):
+        e.row["row"] = i
+    warnings = _comparability_warnings(evals, base)
+    rows = [_build_row(e, base, i, warnings, num_resamples) for i, e in enumerate(evals, start=1)]
+    out = Path(output_dir).expanduser().resolve() if output_dir else Path.cwd()
+    csv_path, html_path = out / "leaderboard.csv", out / "leaderboard.html"
+    write_text_atomic(csv_path, _csv(rows))
+    write_text_atomic(html_path, _html(rows, warnings, num_resamples))
+    return {"markdown": _markdown(rows), "csv_path": csv_path, "html_path": html_path, "warnings": warnings,
+            "rows": rows}
