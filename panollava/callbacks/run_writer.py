@@ -5,6 +5,17 @@ updates ``best.ckpt`` (lowest validation loss) and ``last.ckpt`` (newest) as rel
 writes the best checkpoint's LoRA adapter to ``lora_weights/`` (peft ``save_pretrained``, safetensors), and
 rewrites ``checkpoint_metadata.json``. Metadata is written here rather than in ``on_save_checkpoint``, so it
 appears with weights-only checkpoints too.
+
+Resumed training keeps the whole history. When the run directory already holds a run (``fit --ckpt_path
+<run>/last.ckpt``, or ``--exist_ok true``), the checkpoint list is rebuilt at fit start from
+``checkpoint_metadata.json`` (``checkpoints.all``, entries whose file still exists) plus any convention-named
+``*.ckpt`` it does not list (a crash between the save and the metadata write; loss read from the name). Best,
+last, ``lora_weights/`` and the metadata then cover every segment. Rebuilding from the files, rather than keeping
+the list in the checkpoint's callback state, works with weights-only checkpoints and with any checkpoint chosen.
+
+A missing or non-finite ``val/loss`` is recorded as ``val_loss: null`` with a ``val_loss_note``; ``best.ckpt``
+is the lowest *finite* loss, and there is no ``best.ckpt`` while no epoch has one (evaluation then uses
+``last.ckpt`` and says so).
 """
 
 from __future__ import annotations
@@ -73,6 +84,7 @@ class RunDirectoryWriter(Callback):
         if stage != "fit":
             return
         from panollava.rundir import run_dir_path
+        # The directory is checked and created in on_fit_start: only then is a resumed checkpoint known.
 
         data = self._data_hparams(trainer)
         hp = pl_module.hparams
@@ -83,16 +95,67 @@ class RunDirectoryWriter(Callback):
             data.get("crop_strategy", "anyres_e2p"),
             hp.model_config.get("resampler_type", "mlp"),
         ).resolve()
-        if trainer.is_global_zero:
-            existing = sorted(p.name for p in run_dir.glob("*.ckpt")) if run_dir.is_dir() else []
-            if existing and not self.exist_ok:
-                raise InvalidInputError(
-                    f"run directory '{run_dir}' already holds checkpoints ({', '.join(existing[:5])}); choose another "
-                    "--experiment_name or pass --exist_ok true to add to it"
-                )
-            run_dir.mkdir(parents=True, exist_ok=True)
         self.run_dir = run_dir
         logger.info("run directory: %s", run_dir)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.run_dir is None or not trainer.is_global_zero:
+            return
+        run_dir = self.run_dir
+        resumed = trainer.ckpt_path
+        resuming_here = resumed is not None and Path(resumed).resolve().parent == run_dir
+        existing = sorted(p.name for p in run_dir.glob("*.ckpt")) if run_dir.is_dir() else []
+        if existing and not (self.exist_ok or resuming_here):
+            raise InvalidInputError(
+                f"run directory '{run_dir}' already holds checkpoints ({', '.join(existing[:5])}); choose another "
+                f"--experiment_name, continue the run with --ckpt_path '{run_dir / 'last.ckpt'}', or pass "
+                "--exist_ok true to add to it"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.entries = self._history(run_dir)
+        if self.entries:
+            best = _best(self.entries)
+            logger.info(
+                "continuing run directory '%s' (%s): %d earlier checkpoint(s) kept in the history, best so far %s",
+                run_dir, f"resumed from {Path(resumed).name}" if resumed else "--exist_ok", len(self.entries),
+                best["file"] if best else "none (no finite val/loss)",
+            )
+
+    def _history(self, run_dir: Path) -> list[dict[str, Any]]:
+        """Checkpoint entries of earlier segments: the metadata's list, then unlisted convention-named files."""
+        import json
+
+        from panollava.metadata import METADATA_FILENAME
+        from panollava.rundir import parse_checkpoint_filename
+
+        entries: list[dict[str, Any]] = []
+        meta_path = run_dir / METADATA_FILENAME
+        if meta_path.is_file():
+            try:
+                meta = json.loads(meta_path.read_text(encoding="utf-8"))
+                listed = (meta.get("checkpoints") or {}).get("all") or []
+                self.created_at = self.created_at or meta.get("created_at")
+            except (ValueError, AttributeError, OSError) as exc:
+                logger.warning(
+                    "cannot read the checkpoint history from '%s' (%s): rebuilding it from the file names", meta_path, exc
+                )
+                listed = []
+            for item in listed:
+                if not isinstance(item, dict) or not isinstance(item.get("file"), str):
+                    continue
+                if not (run_dir / item["file"]).is_file() or (run_dir / item["file"]).is_symlink():
+                    logger.warning("checkpoint history: '%s' is listed in %s but gone; dropped", item["file"], meta_path)
+                    continue
+                entries.append(_entry(item["file"], item.get("epoch"), item.get("step"), item.get("val_loss"),
+                                      item.get("val_loss_note")))
+        known = {e["file"] for e in entries}
+        for path in sorted(run_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime):
+            parsed = parse_checkpoint_filename(path.name)
+            if path.is_symlink() or path.name in known or parsed is None:
+                continue
+            logger.warning("checkpoint history: '%s' is not in the metadata; val/loss read from its name", path.name)
+            entries.append(_entry(path.name, parsed["epoch"], None, parsed["val_loss"], "read from the file name"))
+        return entries
 
     def _metadata(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         from panollava.metadata import build_metadata
@@ -139,7 +202,7 @@ class RunDirectoryWriter(Callback):
             "dataset_name": self._dataset_name(data),
             "image_root": _abs(data.get("image_root")),
         }
-        best = min((e for e in self.entries if not math.isnan(e["val_loss"])), key=lambda e: e["val_loss"], default=None)
+        best = _best(self.entries)
         last = self.entries[-1] if self.entries else None
         checkpoints = {
             "best": {k: best[k] for k in ("file", "val_loss", "epoch")} if best else None,
@@ -187,6 +250,12 @@ class RunDirectoryWriter(Callback):
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
 
+    @staticmethod
+    def _validation_loss(trainer: L.Trainer) -> float | None:
+        """This epoch's ``val/loss`` as logged, or None when validation logged none."""
+        metric = trainer.callback_metrics.get("val/loss")
+        return float(metric) if metric is not None else None
+
     # -- hooks ----------------------------------------------------------------------------------------------------
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or self.run_dir is None:
@@ -194,8 +263,13 @@ class RunDirectoryWriter(Callback):
         from panollava.metadata import METADATA_FILENAME, write_metadata
         from panollava.rundir import BEST_LINK, LAST_LINK, checkpoint_filename, update_link
 
-        metric = trainer.callback_metrics.get("val/loss")
-        val_loss = float(metric) if metric is not None else float("nan")
+        metric = self._validation_loss(trainer)
+        val_loss = metric if metric is not None else float("nan")
+        note = None
+        if metric is None:
+            note = "validation logged no val/loss this epoch"
+        elif not math.isfinite(val_loss):
+            note = f"val/loss was {val_loss} (diverged training or an empty validation set)"
         data = self._data_hparams(trainer)
         hp = pl_module.hparams
         name = checkpoint_filename(
@@ -211,22 +285,56 @@ class RunDirectoryWriter(Callback):
         if not trainer.is_global_zero:
             return
         self.entries = [e for e in self.entries if e["file"] != name]
-        self.entries.append({"file": name, "epoch": trainer.current_epoch, "step": trainer.global_step, "val_loss": val_loss})
-        scored = [e for e in self.entries if not math.isnan(e["val_loss"])]
-        best = min(scored, key=lambda e: e["val_loss"]) if scored else self.entries[-1]
-        previous_best = os.readlink(self.run_dir / BEST_LINK) if (self.run_dir / BEST_LINK).is_symlink() else None
-        update_link(self.run_dir / BEST_LINK, self.run_dir / best["file"])
+        self.entries.append(_entry(name, trainer.current_epoch, trainer.global_step, val_loss, note))
+        if note is not None:
+            logger.warning("epoch %d: %s; recorded as val_loss null, never chosen as best", trainer.current_epoch, note)
+        scored = [e for e in self.entries if e["val_loss"] is not None]
+        best = _best(self.entries)
         update_link(self.run_dir / LAST_LINK, path)
-        if previous_best != best["file"] or not (self.run_dir / "lora_weights").exists():
-            self._save_adapter(pl_module, best["file"])
+        if best is not None:
+            update_link(self.run_dir / BEST_LINK, self.run_dir / best["file"])
+        elif (self.run_dir / BEST_LINK).is_symlink():
+            (self.run_dir / BEST_LINK).unlink()
+        adapter_for = best["file"] if best is not None else name  # the adapter evaluation loads beside the link
+        if adapter_for == name:
+            self._save_adapter(pl_module, name)
+        elif _adapter_checkpoint(self.run_dir) != adapter_for:
+            logger.warning(
+                "lora_weights/ in '%s' is not the adapter of the best checkpoint %s (which this process no longer "
+                "holds); evaluation loads the LoRA tensors stored in the checkpoint itself", self.run_dir, adapter_for,
+            )
         if self.save_top_k >= 0:
             keep = {e["file"] for e in sorted(scored, key=lambda e: e["val_loss"])[: self.save_top_k]}
-            keep |= {best["file"], name}
+            keep |= {name} | ({best["file"]} if best is not None else set())
             for e in [e for e in self.entries if e["file"] not in keep]:
                 (self.run_dir / e["file"]).unlink(missing_ok=True)
                 self.entries.remove(e)
         write_metadata(self.run_dir / METADATA_FILENAME, self._metadata(trainer, pl_module))
-        logger.info("saved %s (val/loss %.4f; best %s)", name, val_loss, best["file"])
+        logger.info("saved %s (val/loss %.4f; best %s)", name, val_loss, best["file"] if best else "none yet")
+
+
+def _entry(file: str, epoch: Any, step: Any, val_loss: Any, note: str | None = None) -> dict[str, Any]:
+    """A checkpoint-list entry; a missing or non-finite loss becomes ``None`` with a note (JSON has no NaN)."""
+    finite = isinstance(val_loss, (int, float)) and not isinstance(val_loss, bool) and math.isfinite(val_loss)
+    entry: dict[str, Any] = {"file": file, "epoch": epoch, "step": step, "val_loss": float(val_loss) if finite else None}
+    if not finite:
+        entry["val_loss_note"] = note or f"val/loss was {val_loss!r}"
+    elif note is not None:
+        entry["val_loss_note"] = note
+    return entry
+
+
+def _best(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The entry with the lowest finite validation loss (the first of equals), or None."""
+    return min((e for e in entries if e["val_loss"] is not None), key=lambda e: e["val_loss"], default=None)
+
+
+def _adapter_checkpoint(run_dir: Path) -> str | None:
+    """The checkpoint file ``lora_weights/checkpoint.txt`` says the adapter belongs to."""
+    try:
+        return (run_dir / "lora_weights" / "checkpoint.txt").read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _seed() -> int | None:
