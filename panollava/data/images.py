@@ -4,11 +4,20 @@
 ``(3, H, W)`` uint8. Modes other than RGB are converted and the conversion is logged (INFO when nothing is
 lost, WARNING when information is dropped or approximated); inputs that cannot be a panorama raise
 ``InvalidInputError`` naming the absolute path.
+
+Very large panoramas are decoded at reduced size: a JPEG wider than ``2 * MAX_DECODE_WIDTH_PX`` is decoded
+through libjpeg's DCT scaling (``Image.draft``, 1/2, 1/4 or 1/8) to the smallest size at least
+``MAX_DECODE_WIDTH_PX`` wide, so a 16384x8192 JPEG never exists in memory at full size (measured in
+``tests/test_catalogue.py``: peak RSS grows by well under the 400 MB of the full image). Other formats are decoded
+whole and then reduced by an integer factor (``Image.reduce``). Views of 90 degrees at up to 1024 px need under
+3300 px of panorama width, so nothing a view can show is lost. Pillow's decompression-bomb limit
+(``Image.MAX_IMAGE_PIXELS``) still applies: above twice that limit the file is refused with a clear error.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +28,10 @@ from panollava.errors import InputNotFoundError, InvalidInputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EQUIRECT_RATIO_TOLERANCE", "MIN_PANORAMA_SIDE_PX", "load_panorama"]
+__all__ = ["EQUIRECT_RATIO_TOLERANCE", "MAX_DECODE_WIDTH_PX", "MIN_PANORAMA_SIDE_PX", "load_panorama"]
+
+#: Panoramas more than twice this wide are decoded reduced to at least this width (see the module docstring).
+MAX_DECODE_WIDTH_PX = 4096
 
 #: Both sides of a panorama must have at least this many pixels.
 MIN_PANORAMA_SIDE_PX = 64
@@ -61,9 +73,23 @@ def load_panorama(path: str | Path) -> torch.Tensor:
     if path.is_dir():
         raise InputNotFoundError(f"panorama image '{path}' is a directory; pass an image file")
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
+            full_size = img.size
+            reduced = _draft_if_huge(img)
+            if not reduced:
+                for warning in caught:  # decoded at full size: the warning is the user's business
+                    logger.warning("panorama image '%s': %s", path, warning.message)
             raw_modes = _raw_modes(img)
             img.load()
+            img = _reduce_if_huge(img)
+            if img.size != full_size:
+                logger.info(
+                    "panorama image '%s' is %dx%d px: decoded at %dx%d (views need far less; MAX_DECODE_WIDTH_PX=%d)",
+                    path, *full_size, *img.size, MAX_DECODE_WIDTH_PX,
+                )
             arr = _to_rgb8(img, path, raw_modes)
     except Image.DecompressionBombError as exc:
         raise InvalidInputError(
@@ -82,6 +108,26 @@ def load_panorama(path: str | Path) -> torch.Tensor:
     height, width = arr.shape[:2]
     _check_shape(path, height, width)
     return torch.from_numpy(arr).permute(2, 0, 1)
+
+
+def _draft_if_huge(img: Image.Image) -> bool:
+    """Ask libjpeg for a DCT-scaled decode of a JPEG more than twice ``MAX_DECODE_WIDTH_PX`` wide."""
+    width, height = img.size
+    if img.format != "JPEG" or width < 2 * MAX_DECODE_WIDTH_PX:
+        return False
+    target = (MAX_DECODE_WIDTH_PX, max(1, round(height * MAX_DECODE_WIDTH_PX / width)))
+    img.draft(img.mode if img.mode in ("RGB", "L") else None, target)
+    return img.size[0] < width
+
+
+def _reduce_if_huge(img: Image.Image) -> Image.Image:
+    """Integer-factor reduction of a decoded image still more than twice ``MAX_DECODE_WIDTH_PX`` wide."""
+    factor = img.size[0] // MAX_DECODE_WIDTH_PX
+    if factor < 2 or img.mode not in ("RGB", "RGBA", "L", "LA", "CMYK", "I;16", "I", "F", "1", "P"):
+        return img
+    if img.mode in ("1", "P"):
+        img = img.convert("RGB")
+    return img.reduce(factor)
 
 
 def _raw_modes(img: Image.Image) -> list[str]:
