@@ -37,3 +37,61 @@ class MetricFailedError(PanoLLaVAError, RuntimeError):
     """
 
     exit_code = 3
+
+
+def checkpoint_load_error(path: object, exc: BaseException) -> PanoLLaVAError | None:
+    """A user-facing error for an exception raised while loading checkpoint ``path``, or None if it is a bug.
+
+    ``torch.load(weights_only=True)`` refuses a pickle that would import or call anything but tensors and plain
+    values; this names that refusal (and never offers to load the file unsafely), a truncated or corrupt file,
+    weights of another architecture and a LoRA adapter that does not fit the base model.
+
+    Args:
+        path: The checkpoint file (absolute path).
+        exc: What loading raised.
+
+    Returns:
+        An :class:`InvalidInputError` with what/where/fix, or None when ``exc`` is not explained by the file.
+    """
+    import pickle
+    import zipfile
+
+    if isinstance(exc, PanoLLaVAError):
+        return None  # already explained
+    text = str(exc)
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in text:
+        detail = next((line.strip() for line in text.splitlines() if "GLOBAL" in line or "global" in line), first)
+        return InvalidInputError(
+            f"refused to load checkpoint '{path}': it is a pickle that asks to run or import code ({detail[:200]}), "
+            "and checkpoints are loaded with torch.load(weights_only=True) so that a file from elsewhere cannot run "
+            "code on this machine. Use a checkpoint written by 'panollava-cli fit'; if you wrote this file yourself, "
+            "re-save it with plain (JSON-able) hyper-parameters"
+        )
+    if isinstance(exc, (EOFError, zipfile.BadZipFile)) or "PytorchStreamReader failed" in text or (
+        "central directory" in text
+    ):
+        return InvalidInputError(
+            f"checkpoint '{path}' is truncated or corrupt ({type(exc).__name__}: {first[:160]}). Copy it again, or "
+            "evaluate another checkpoint of the run (--ckpt_path FILE, or the rule last)"
+        )
+    if "Error(s) in loading state_dict" in text:
+        lines = [line.strip() for line in text.splitlines()[1:] if line.strip()]
+        shown = "; ".join(lines[:2]) + (f"; and {len(lines) - 2} more" if len(lines) > 2 else "")
+        if "PeftModel" in first or "lora_" in text:
+            return InvalidInputError(
+                f"the LoRA adapter does not fit the model built for checkpoint '{path}' ({shown}). The "
+                "lora_weights/ folder (adapter_config.json: r, target_modules, base model) belongs to another model "
+                "or run: restore the run's own lora_weights/ or remove it to use the LoRA tensors in the checkpoint"
+            )
+        return InvalidInputError(
+            f"checkpoint '{path}' holds weights of another architecture than the metadata describes ({shown}). "
+            "Check model_config in checkpoint_metadata.json (latent_dimension, resampler_type, image_size, model "
+            "names) or pass the run directory this checkpoint came from"
+        )
+    if isinstance(exc, KeyError) and "state_dict" in text:
+        return InvalidInputError(
+            f"'{path}' is not a Lightning checkpoint (no 'state_dict' in it); pass a .ckpt written by "
+            "'panollava-cli fit'"
+        )
+    return None

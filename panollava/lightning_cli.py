@@ -349,9 +349,17 @@ class PanoLLaVACLI(LightningCLI):
             return
         if self.subcommand in ("test", "predict", "validate") and getattr(self, "_checkpoint_path", None) is not None:
             model_kwargs = {k: _plain(v) for k, v in cfg["model"].items()}
-            self.model = PanoLLaVAModule.load_from_checkpoint(
-                self._checkpoint_path, map_location="cpu", weights_only=True, strict=True, **model_kwargs
-            )
+            try:
+                self.model = PanoLLaVAModule.load_from_checkpoint(
+                    self._checkpoint_path, map_location="cpu", weights_only=True, strict=True, **model_kwargs
+                )
+            except Exception as exc:  # issue 12: a bad file is the user's error, explained (errors.py)
+                from panollava.errors import checkpoint_load_error
+
+                explained = checkpoint_load_error(self._checkpoint_path, exc)
+                if explained is None:
+                    raise
+                raise explained from exc
             if model_kwargs.get("merge_lora"):
                 self.model.merge_adapter()
             self.config_init[self.subcommand]["ckpt_path"] = None
