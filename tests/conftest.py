@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest_browser import chromium, evaluations  # noqa: F401  (report/leaderboard fixtures)
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 
