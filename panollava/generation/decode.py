@@ -1,0 +1,239 @@
+"""The decode loop: prefill into a preallocated KV cache, then one token per step for the whole batch.
+
+One owner for decoding (greedy, seeded sampling; beam search is left to ``generate`` by the caller). The cache is
+``transformers.StaticCache`` (allocated once per batch at ``prompt + max_new_tokens`` slots), so a step writes one
+slot in place instead of growing tensors. Attention masks are 2-D over all slots, also preallocated; a step only
+sets its slot to 1. Position ids count real tokens (``models.vlm.position_ids_from_mask``), as ``generate`` does, so
+left padding (plain path) and a gap between the image prefix and a shorter query suffix (shared path) give the
+positions an unpadded prompt would have.
+
+Public transformers APIs only, for 5.0 and later: the cache keyword of a causal LM's ``forward`` was renamed from
+``past_key_values`` to ``cache`` (5.2x); :class:`LanguageModelRunner` reads the signature once and passes the right
+one. A peft ``PeftModel`` is unwrapped to its base model, whose layers carry the LoRA weights.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from panollava.generation.sampling import apply_repetition_penalty, filter_logits, sample_from_logits
+from panollava.generation.settings import DecodeSettings
+from panollava.models.vlm import position_ids_from_mask
+
+
+class LanguageModelRunner:
+    """Forward passes of a causal LM against an explicit KV cache, across transformers versions.
+
+    Args:
+        language_model: A transformers causal LM, possibly wrapped by peft.
+    """
+
+    def __init__(self, language_model: nn.Module) -> None:
+        base = language_model.get_base_model() if hasattr(language_model, "get_base_model") else language_model
+        self.model = base
+        self.config = base.config
+        params = inspect.signature(base.forward).parameters
+        self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
+
+    def new_static_cache(self, max_cache_len: int):
+        """A ``StaticCache`` of ``max_cache_len`` slots (tensors allocated on the first write)."""
+        from transformers import StaticCache
+
+        return StaticCache(config=self.config, max_cache_len=max_cache_len)
+
+    def new_dynamic_cache(self):
+        """A ``DynamicCache`` for a one-off prefill whose keys/values are then copied elsewhere."""
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.config)
+
+    def logits(
+        self,
+        cache,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor,
+        inputs_embeds: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Run the LM on new tokens appended to ``cache``; return the last position's logits.
+
+        Args:
+            cache: The KV cache that holds the earlier tokens (and receives these).
+            attention_mask: (B, K) over all cache slots (K = the cache's length; 1 = real token), or None for a
+                batch without padding and an empty cache (plain causal attention).
+            position_ids: (B, Q) positions of the new tokens.
+            inputs_embeds: (B, Q, hidden) new token embeddings, or
+            input_ids: (B, Q) new token ids.
+
+        Returns:
+            (B, vocab) float32 logits of the last new position.
+        """
+        out = self.model(
+            input_ids=input_ids,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self.cache_kwarg: cache},
+        )
+        return out.logits[:, -1, :].float()
+
+
+def copy_prefix_to_cache(source, target, rows: torch.Tensor) -> None:
+    """Write a prefix's keys/values, repeated per row, into an empty cache.
+
+    Args:
+        source: The cache the prefixes were prefilled into (P rows, L slots).
+        target: An empty (static) cache for B rows.
+        rows: (B,) long, which source row each target row copies.
+    """
+    for layer_idx, layer in enumerate(source.layers):
+        target.update(layer.keys.index_select(0, rows), layer.values.index_select(0, rows), layer_idx, {})
+
+
+@dataclass
+class Prefilled:
+    """The state after a prefill: the cache, its mask, where the next token goes.
+
+    Attributes:
+        cache: The static cache (B rows).
+        attention_mask: (B, K) long over all K cache slots, 1 where a real token sits.
+        next_slot: The slot the next token is written to.
+        next_positions: (B,) the next token's position id per row.
+        logits: (B, vocab) float32 logits of the last prompt token.
+    """
+
+    cache: object
+    attention_mask: torch.Tensor
+    next_slot: int
+    next_positions: torch.Tensor
+    logits: torch.Tensor
+
+
+def prefill_plain(
+    runner: LanguageModelRunner, embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int
+) -> Prefilled:
+    """Prefill left-padded full prompts.
+
+    Args:
+        runner: The LM runner.
+        embeds: (B, L, hidden) prompt embeddings (image features spliced in).
+        attention_mask: (B, L) with 0 at the left padding.
+        max_new_tokens: Slots to reserve after the prompt.
+
+    Returns:
+        The prefilled state.
+    """
+    b, length = attention_mask.shape
+    slots = length + max_new_tokens
+    mask = attention_mask.new_zeros((b, slots))
+    mask[:, :length] = attention_mask
+    cache = runner.new_static_cache(slots)
+    logits = runner.logits(cache, mask, position_ids_from_mask(attention_mask), inputs_embeds=embeds)
+    return Prefilled(cache, mask, length, attention_mask.sum(dim=1), logits)
+
+
+def prefill_shared(
+    runner: LanguageModelRunner,
+    prefix_embeds: torch.Tensor,
+    suffix_embeds: torch.Tensor,
+    suffix_mask: torch.Tensor,
+    rows: torch.Tensor,
+    max_new_tokens: int,
+) -> Prefilled:
+    """Prefill each image prefix once, repeat its keys/values for its queries, then prefill the query suffixes.
+
+    Slots hold ``[prefix | gap | suffix]`` per row: the suffixes are right-aligned (left-padded within their
+    region) so that every row's last prompt token sits in the same slot; the gap is masked out and the suffix's
+    positions continue right after the prefix.
+
+    Args:
+        runner: The LM runner.
+        prefix_embeds: (P, Lp, hidden) one image prefix per panorama (same length: no padding).
+        suffix_embeds: (B, Ls, hidden) query suffixes, left-padded.
+        suffix_mask: (B, Ls) with 0 at the suffixes' padding.
+        rows: (B,) long, the panorama (row of ``prefix_embeds``) of each sample.
+        max_new_tokens: Slots to reserve after the prompt.
+
+    Returns:
+        The prefilled state.
+    """
+    p, prefix_len = prefix_embeds.shape[:2]
+    b, suffix_len = suffix_mask.shape
+    slots = prefix_len + suffix_len + max_new_tokens
+    prefix_cache = runner.new_dynamic_cache()
+    positions = torch.arange(prefix_len, device=prefix_embeds.device).unsqueeze(0).expand(p, prefix_len)
+    runner.logits(prefix_cache, None, positions, inputs_embeds=prefix_embeds)
+    cache = runner.new_static_cache(slots)
+    copy_prefix_to_cache(prefix_cache, cache, rows)
+    del prefix_cache
+    mask = suffix_mask.new_zeros((b, slots))
+    mask[:, :prefix_len] = 1
+    mask[:, prefix_len : prefix_len + suffix_len] = suffix_mask
+    prompt_mask = mask[:, : prefix_len + suffix_len]
+    suffix_positions = position_ids_from_mask(prompt_mask)[:, prefix_len:]
+    logits = runner.logits(cache, mask, suffix_positions, inputs_embeds=suffix_embeds)
+    return Prefilled(cache, mask, prefix_len + suffix_len, prompt_mask.sum(dim=1), logits)
+
+
+def decode(
+    runner: LanguageModelRunner,
+    state: Prefilled,
+    settings: DecodeSettings,
+    eos_token_id: int,
+    pad_token_id: int,
+    uniforms: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, int]:
+    """Greedy or sampled decoding of all rows together, until every row has emitted eos or the limit is reached.
+
+    Args:
+        runner: The LM runner.
+        state: The prefilled state (updated in place).
+        settings: Decoding settings (``do_sample``, processors, ``max_new_tokens``).
+        eos_token_id: The end-of-turn token; a row stops after emitting it.
+        pad_token_id: Written after a row's eos (as ``generate`` does).
+        uniforms: (B, max_new_tokens) float64 per-row uniforms, required when sampling.
+
+    Returns:
+        (new tokens (B, T) long, T ≤ max_new_tokens; number of decode forward passes run).
+    """
+    logits = state.logits
+    b, vocab = logits.shape
+    device = logits.device
+    steps = settings.max_new_tokens
+    tokens = torch.full((b, steps), pad_token_id, dtype=torch.long, device=device)
+    finished = torch.zeros(b, dtype=torch.bool, device=device)
+    seen = torch.zeros((b, vocab), dtype=torch.bool, device=device) if settings.repetition_penalty != 1.0 else None
+    positions = state.next_positions.clone()
+    forwards = 0
+    for t in range(steps):
+        scores = logits
+        if seen is not None:
+            scores = apply_repetition_penalty(scores, seen, settings.repetition_penalty)
+        if settings.do_sample:
+            if uniforms is None:
+                raise ValueError("sampling needs per-row uniforms")
+            token = sample_from_logits(filter_logits(scores, settings), uniforms[:, t])
+        else:
+            token = scores.argmax(dim=-1)
+        token = torch.where(finished, torch.full_like(token, pad_token_id), token)
+        tokens[:, t] = token
+        finished |= token == eos_token_id
+        if seen is not None:
+            seen.scatter_(1, token.unsqueeze(1), True)
+        if t == steps - 1 or bool(finished.all()):
+            return tokens[:, : t + 1], forwards
+        slot = state.next_slot
+        state.attention_mask[:, slot] = 1
+        logits = runner.logits(
+            state.cache, state.attention_mask, positions.unsqueeze(1), input_ids=token.unsqueeze(1)
+        )
+        forwards += 1
+        state.next_slot = slot + 1
+        positions += 1
+    return tokens, forwards

@@ -1,0 +1,290 @@
+"""Caption generation: one vision pass and one image prefix per panorama, one decode loop.
+
+The tiny VLM (LoRA through peft, briefly taught so that captions depend on query and image) captions real QuIC-360 panoramas from a CSV whose
+panoramas have 1 to 5 queries. On CPU fp32 the shared-prefix path, the plain path, batch size 1, 4 and the whole
+set give identical captions (greedy and sampled), equal to Hugging Face ``generate`` for greedy and beam search.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from panollava.errors import InvalidInputError
+from panollava.generation import CaptionGenerator, DecodeSettings, sample_seed
+from panollava.generation.sampling import apply_repetition_penalty, filter_logits, row_uniforms, sample_from_logits
+
+EXTRA_QUERIES = ["sky", "floor", "lights"]
+
+
+# -- fixtures ---------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def model():
+    """The tiny VLM with a peft LoRA adapter whose B weights are non-zero (so the adapter changes the texts)."""
+    from panollava.data.prompts import PromptEncoder
+    from panollava.models.build import build_vlm, load_image_preprocessing
+
+    config = {"vision_name": "tiny:siglip", "language_model_name": "tiny:qwen3", "resampler_type": "mlp",
+              "latent_dimension": 64, "image_size": [32, 32]}
+    lora = {"r": 8, "alpha": 16, "dropout": 0.0,
+            "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+    torch.manual_seed(0)
+    vlm, tokenizer = build_vlm(config, lora, lora_trainable=False)
+    with torch.no_grad():
+        for name, param in vlm.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.3)
+    vlm.eval()
+    prep = load_image_preprocessing(config["vision_name"], (32, 32), True)
+    return SimpleNamespace(vlm=vlm, tokenizer=tokenizer, prompts=PromptEncoder(tokenizer, "<|image_pad|>"),
+                           image_preprocessing=lambda use: prep)
+
+
+@pytest.fixture(scope="module")
+def query_csv(shared_data_dir: Path, tmp_path_factory) -> Path:
+    """Real panoramas with 1, 2, 3, 4 and 5 queries (grouped per panorama, as evaluation batches them)."""
+    src = shared_data_dir / "quic360-sample" / "test.csv"
+    with src.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    by_image: dict[str, list[str]] = {}
+    for row in rows:
+        queries = by_image.setdefault(row["url"], [])
+        if row["query"] not in queries:
+            queries.append(row["query"])
+    out = tmp_path_factory.mktemp("gen") / "test.csv"
+    with out.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["url", "query", "annotation"])
+        for count, (url, queries) in enumerate(sorted(by_image.items()), start=1):
+            queries = (queries + EXTRA_QUERIES)[:count]
+            for query in queries:
+                writer.writerow([str(src.parent / url), query, f"a reference about {query}"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def items(model, query_csv: Path) -> list[dict]:
+    from panollava.data.datamodule import PanoCaptionDataset
+    from panollava.data.dataset import group_samples, read_caption_csv
+    from panollava.data.views import ViewConfig
+
+    prep = model.image_preprocessing(True)
+    config = ViewConfig(crop_strategy="anyres_e2p", image_size=prep.image_size)
+    samples = group_samples(read_caption_csv(query_csv))
+    dataset = PanoCaptionDataset(samples, config, prep.mean, prep.std, view_cache_mb=64)
+    counts: dict[str, int] = {}
+    for s in samples:
+        counts[s.image_path] = counts.get(s.image_path, 0) + 1
+    assert sorted(counts.values()) == [1, 2, 3, 4, 5]
+    items = [dataset[i] for i in range(len(dataset))]
+    _teach(model, items)
+    return items
+
+
+def _teach(model, items: list[dict], steps: int = 45) -> None:
+    """A few AdamW steps on "the <query> is <colour of the panorama>", so that captions depend on both the query
+    and the image (a random tiny LM repeats one string whatever the query: a suffix mix-up would go unseen)."""
+    vlm = model.vlm
+    colours = ["red", "green", "blue", "white", "black"]
+    keys = sorted({it["image_path"] for it in items})
+    answers = [f"the {it['query']} is {colours[keys.index(it['image_path'])]}" for it in items]
+    pixel_values = torch.stack([it["pixel_values"] for it in items])
+    n = vlm.num_image_tokens(pixel_values.shape[1], tuple(pixel_values.shape[-2:]))
+    enc = model.prompts.encode([it["query"] for it in items], n, answers)
+    params = [p for name, p in vlm.named_parameters() if not name.startswith("vision_tower.")]
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=4e-3)
+    torch.manual_seed(0)
+    vlm.train()
+    for _ in range(steps):
+        loss = vlm(pixel_values=pixel_values, **enc).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    vlm.eval()
+    for p in vlm.parameters():
+        p.requires_grad_(False)
+
+
+
+
+def eval_batches(items: list[dict], batch_size: int):
+    """Evaluation batches as the data module builds them: unique panoramas + panorama_index + panorama_key."""
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        keys: list[str] = []
+        views, index = [], []
+        for it in chunk:
+            if it["image_path"] not in keys:
+                keys.append(it["image_path"])
+                views.append(it["pixel_values"])
+            index.append(keys.index(it["image_path"]))
+        yield {
+            "index": [it["index"] for it in chunk],
+            "sample_id": [it["sample_id"] for it in chunk],
+            "query": [it["query"] for it in chunk],
+            "references": [it["references"] for it in chunk],
+            "image": [it["image"] for it in chunk],
+            "image_path": [it["image_path"] for it in chunk],
+            "pixel_values": torch.stack(views),
+            "panorama_index": torch.tensor(index),
+            "panorama_key": keys,
+        }
+
+
+def caption_all(model, items, settings: DecodeSettings, share_prefix: bool, batch_size: int, prompts=None):
+    generator = CaptionGenerator(model.vlm, prompts or model.prompts, settings, share_prefix=share_prefix)
+    captions = []
+    for batch in eval_batches(items, batch_size):
+        captions += generator.generate(batch)
+    return captions, generator
+
+
+GREEDY = DecodeSettings(max_new_tokens=12)
+SAMPLED = DecodeSettings(max_new_tokens=12, do_sample=True, temperature=1.3, top_k=40, top_p=0.95,
+                         repetition_penalty=1.2, seed=7)
+
+
+# -- settings and sampling --------------------------------------------------------------------------------------------
+def test_settings_from_dict_ignores_unknown_keys_and_checks_values():
+    s = DecodeSettings.from_dict({"max_new_tokens": "16", "do_sample": 1, "top_k": 5, "unknown": 3, "top_p": None})
+    assert (s.max_new_tokens, s.do_sample, s.top_k, s.top_p) == (16, True, 5, 1.0)
+    assert set(s.to_dict()) == {"max_new_tokens", "num_beams", "do_sample", "temperature", "top_p", "top_k",
+                                "repetition_penalty", "seed"}
+    with pytest.raises(InvalidInputError, match="top_p must be in"):
+        DecodeSettings(top_p=0.0)
+    with pytest.raises(InvalidInputError, match="num_beams 2 with do_sample"):
+        DecodeSettings(num_beams=2, do_sample=True)
+
+
+def test_sample_seed_is_stable_and_per_sample():
+    assert sample_seed(0, "abc") == sample_seed(0, "abc")
+    assert len({sample_seed(0, "abc"), sample_seed(1, "abc"), sample_seed(0, "abd")}) == 3
+    assert 0 <= sample_seed(123, "x") < 2**63
+    u = row_uniforms(3, ["a", "b", "a"], 5, torch.device("cpu"))
+    assert torch.equal(u[0], u[2]) and not torch.equal(u[0], u[1])
+
+
+def test_logits_processors_equal_transformers():
+    from transformers.generation.logits_process import (
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50) * 3
+    history = torch.randint(0, 50, (4, 6))
+    seen = torch.zeros(4, 50, dtype=torch.bool).scatter_(1, history, True)
+    expected = RepetitionPenaltyLogitsProcessor(1.3)(history, logits.clone())
+    assert torch.equal(apply_repetition_penalty(logits, seen, 1.3), expected)
+    settings = DecodeSettings(do_sample=True, temperature=0.7, top_k=12, top_p=0.8)
+    ref = TemperatureLogitsWarper(0.7)(history, expected.clone())
+    ref = TopKLogitsWarper(12)(history, ref)
+    ref = TopPLogitsWarper(0.8)(history, ref)
+    assert torch.equal(filter_logits(expected, settings), ref)
+
+
+def test_inverse_cdf_sampling_never_picks_removed_tokens_and_follows_the_distribution():
+    logits = torch.tensor([[0.0, float("-inf"), 0.0, float("-inf"), 2.0]]).expand(4000, 5)
+    uniforms = torch.rand(4000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    tokens = sample_from_logits(logits, uniforms)
+    counts = torch.bincount(tokens, minlength=5).double() / 4000
+    assert counts[1] == 0 and counts[3] == 0
+    expected = torch.tensor([1.0, 0.0, 1.0, 0.0, float(torch.tensor(2.0).exp())], dtype=torch.float64)
+    assert torch.allclose(counts, expected / expected.sum(), atol=0.03)
+
+
+# -- generation on real panoramas -------------------------------------------------------------------------------------
+def test_greedy_captions_identical_across_paths_and_batch_sizes_and_vision_runs_once_per_panorama(model, items):
+    reference, plain1 = caption_all(model, items, GREEDY, share_prefix=False, batch_size=1)
+    assert len(set(reference)) >= 5 and all(reference), reference  # texts vary with query and image
+    assert plain1.stats["panoramas_encoded"] == 5 and plain1.stats["panoramas_carried_over"] == 10
+    for share, batch_size in ((True, 1), (True, 4), (False, 4), (True, len(items))):
+        captions, gen = caption_all(model, items, GREEDY, share_prefix=share, batch_size=batch_size)
+        assert captions == reference, (share, batch_size)
+        assert gen.stats["panoramas_encoded"] == 5, gen.stats  # 5 panoramas, 15 samples
+        assert gen.stats["samples"] == len(items)
+        if share:
+            assert gen.stats["shared_batches"] == gen.stats["batches"] and gen.stats["plain_batches"] == 0
+            assert gen.describe()["path"] == "shared_prefix"
+    # batch 4 over [1, 2, 3, 4, 5] queries: the panorama split between batches is carried over, not re-encoded
+    assert gen.stats["vision_calls"] == 1
+    _, gen4 = caption_all(model, items, GREEDY, share_prefix=True, batch_size=4)
+    assert gen4.stats["panoramas_carried_over"] == 3 and gen4.stats["prefix_prefills"] == 8
+
+
+def test_sampled_captions_identical_across_paths_and_batch_sizes(model, items):
+    reference, _ = caption_all(model, items, SAMPLED, share_prefix=False, batch_size=1)
+    for share, batch_size in ((True, 4), (False, 4), (True, len(items))):
+        captions, gen = caption_all(model, items, SAMPLED, share_prefix=share, batch_size=batch_size)
+        assert captions == reference, (share, batch_size)
+    info = gen.describe()
+    assert info["top_k"] == 40 and info["do_sample"] is True and info["seeding"].startswith("per sample")
+    greedy, _ = caption_all(model, items, GREEDY, share_prefix=True, batch_size=len(items))
+    other_seed, _ = caption_all(model, items, DecodeSettings(**{**SAMPLED.to_dict(), "seed": 8}), True, len(items))
+    assert reference != greedy and other_seed != reference
+
+
+def test_greedy_equals_transformers_generate(model, items):
+    ours, _ = caption_all(model, items, GREEDY, share_prefix=True, batch_size=6)
+    vlm, tok = model.vlm, model.tokenizer
+    theirs = []
+    for batch in eval_batches(items, 6):
+        pv = batch["pixel_values"][batch["panorama_index"]]
+        enc = model.prompts.encode(batch["query"], vlm.num_image_tokens(pv.shape[1], tuple(pv.shape[-2:])))
+        new = vlm.generate(pixel_values=pv, **enc, max_new_tokens=GREEDY.max_new_tokens, do_sample=False,
+                           eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        theirs += [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
+    assert ours == theirs
+
+
+def test_beam_search_goes_through_generate_with_features_once_per_panorama(model, items):
+    settings = DecodeSettings(max_new_tokens=6, num_beams=3)
+    captions, gen = caption_all(model, items[:6], settings, share_prefix=True, batch_size=6)
+    assert gen.describe()["path"] == "beam_search" and gen.describe()["kv_cache"].startswith("dynamic")
+    assert gen.stats["panoramas_encoded"] == 3
+    vlm, tok = model.vlm, model.tokenizer
+    batch = next(eval_batches(items[:6], 6))
+    pv = batch["pixel_values"][batch["panorama_index"]]
+    enc = model.prompts.encode(batch["query"], vlm.num_image_tokens(pv.shape[1], tuple(pv.shape[-2:])))
+    new = vlm.generate(pixel_values=pv, **enc, max_new_tokens=6, num_beams=3, do_sample=False,
+                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    assert captions == [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
+
+
+def test_query_text_before_the_image_falls_back_to_the_plain_path_once(model, items, caplog):
+    prompts = copy.copy(model.prompts)
+    tokenizer = copy.deepcopy(model.tokenizer)
+    # a template that writes the user text's length before the message: the text before the image varies by query
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | length }} {{ m['content'] }}"
+        "<|im_end|>\n{% endfor %}<|im_start|>assistant\n"
+    )
+    prompts.tokenizer = tokenizer
+    prompts.__post_init__()
+    with caplog.at_level(logging.WARNING, logger="panollava.generation.generator"):
+        shared, gen = caption_all(model, items, GREEDY, share_prefix=True, batch_size=5, prompts=prompts)
+    plain, _ = caption_all(model, items, GREEDY, share_prefix=False, batch_size=5, prompts=prompts)
+    assert shared == plain
+    info = gen.describe()
+    assert info["path"] == "plain" and "differ between queries" in info["fallback_reason"]
+    assert gen.stats["plain_batches"] == 3 and gen.stats["shared_batches"] == 0
+    assert sum("prefix sharing is off" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_training_batches_without_panorama_index_are_captioned_per_sample(model, items):
+    batch = next(eval_batches(items, 4))
+    per_sample = dict(batch, pixel_values=batch["pixel_values"][batch["panorama_index"]])
+    del per_sample["panorama_index"], per_sample["panorama_key"]
+    gen = CaptionGenerator(model.vlm, model.prompts, GREEDY)
+    assert gen.generate(per_sample) == CaptionGenerator(model.vlm, model.prompts, GREEDY).generate(batch)
+    assert gen.stats["panoramas_encoded"] == 4
