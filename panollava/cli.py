@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 
+from panollava.console import configure_logging as _configure_logging
+from panollava.console import echo
 from panollava.errors import InvalidInputError, PanoLLaVAError
 
 logger = logging.getLogger("panollava.cli")
@@ -40,28 +41,6 @@ commands:
 
 Run 'panollava-cli COMMAND --help' for a command's options. Add --verbose to see tracebacks.
 """
-
-
-def _is_rank_zero() -> bool:
-    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("RANK", "0") == "0"
-
-
-def echo(line: str = "") -> None:
-    """Print a user-facing line (rank 0 only)."""
-    if _is_rank_zero():
-        print(line, flush=True)
-
-
-def _configure_logging(verbose: bool) -> None:
-    root = logging.getLogger("panollava")
-    if not any(getattr(h, "_panollava", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        handler._panollava = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    if not _is_rank_zero():
-        root.setLevel(logging.WARNING)
 
 
 # -- light commands ---------------------------------------------------------------------------------------------------

@@ -1,25 +1,32 @@
-"""The schema of ``checkpoint_metadata.json``: read (tolerant), write (complete, atomic), validate.
+"""``checkpoint_metadata.json``: read (tolerant, migrated), write (complete, atomic).
 
-Training writes one ``checkpoint_metadata.json`` per run directory (SPEC §1); evaluation reads it to rebuild
-the model and its inputs. Reading is tolerant: the original tool's minimal example loads as written, unknown
-keys are kept, and every missing key that affects the model or its inputs falls back, loudly (one WARNING per
-key), to :data:`DEFAULT_METADATA`. Malformed files are errors, never guesses.
+Training writes one ``checkpoint_metadata.json`` per run directory (SPEC §1); evaluation reads it to rebuild the
+model and its inputs. The keys that define the model and its inputs, their types, defaults and docs are declared
+once in :mod:`panollava.schema` (each :class:`~panollava.schema.Setting` with a ``metadata_path``); this module
+only places them in the file's sections and checks them with the schema's validation.
 
-Layout (``schema_version`` 1)::
+Reading is tolerant: the original tool's minimal example loads as written, unknown keys are kept, and every
+missing key that defines the model or its inputs falls back, loudly (one WARNING per key, or per missing
+section), to the schema's default. Files of an older ``schema_version`` are migrated (:data:`MIGRATIONS`).
+Malformed files are errors, never guesses.
+
+Layout (``schema_version`` 2)::
 
     schema_version, experiment_name, stage
     model_config     vision_name*, language_model_name*, tokenizer_name, resampler_type, latent_dimension,
-                     image_size [H, W], image_token, lora {r, alpha, dropout, target_modules},
-                     train_vision, ... (resampler sizes)
-    training_config  crop_strategy, fov_deg, overlap_ratio, use_vision_processor   (define the inputs)
+                     image_size [H, W], image_token, lora {r, alpha, dropout, target_modules} | null,
+                     train_vision, vision_hidden_size, ... (recorded)
+    training_config  crop_strategy, fov_deg, overlap_ratio, num_views, use_vision_processor, image_mean,
+                     image_std, image_blind, max_answer_tokens                      (define the inputs)
                      learning_rate, batch_size, max_epochs, seed, ...               (recorded only)
     prompt           template, system_prompt, enable_thinking
     dataset          train_csv, val_csv, test_csv, dataset_name, image_root
+    generation       the decoding of training's sample logs (recorded only)
     checkpoints      {"best": {file, val_loss, epoch} | null, "last": {...} | null,
                       "all": [{file, epoch, step, val_loss}, ...]}
     checkpoint_contents, lora_weights, library_versions, created_at, updated_at
 
-(* required). Only the standard library is imported here, so the module loads in milliseconds.
+(* required).
 """
 
 from __future__ import annotations
@@ -35,86 +42,35 @@ from pathlib import Path
 from typing import Any
 
 from panollava.errors import InputNotFoundError, InvalidInputError
+from panollava.schema import (
+    CROP_STRATEGIES,
+    DEFAULT_PROMPT_TEMPLATE,
+    INPUT_KEYS,
+    METADATA_FILENAME,
+    REQUIRED_KEYS,
+    RESAMPLER_TYPES,
+    SCHEMA_VERSION,
+    SETTINGS,
+    STAGES,
+    LoraSettings,
+    check_settings,
+    defaults,
+    show,
+    to_plain,
+)
+
+__all__ = [
+    "CROP_STRATEGIES", "DEFAULT_LORA", "DEFAULT_PROMPT_TEMPLATE", "METADATA_FILENAME", "MIGRATIONS",
+    "RESAMPLER_TYPES", "SCHEMA_VERSION", "STAGES", "RunMetadata", "build_metadata", "installed_library_versions",
+    "metadata_recorded_training", "metadata_settings", "normalize_metadata", "read_metadata", "write_metadata",
+]
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-"""Version of the layout that :func:`build_metadata` writes."""
+DEFAULT_LORA: dict[str, Any] = to_plain(LoraSettings())
+"""The default LoRA settings (from :class:`panollava.schema.LoraSettings`). Treat as read-only."""
 
-METADATA_FILENAME = "checkpoint_metadata.json"
-STAGES = ("vision", "resampler", "finetune")
-CROP_STRATEGIES = ("anyres_e2p", "e2p", "cubemap", "sliding_window", "resize")
-RESAMPLER_TYPES = ("mlp", "identity", "avgpool")
-
-DEFAULT_PROMPT_TEMPLATE = (
-    'In this panoramic image, please provide a concise but detailed description of "{query}".'
-)
-
-DEFAULT_LORA: dict[str, Any] = {
-    "r": 32,
-    "alpha": 64,
-    "dropout": 0.05,
-    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-}
-
-DEFAULT_METADATA: dict[str, Any] = {
-    "schema_version": SCHEMA_VERSION,
-    "experiment_name": None,
-    "stage": None,
-    "model_config": {
-        "vision_name": None,  # required
-        "language_model_name": None,  # required
-        "tokenizer_name": None,  # None → language_model_name
-        "resampler_type": "mlp",
-        "latent_dimension": 768,
-        "image_size": [224, 224],
-        "image_token": "<|image_pad|>",
-        "lora": DEFAULT_LORA,
-        "train_vision": False,
-    },
-    "training_config": {
-        "crop_strategy": "anyres_e2p",
-        "fov_deg": 90.0,
-        "overlap_ratio": 0.5,
-        "use_vision_processor": True,
-        "learning_rate": None,  # recorded only
-        "batch_size": None,  # recorded only
-    },
-    "prompt": {
-        "template": DEFAULT_PROMPT_TEMPLATE,
-        "system_prompt": None,
-        "enable_thinking": False,
-    },
-    "dataset": {
-        "train_csv": None,
-        "val_csv": None,
-        "test_csv": None,
-        "dataset_name": None,
-        "image_root": None,
-    },
-}
-"""Values a reader falls back to when a key is missing. Treat as read-only (copy before changing)."""
-
-METADATA_SETTING_PATHS: dict[str, tuple[str, str]] = {
-    "vision_name": ("model_config", "vision_name"),
-    "language_model_name": ("model_config", "language_model_name"),
-    "tokenizer_name": ("model_config", "tokenizer_name"),
-    "resampler_type": ("model_config", "resampler_type"),
-    "latent_dimension": ("model_config", "latent_dimension"),
-    "image_size": ("model_config", "image_size"),
-    "image_token": ("model_config", "image_token"),
-    "lora": ("model_config", "lora"),
-    "train_vision": ("model_config", "train_vision"),
-    "crop_strategy": ("training_config", "crop_strategy"),
-    "fov_deg": ("training_config", "fov_deg"),
-    "overlap_ratio": ("training_config", "overlap_ratio"),
-    "use_vision_processor": ("training_config", "use_vision_processor"),
-    "prompt_template": ("prompt", "template"),
-    "system_prompt": ("prompt", "system_prompt"),
-    "enable_thinking": ("prompt", "enable_thinking"),
-}
-"""Flat setting key → (section, key) in the metadata, for the keys that define the model and its inputs."""
-
+SECTIONS = ("model_config", "training_config", "prompt", "dataset")
 _PROVENANCE_DEFAULTS: dict[str, Any] = {
     "checkpoints": {"best": None, "last": None, "all": []},
     "checkpoint_contents": {},
@@ -123,182 +79,31 @@ _PROVENANCE_DEFAULTS: dict[str, Any] = {
     "created_at": None,
     "updated_at": None,
 }
-_SECTIONS = ("model_config", "training_config", "prompt", "dataset")
-
-
-class _BadValue(ValueError):
-    """Internal: a value failed validation; carries what was expected."""
-
-
-# --- value validators: return the normalised value or raise _BadValue(expected) -----------------------------
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _nonempty_str(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise _BadValue("a non-empty string")
-    return value
-
-
-def _optional_str(value: Any) -> str | None:
-    if value is not None and not isinstance(value, str):
-        raise _BadValue("a string or null")
-    return value
-
-
-def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
-    def check(value: Any) -> str:
-        if value not in options:
-            raise _BadValue("one of " + ", ".join(repr(o) for o in options))
-        return value
-
-    return check
-
-
-def _positive_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise _BadValue("a positive integer")
-    return value
-
-
-def _optional_positive_int(value: Any) -> int | None:
-    return None if value is None else _positive_int(value)
-
-
-def _optional_number(value: Any) -> float | int | None:
-    if value is not None and not _is_number(value):
-        raise _BadValue("a number or null")
-    return value
-
-
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _BadValue("true or false")
-    return value
-
-
-def _fov_deg(value: Any) -> float:
-    if not _is_number(value) or not 0 < value <= 360:
-        raise _BadValue("a number of degrees in (0, 360]")
-    return float(value)
-
-
-def _overlap_ratio(value: Any) -> float:
-    if not _is_number(value) or not 0 <= value < 1:
-        raise _BadValue("a number in [0, 1)")
-    return float(value)
-
-
-def normalize_image_size(value: Any) -> list[int]:
-    """Turns an image size given as ``224`` or ``[224, 224]`` into ``[H, W]``.
-
-    Args:
-        value: an int, or a list/tuple of two ints (H, W).
-
-    Returns:
-        ``[H, W]`` as a list of two positive ints.
-
-    Raises:
-        ValueError: the value is neither (the message says what is expected).
-    """
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return [value, value]
-    if (
-        isinstance(value, (list, tuple))
-        and len(value) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
-    ):
-        return [int(value[0]), int(value[1])]
-    raise _BadValue("a positive integer or an [H, W] list of two positive integers")
-
-
-def _image_size(value: Any) -> list[int]:
-    return normalize_image_size(value)
-
-
-def _template(value: Any) -> str:
-    if not isinstance(value, str) or "{query}" not in value:
-        raise _BadValue('a string containing the placeholder "{query}"')
-    return value
-
-
-def _target_modules(value: Any) -> list[str] | str:
-    if isinstance(value, str) and value:
-        return value  # peft accepts a regex or "all-linear"
-    if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
-        return list(value)
-    raise _BadValue("a non-empty list of module names (or a peft regex string)")
-
-
-def _lora_alpha(value: Any) -> float | int:
-    if not _is_number(value) or value <= 0:
-        raise _BadValue("a positive number")
-    return value
-
-
-def _lora_dropout(value: Any) -> float:
-    if not _is_number(value) or not 0 <= value < 1:
-        raise _BadValue("a number in [0, 1)")
-    return float(value)
-
-
-_LORA_FIELDS: dict[str, Callable[[Any], Any]] = {
-    "r": _positive_int,
-    "alpha": _lora_alpha,
-    "dropout": _lora_dropout,
-    "target_modules": _target_modules,
+_EXAMPLES = {
+    "vision_name": '"vision_name": "google/siglip2-so400m-patch16-256" (hub id or dir)',
+    "language_model_name": '"language_model_name": "Qwen/Qwen3-0.6B" (hub id or dir)',
 }
-
-# (section, key) → (validator, null_is_value, warn_when_missing). ``null_is_value``: an explicit null is a
-# recorded value (not "missing"). ``warn_when_missing``: the key defines the model or its inputs, so falling
-# back to the default is logged; recorded-only keys are filled with null silently.
-_FIELDS: dict[tuple[str, str], tuple[Callable[[Any], Any], bool, bool]] = {
-    ("model_config", "vision_name"): (_nonempty_str, False, True),
-    ("model_config", "language_model_name"): (_nonempty_str, False, True),
-    ("model_config", "tokenizer_name"): (_nonempty_str, False, True),
-    ("model_config", "resampler_type"): (_choice(RESAMPLER_TYPES), False, True),
-    ("model_config", "latent_dimension"): (_positive_int, False, True),
-    ("model_config", "image_size"): (_image_size, False, True),
-    ("model_config", "image_token"): (_nonempty_str, False, True),
-    ("model_config", "lora"): (lambda v: v, True, True),  # checked field by field below
-    ("model_config", "train_vision"): (_bool, False, True),
-    ("training_config", "crop_strategy"): (_choice(CROP_STRATEGIES), False, True),
-    ("training_config", "fov_deg"): (_fov_deg, False, True),
-    ("training_config", "overlap_ratio"): (_overlap_ratio, False, True),
-    ("training_config", "use_vision_processor"): (_bool, False, True),
-    ("training_config", "learning_rate"): (_optional_number, True, False),
-    ("training_config", "batch_size"): (_optional_positive_int, True, False),
-    ("prompt", "template"): (_template, False, True),
-    ("prompt", "system_prompt"): (_optional_str, True, True),
-    ("prompt", "enable_thinking"): (_bool, False, True),
-    ("dataset", "train_csv"): (_optional_str, True, False),
-    ("dataset", "val_csv"): (_optional_str, True, False),
-    ("dataset", "test_csv"): (_optional_str, True, False),
-    ("dataset", "dataset_name"): (_optional_str, True, False),
-    ("dataset", "image_root"): (_optional_str, True, False),
-}
-_REQUIRED = {
-    ("model_config", "vision_name"): '"vision_name": "google/siglip2-so400m-patch16-256" (hub id or dir)',
-    ("model_config", "language_model_name"): '"language_model_name": "Qwen/Qwen3-0.6B" (hub id or dir)',
-}
-
-
-def _show(value: Any) -> str:
-    """Short JSON-ish rendering of a value for messages."""
-    try:
-        text = json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def _type_name(value: Any) -> str:
-    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
-        type(value), "number" if _is_number(value) else type(value).__name__
+    if isinstance(value, bool):
+        return "boolean"
+    return {dict: "object", list: "list", str: "string", type(None): "null"}.get(
+        type(value), "number" if isinstance(value, (int, float)) else type(value).__name__
     )
+
+
+def _migrate_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 1 → 2: the ``generation`` record gains ``top_k`` (0: schema-1 greedy decoding never used it) and
+    ``share_prefix`` (false: schema 1 had no shared prefixes). LoRA ``alpha`` stays as written (a float now)."""
+    generation = data.get("generation")
+    if isinstance(generation, Mapping):
+        data["generation"] = {"top_k": 0, "share_prefix": False, **generation}
+    return data
+
+
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _migrate_v1}
+"""``version → function`` that turns a file of that schema version into the next version's layout."""
 
 
 @dataclass
@@ -308,56 +113,28 @@ class RunMetadata:
     Attributes:
         path: absolute path of the file it was read from.
         raw: the JSON object exactly as read.
-        data: the normalised, complete dict: every section and key present (defaults filled in),
+        data: the migrated, normalised, complete dict: every section and key present (defaults filled in),
             ``image_size`` as ``[H, W]``, unknown keys kept.
         defaults_used: dotted keys (``"model_config.image_token"``, or a whole section such as ``"prompt"``)
-            that were missing and fell back to :data:`DEFAULT_METADATA`.
+            that were missing and fell back to the schema's defaults.
+        source_version: the schema version the file was written with (1 when it does not say).
     """
 
     path: Path
     raw: dict[str, Any]
     data: dict[str, Any]
     defaults_used: list[str] = field(default_factory=list)
+    source_version: int = SCHEMA_VERSION
 
-    @property
-    def schema_version(self) -> int:
-        """The file's schema version (1 when it does not say)."""
-        return self.data["schema_version"]
-
-    @property
-    def experiment_name(self) -> str | None:
-        """The experiment name, or None when not recorded."""
-        return self.data["experiment_name"]
-
-    @property
-    def stage(self) -> str | None:
-        """``vision``, ``resampler`` or ``finetune``; None when not recorded."""
-        return self.data["stage"]
-
-    @property
-    def model_config(self) -> dict[str, Any]:
-        """The normalised ``model_config`` section."""
-        return self.data["model_config"]
-
-    @property
-    def training_config(self) -> dict[str, Any]:
-        """The normalised ``training_config`` section."""
-        return self.data["training_config"]
-
-    @property
-    def prompt(self) -> dict[str, Any]:
-        """The normalised ``prompt`` section."""
-        return self.data["prompt"]
-
-    @property
-    def dataset(self) -> dict[str, Any]:
-        """The normalised ``dataset`` section."""
-        return self.data["dataset"]
-
-    @property
-    def lora_weights(self) -> str | None:
-        """The LoRA adapter folder recorded by training, relative to the run directory (or None)."""
-        return self.data.get("lora_weights")
+    schema_version = property(lambda self: self.data["schema_version"], doc="The schema version after migration.")
+    experiment_name = property(lambda self: self.data["experiment_name"], doc="The experiment name, or None.")
+    stage = property(lambda self: self.data["stage"], doc="vision, resampler or finetune; None when not recorded.")
+    model_config = property(lambda self: self.data["model_config"], doc="The normalised model_config section.")
+    training_config = property(lambda self: self.data["training_config"], doc="The training_config section.")
+    prompt = property(lambda self: self.data["prompt"], doc="The normalised prompt section.")
+    dataset = property(lambda self: self.data["dataset"], doc="The normalised dataset section.")
+    lora_weights = property(lambda self: self.data.get("lora_weights"),
+                            doc="The LoRA adapter folder relative to the run directory, or None.")
 
     def recorded(self, section: str, key: str) -> bool:
         """Whether ``section.key`` is written in the file itself (as opposed to filled from the defaults).
@@ -367,19 +144,22 @@ class RunMetadata:
             key: a key inside it.
 
         Returns:
-            True when the raw file has the key (for keys whose null means "missing", a null counts as absent).
+            True when the raw file has the key (a null counts as absent unless null is a value of that key).
         """
         sec = self.raw.get(section)
         if not isinstance(sec, Mapping) or key not in sec:
             return False
-        spec = _FIELDS.get((section, key))
-        return sec[key] is not None or (spec is not None and spec[1])
+        setting = _BY_PATH.get((section, key))
+        return sec[key] is not None or (setting is not None and SETTINGS[setting].nullable)
+
+
+_BY_PATH = {SETTINGS[k].metadata_path: k for k in INPUT_KEYS}
 
 
 def normalize_metadata(
     raw: Any, source: str | os.PathLike[str] = "<metadata>", *, log: bool = True
 ) -> tuple[dict[str, Any], list[str]]:
-    """Validates a metadata dict and fills in the defaults.
+    """Migrates a metadata dict to the current schema, validates it and fills in the defaults.
 
     Args:
         raw: the parsed JSON (must be an object).
@@ -391,17 +171,14 @@ def normalize_metadata(
         fell back to defaults.
 
     Raises:
-        InvalidInputError: the value is not an object, a required key is missing, or a value has the wrong
-            type or an unknown choice. The message names ``source``, the dotted key, what was found and how to
-            fix it.
+        InvalidInputError: the value is not an object, a required key is missing, or a value does not fit the
+            schema. The message names ``source``, the dotted key, what was found and how to fix it.
     """
     where = f"checkpoint metadata '{source}'"
 
     def bad(key: str, value: Any, expected: str) -> InvalidInputError:
-        required = key in (f"{s}.{k}" for s, k in _REQUIRED)
-        fix = f"Fix {key} in the file" + ("." if required else ", or delete it to use the default.")
         return InvalidInputError(
-            f"{where}: {key} must be {expected}, found {_show(value)} ({_type_name(value)}). {fix}"
+            f"{where}: {key} must be {expected}, found {show(value)} ({_type_name(value)}). Fix {key} in the file."
         )
 
     if not isinstance(raw, Mapping):
@@ -412,69 +189,89 @@ def normalize_metadata(
     data: dict[str, Any] = copy.deepcopy(dict(raw))
     defaults_used: list[str] = []
 
-    def fall_back(key: str, default: Any, note: str = "", settable: bool = True) -> None:
+    def fall_back(key: str, default: Any) -> None:
         defaults_used.append(key)
         if log:
-            # Settable keys can still come from the config (metadata_settings leaves defaulted keys out).
-            source = "the config or the default" if settable else "the default"
-            logger.warning(
-                "%s: %s is not recorded; falling back to %s %s%s", where, key, source, _show(default), note
-            )
+            logger.warning("%s: %s is not recorded; falling back to the config or the default %s",
+                           where, key, show(default))
 
     version = data.get("schema_version")
     if version is None:
-        data["schema_version"] = SCHEMA_VERSION
-        fall_back("schema_version", SCHEMA_VERSION, settable=False)
+        version = 1
+        defaults_used.append("schema_version")
+        if log:
+            logger.warning("%s: schema_version is not recorded; reading it as schema 1", where)
     elif isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise bad("schema_version", version, "a positive integer")
     elif version > SCHEMA_VERSION and log:
-        logger.warning(
-            "%s: schema_version %d is newer than this panollava understands (%d); keys it does not know are "
-            "ignored. Upgrade panollava to read it fully.", where, version, SCHEMA_VERSION,
-        )
+        logger.warning("%s: schema_version %d is newer than this panollava understands (%d); keys it does not know "
+                       "are ignored. Upgrade panollava to read it fully.", where, version, SCHEMA_VERSION)
+    while version in MIGRATIONS:
+        data = MIGRATIONS[version](data)
+        version += 1
+    data["schema_version"] = max(version, SCHEMA_VERSION)
 
-    for key in ("experiment_name", "stage"):
-        value = data.get(key)
+    for key, choices in (("experiment_name", None), ("stage", STAGES)):
+        value = data.setdefault(key, None)
         if value is None:
-            data[key] = None
-            fall_back(key, None, settable=False)
-        elif key == "stage" and value not in STAGES:
-            raise bad(key, value, "one of " + ", ".join(repr(s) for s in STAGES))
+            defaults_used.append(key)
+        elif choices is not None and value not in choices:
+            raise bad(key, value, "one of " + ", ".join(repr(s) for s in choices))
         elif not isinstance(value, str):
             raise bad(key, value, "a string")
 
-    for section in _SECTIONS:
-        value = data.get(section)
-        if value is None and section == "model_config":
+    if not isinstance(data.get("model_config"), Mapping):
+        if data.get("model_config") is not None:
+            raise bad("model_config", data["model_config"], "an object {...}")
+        raise InvalidInputError(
+            f"{where}: model_config is missing; it must name at least the vision and language models, e.g. "
+            f'"model_config": {{{_EXAMPLES["vision_name"]}, {_EXAMPLES["language_model_name"]}}}. '
+            f"Pass the {METADATA_FILENAME} that training wrote."
+        )
+    for key in REQUIRED_KEYS:
+        if data["model_config"].get(key) is None:
             raise InvalidInputError(
-                f"{where}: model_config is missing; it must name at least the vision and language models, "
-                f'e.g. "model_config": {{"vision_name": "google/siglip2-so400m-patch16-256", '
-                f'"language_model_name": "Qwen/Qwen3-0.6B"}}. '
-                f"Pass the {METADATA_FILENAME} that training wrote."
+                f"{where}: model_config.{key} is missing; it has no default. Add it to model_config, e.g. "
+                f"{_EXAMPLES[key]}."
             )
-        if value is None:
-            # A whole missing section is reported once, not key by key.
-            data[section] = {}
-            defaults = [k for (s, k), (_, _, warn) in _FIELDS.items() if s == section and warn]
-            if defaults:
-                fall_back(section, {k: DEFAULT_METADATA[section][k] for k in defaults})
-            _fill_section(data, section, bad, lambda *args: None)
-            continue
-        if not isinstance(value, Mapping):
+    base = defaults()
+    for section in SECTIONS:
+        value = data.get(section)
+        whole_section_missing = value is None
+        if whole_section_missing:
+            value = {}
+        elif not isinstance(value, Mapping):
             raise bad(section, value, "an object {...}")
-        data[section] = dict(value)
-        if section == "model_config":
-            for (sec, key), example in _REQUIRED.items():
-                if data[sec].get(key) is None:
-                    raise InvalidInputError(
-                        f"{where}: {sec}.{key} is missing; it has no default. "
-                        f"Add it to {sec}, e.g. {example}."
-                    )
-        _fill_section(data, section, bad, fall_back)
-
-    model = data["model_config"]
-    if model.get("tokenizer_name") is None:
-        model["tokenizer_name"] = model["language_model_name"]
+        values = dict(value)
+        found: dict[str, Any] = {}
+        missing: dict[str, Any] = {}
+        for key in INPUT_KEYS:
+            sec, name = SETTINGS[key].metadata_path
+            if sec != section:
+                continue
+            if name in values and (values[name] is not None or SETTINGS[key].nullable):
+                found[key] = values[name]
+            else:
+                missing[name] = copy.deepcopy(base[key])
+                values[name] = missing[name]
+        if isinstance(found.get("lora"), Mapping):
+            for name in [n for n in DEFAULT_LORA if n not in found["lora"]]:
+                fall_back(f"{section}.lora.{name}", DEFAULT_LORA[name])
+        checked = check_settings(found, where, describe=lambda k: ".".join(SETTINGS[k].metadata_path))
+        values.update({SETTINGS[k].metadata_path[1]: v for k, v in checked.items()})
+        if section != "dataset":
+            if whole_section_missing and missing:
+                fall_back(section, missing)
+            else:
+                for name, default in missing.items():
+                    if section == "model_config" and name == "tokenizer_name":
+                        default = values["language_model_name"]
+                    fall_back(f"{section}.{name}", default)
+        data[section] = values
+    for key in ("train_csv", "val_csv", "test_csv", "dataset_name"):
+        data["dataset"].setdefault(key, None)
+    if data["model_config"].get("tokenizer_name") is None:
+        data["model_config"]["tokenizer_name"] = data["model_config"]["language_model_name"]
 
     for key, default in _PROVENANCE_DEFAULTS.items():
         if data.get(key) is None:
@@ -482,67 +279,12 @@ def normalize_metadata(
     if not isinstance(data["checkpoints"], Mapping):
         raise bad("checkpoints", data["checkpoints"], 'an object {"best": ..., "last": ..., "all": [...]}')
     if data["lora_weights"] is not None and not isinstance(data["lora_weights"], str):
-        raise bad(
-            "lora_weights", data["lora_weights"], "a folder name relative to the run directory, or null"
-        )
+        raise bad("lora_weights", data["lora_weights"], "a folder name relative to the run directory, or null")
     return data, defaults_used
 
 
-def _fill_section(
-    data: dict[str, Any],
-    section: str,
-    bad: Callable[[str, Any, str], InvalidInputError],
-    fall_back: Callable[..., None],
-) -> None:
-    """Validates and default-fills one section of ``data`` in place."""
-    values = data[section]
-    for (sec, key), (check, null_is_value, warn) in _FIELDS.items():
-        if sec != section:
-            continue
-        dotted = f"{section}.{key}"
-        missing = key not in values or (values[key] is None and not null_is_value)
-        if missing:
-            default = copy.deepcopy(DEFAULT_METADATA[section][key])
-            values[key] = default
-            if warn and key not in ("vision_name", "language_model_name"):
-                note = " (= model_config.language_model_name)" if key == "tokenizer_name" else ""
-                fall_back(dotted, values.get("language_model_name") if note else default, note)
-            continue
-        if key == "lora":
-            values[key] = _normalize_lora(values[key], dotted, bad, fall_back)
-            continue
-        try:
-            values[key] = check(values[key])
-        except _BadValue as err:
-            raise bad(dotted, values[key], str(err)) from None
-
-
-def _normalize_lora(
-    value: Any,
-    dotted: str,
-    bad: Callable[[str, Any, str], InvalidInputError],
-    fall_back: Callable[..., None],
-) -> dict[str, Any] | None:
-    """Validates ``model_config.lora``: null (no LoRA) or an object whose missing fields take the defaults."""
-    if value is None:
-        return None
-    if not isinstance(value, Mapping):
-        raise bad(dotted, value, 'an object {"r", "alpha", "dropout", "target_modules"} or null (no LoRA)')
-    lora = dict(value)
-    for key, check in _LORA_FIELDS.items():
-        if lora.get(key) is None:
-            lora[key] = copy.deepcopy(DEFAULT_LORA[key])
-            fall_back(f"{dotted}.{key}", lora[key])
-            continue
-        try:
-            lora[key] = check(lora[key])
-        except _BadValue as err:
-            raise bad(f"{dotted}.{key}", lora[key], str(err)) from None
-    return lora
-
-
 def read_metadata(path: str | os.PathLike[str]) -> RunMetadata:
-    """Reads and validates a ``checkpoint_metadata.json``, falling back loudly to defaults for missing keys.
+    """Reads, migrates and validates a ``checkpoint_metadata.json``, falling back loudly for missing keys.
 
     Args:
         path: the file, or a run directory holding it.
@@ -552,9 +294,9 @@ def read_metadata(path: str | os.PathLike[str]) -> RunMetadata:
 
     Raises:
         InputNotFoundError: the file does not exist.
-        InvalidInputError: the file is not valid JSON (line and column given), its top level is not an object,
-            ``vision_name``/``language_model_name`` is missing, or a value has the wrong type or an unknown
-            choice. Messages name the absolute path and the key.
+        InvalidInputError: the file is not UTF-8 JSON (line and column given), its top level is not an object,
+            ``vision_name``/``language_model_name`` is missing, or a value does not fit the schema. Messages
+            name the absolute path and the key.
     """
     path = Path(os.path.abspath(os.path.expanduser(path)))
     if path.is_dir():
@@ -565,37 +307,40 @@ def read_metadata(path: str | os.PathLike[str]) -> RunMetadata:
             f"Pass the run directory that training wrote (it holds {METADATA_FILENAME})."
         )
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as err:
         raise InvalidInputError(
             f"checkpoint metadata '{path}' is not UTF-8 text ({err.reason} at byte {err.start}). "
             f"Pass the {METADATA_FILENAME} that training wrote."
         ) from None
-    try:
-        raw = json.loads(text)
     except json.JSONDecodeError as err:
         raise InvalidInputError(
-            f"checkpoint metadata '{path}' is not valid JSON: {err.msg} "
-            f"at line {err.lineno}, column {err.colno}. "
+            f"checkpoint metadata '{path}' is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}. "
             f"Fix the file (e.g. `python -m json.tool '{path}'` shows the error) or regenerate it."
         ) from None
     data, defaults_used = normalize_metadata(raw, path)
-    logger.info("loaded checkpoint metadata '%s' (%d keys from defaults)", path, len(defaults_used))
-    return RunMetadata(path=path, raw=raw, data=data, defaults_used=defaults_used)
+    version = raw.get("schema_version", 1) if isinstance(raw, Mapping) else 1
+    logger.info("loaded checkpoint metadata '%s' (schema %s, %d keys from defaults)", path, version,
+                len(defaults_used))
+    return RunMetadata(path=path, raw=raw, data=data, defaults_used=defaults_used, source_version=version)
 
 
-def installed_library_versions() -> dict[str, str | None]:
-    """Versions of the libraries that shape a run, read from package metadata (nothing is imported).
+def installed_library_versions(
+    names: tuple[str, ...] = ("torch", "lightning", "transformers", "peft"),
+) -> dict[str, str | None]:
+    """Versions of installed libraries, read from package metadata (nothing is imported).
+
+    Args:
+        names: the distributions to look up.
 
     Returns:
-        ``{"torch", "lightning", "transformers", "peft", "python"}`` → version string, None when not
-        installed.
+        ``name → version`` (None when not installed) plus ``"python"``.
     """
     import platform
     from importlib import metadata as importlib_metadata
 
     versions: dict[str, str | None] = {}
-    for name in ("torch", "lightning", "transformers", "peft"):
+    for name in names:
         try:
             versions[name] = importlib_metadata.version(name)
         except importlib_metadata.PackageNotFoundError:
@@ -604,20 +349,15 @@ def installed_library_versions() -> dict[str, str | None]:
     return versions
 
 
-def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _check_checkpoint_entry(entry: Any, key: str, required: tuple[str, ...]) -> dict[str, Any] | None:
+def _checkpoint_entry(entry: Any, key: str, required: tuple[str, ...]) -> dict[str, Any] | None:
     if entry is None:
         return None
-    if not isinstance(entry, Mapping) or not isinstance(entry.get("file"), str):
+    if not isinstance(entry, Mapping) or not isinstance(entry.get("file"), (str, os.PathLike)):
         raise InvalidInputError(
             f"checkpoints.{key} must be an object with at least a 'file' name and {', '.join(required)}, "
-            f"found {_show(entry)}"
+            f"found {show(entry)}"
         )
-    given = {k: os.fspath(v) if k == "file" else v for k, v in entry.items()}
-    return {**{k: None for k in required}, **given}
+    return {**{k: None for k in required}, **{k: os.fspath(v) if k == "file" else v for k, v in entry.items()}}
 
 
 def build_metadata(
@@ -640,73 +380,61 @@ def build_metadata(
     Args:
         experiment_name: the experiment (first level of the run directory).
         stage: ``vision``, ``resampler`` or ``finetune``.
-        model_config: at least ``vision_name`` and ``language_model_name``; ``tokenizer_name``,
-            ``resampler_type``, ``latent_dimension``, ``image_size``, ``image_token``, ``lora`` (dict or None
-            for no LoRA) and ``train_vision`` are filled from the defaults when absent; any further keys
-            (resampler sizes such as ``resampler_hidden_dim``/``resampler_depth``, ``vision_hidden_size``,
-            ...) are kept.
-        training_config: ``crop_strategy``, ``fov_deg``, ``overlap_ratio``, ``use_vision_processor`` (defaults
-            filled), plus recorded-only values: ``learning_rate``, ``batch_size``, ``max_epochs``, ``seed``
-            (null when absent) and any others given.
+        model_config: at least ``vision_name`` and ``language_model_name``; the schema's other model keys are
+            filled from their defaults (``tokenizer_name``: the language model's); further keys are kept.
+        training_config: the schema's input keys (defaults filled) plus recorded-only values
+            (``learning_rate``, ``batch_size``, ``max_epochs``, ``seed``: null when absent, and any others).
         prompt: ``template``, ``system_prompt``, ``enable_thinking`` (defaults filled).
         dataset: ``train_csv``, ``val_csv``, ``test_csv``, ``dataset_name`` (default: the training CSV's
             stem), ``image_root``; paths may be ``str`` or ``Path``.
-        checkpoints: ``{"best": {"file", "val_loss", "epoch"} | None, "last": {...} | None, "all": [{"file",
-            "epoch", "step", "val_loss"}, ...]}``; ``file`` is a name inside the run directory.
-        checkpoint_contents: free description of what the ``.ckpt`` files hold (e.g. which state-dict
-            prefixes).
-        lora_weights: the peft adapter folder relative to the run directory (``"lora_weights"``), or None.
-        created_at: ISO time the run started (kept across rewrites); now when None. ``updated_at`` is always
-            now.
+        checkpoints: ``{"best": {"file", "val_loss", "epoch"} | None, "last": {...} | None, "all": [...]}``;
+            ``file`` is a name inside the run directory.
+        checkpoint_contents: free description of what the ``.ckpt`` files hold.
+        lora_weights: the peft adapter folder relative to the run directory, or None.
+        created_at: ISO time the run started (kept across rewrites); now when None.
         library_versions: ``{name: version}``; :func:`installed_library_versions` when None.
-        extra: further top-level keys to keep.
+        extra: further top-level keys to keep (e.g. ``generation``).
 
     Returns:
         A plain JSON-able dict, validated, ready for :func:`write_metadata`.
 
     Raises:
-        InvalidInputError: a value is missing or has the wrong type (same checks as :func:`read_metadata`).
+        InvalidInputError: a value is missing or does not fit the schema (same checks as :func:`read_metadata`).
     """
     if stage not in STAGES:
         raise InvalidInputError(f"stage must be one of {', '.join(STAGES)}, found {stage!r}")
-    model = {k: v for k, v in DEFAULT_METADATA["model_config"].items()}
-    model.update(model_config)
-    if model.get("tokenizer_name") is None:
-        model["tokenizer_name"] = model.get("language_model_name")
-    train = {k: v for k, v in DEFAULT_METADATA["training_config"].items()}
-    train.update({"max_epochs": None, "seed": None})
-    train.update(training_config or {})
-    prompt_section = {**DEFAULT_METADATA["prompt"], **(prompt or {})}
-    data_section: dict[str, Any] = {
-        k: (os.fspath(v) if isinstance(v, os.PathLike) else v)
-        for k, v in {**DEFAULT_METADATA["dataset"], **(dataset or {})}.items()
-    }
+    base = defaults()
+    sections: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    for key in INPUT_KEYS:
+        section, name = SETTINGS[key].metadata_path
+        sections[section][name] = base[key]
+    sections["training_config"].update({"learning_rate": None, "batch_size": None, "max_epochs": None, "seed": None})
+    sections["dataset"].update({"train_csv": None, "val_csv": None, "test_csv": None, "dataset_name": None})
+    for section, given in (("model_config", model_config), ("training_config", training_config),
+                           ("prompt", prompt), ("dataset", dataset)):
+        sections[section].update(to_plain(dict(given or {})))
+    if sections["model_config"].get("tokenizer_name") is None:
+        sections["model_config"]["tokenizer_name"] = sections["model_config"].get("language_model_name")
+    data_section = sections["dataset"]
     if data_section.get("dataset_name") is None and data_section.get("train_csv"):
         data_section["dataset_name"] = Path(data_section["train_csv"]).stem
-
     ckpts = dict(checkpoints or {})
-    ckpt_section = {
-        "best": _check_checkpoint_entry(ckpts.get("best"), "best", ("val_loss", "epoch")),
-        "last": _check_checkpoint_entry(ckpts.get("last"), "last", ("val_loss", "epoch")),
-        "all": [
-            _check_checkpoint_entry(e, f"all[{i}]", ("epoch", "step", "val_loss"))
-            for i, e in enumerate(ckpts.get("all") or [])
-        ],
-    }
     if lora_weights is not None and (os.path.isabs(lora_weights) or not str(lora_weights).strip()):
         raise InvalidInputError(
             f"lora_weights must be a folder name relative to the run directory, found {lora_weights!r}"
         )
-    now = _now_iso()
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     data: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "experiment_name": experiment_name,
         "stage": stage,
-        "model_config": model,
-        "training_config": train,
-        "prompt": prompt_section,
-        "dataset": data_section,
-        "checkpoints": ckpt_section,
+        **sections,
+        "checkpoints": {
+            "best": _checkpoint_entry(ckpts.get("best"), "best", ("val_loss", "epoch")),
+            "last": _checkpoint_entry(ckpts.get("last"), "last", ("val_loss", "epoch")),
+            "all": [_checkpoint_entry(e, f"all[{i}]", ("epoch", "step", "val_loss"))
+                    for i, e in enumerate(ckpts.get("all") or [])],
+        },
         "checkpoint_contents": dict(checkpoint_contents or {}),
         "lora_weights": None if lora_weights is None else os.fspath(lora_weights),
         "library_versions": (
@@ -723,27 +451,22 @@ def build_metadata(
 
 def _to_json(data: Any) -> Any:
     """Round-trips through JSON so that Paths become strings and tuples lists (and non-JSON values fail)."""
-    return json.loads(json.dumps(data, default=_json_default))
 
+    def default(value: Any) -> Any:
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        raise TypeError(f"{type(value).__name__} {value!r} is not JSON serialisable; store plain values in metadata")
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    raise TypeError(
-        f"{type(value).__name__} {value!r} is not JSON serialisable; store plain values in metadata"
-    )
+    return json.loads(json.dumps(data, default=default))
 
 
 def write_metadata(path: str | os.PathLike[str], data: Mapping[str, Any]) -> None:
     """Validates ``data`` and writes it as pretty JSON, atomically (same-folder tmp file, fsync, replace).
 
-    A reader never sees a half-written file: a crash leaves either the old or the new version.
-
     Args:
         path: the file to write, or a run directory (then ``checkpoint_metadata.json`` inside it). Missing
             parent folders are created.
-        data: the metadata, normally from :func:`build_metadata`. The normalised form is written
-            (``image_size`` as ``[H, W]``, defaults explicit); ``Path`` values become strings.
+        data: the metadata, normally from :func:`build_metadata`. The normalised form is written.
 
     Raises:
         InvalidInputError: ``data`` fails validation, or lacks ``experiment_name``/``stage``.
@@ -756,20 +479,14 @@ def write_metadata(path: str | os.PathLike[str], data: Mapping[str, Any]) -> Non
     for key in ("experiment_name", "stage"):
         if normalized.get(key) is None:
             raise InvalidInputError(f"refusing to write '{path}': {key} is missing; training must record it")
-    text = json.dumps(normalized, indent=2, ensure_ascii=False) + "\n"
-
     from panollava.report import write_text_atomic
 
-    write_text_atomic(path, text)
+    write_text_atomic(path, json.dumps(normalized, indent=2, ensure_ascii=False) + "\n")
     logger.info("wrote checkpoint metadata '%s'", path)
 
 
 def metadata_settings(meta: RunMetadata, *, include_defaults: bool = False) -> dict[str, Any]:
-    """The settings the metadata governs, as flat canonical keys (``panollava.settings.MODEL_INPUT_KEYS``).
-
-    Only keys that define the model and its inputs: the vision/language/tokenizer names, resampler, latent
-    size, image size, image token, LoRA, ``train_vision``, crop strategy, ``fov_deg``, ``overlap_ratio``,
-    ``use_vision_processor`` and the prompt. Training-only values are in :func:`metadata_recorded_training`.
+    """The settings the metadata governs, as flat keys (:data:`panollava.schema.INPUT_KEYS`).
 
     Args:
         meta: the loaded metadata.
@@ -777,20 +494,18 @@ def metadata_settings(meta: RunMetadata, *, include_defaults: bool = False) -> d
             they are left out, so that a config value can fill them (priority metadata > config > defaults).
 
     Returns:
-        ``{key: value}``; ``image_size`` as ``[H, W]``; ``lora`` a dict or None (no LoRA); ``system_prompt``
-        may be None (recorded as "no system prompt").
+        ``{key: value}``; ``image_size`` as ``[H, W]``; ``lora`` a dict or None (no LoRA).
     """
-    settings: dict[str, Any] = {}
-    for key, (section, name) in METADATA_SETTING_PATHS.items():
-        if include_defaults or meta.recorded(section, name):
-            settings[key] = copy.deepcopy(meta.data[section][name])
-    return settings
+    return {
+        key: copy.deepcopy(meta.data[section][name])
+        for key in INPUT_KEYS
+        for section, name in [SETTINGS[key].metadata_path]
+        if include_defaults or meta.recorded(section, name)
+    }
 
 
 def metadata_recorded_training(meta: RunMetadata) -> dict[str, Any]:
     """Training-only values of the metadata (learning rate, training batch size, epochs, ...), for provenance.
-
-    They are recorded with evaluation results, never applied to evaluation.
 
     Args:
         meta: the loaded metadata.
@@ -798,8 +513,8 @@ def metadata_recorded_training(meta: RunMetadata) -> dict[str, Any]:
     Returns:
         The ``training_config`` keys written in the file other than those that define the inputs.
     """
-    input_keys = {name for section, name in METADATA_SETTING_PATHS.values() if section == "training_config"}
+    input_names = {SETTINGS[k].metadata_path[1] for k in INPUT_KEYS if SETTINGS[k].metadata_path[0] == "training_config"}
     raw = meta.raw.get("training_config")
     if not isinstance(raw, Mapping):
         return {}
-    return {k: copy.deepcopy(meta.training_config.get(k, v)) for k, v in raw.items() if k not in input_keys}
+    return {k: copy.deepcopy(meta.training_config.get(k, v)) for k, v in raw.items() if k not in input_names}

@@ -11,51 +11,47 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
 
 from panollava.errors import InvalidInputError
-from panollava.metadata import DEFAULT_PROMPT_TEMPLATE
-from panollava.settings import DEFAULT_SETTINGS
+from panollava.schema import STAGES, GenerationSettings, LoraSettings, ModelSettings, PromptSettings, to_plain
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("vision", "resampler", "finetune")
 TRAINABLE_PARTS = ("vision_tower", "resampler", "projector", "lora", "language_model")
 STAGE_TRAINABLE = {
     "vision": ("vision_tower", "resampler", "projector"),
     "resampler": ("resampler", "projector"),
     "finetune": ("lora", "projector"),
 }
-DEFAULT_GENERATION = {
-    **{key: DEFAULT_SETTINGS[key] for key in ("max_new_tokens", "num_beams", "do_sample", "temperature", "top_p", "seed")},
-    "repetition_penalty": 1.0,
-}
-DEFAULT_PROMPT = {"template": DEFAULT_PROMPT_TEMPLATE, "system_prompt": None, "enable_thinking": False}
+DEFAULT_GENERATION = to_plain(GenerationSettings())
+DEFAULT_PROMPT = to_plain(PromptSettings())
 CHECKPOINT_KEY = "panollava"
 
 
 class PanoLLaVAModule(L.LightningModule):
     """Panoramic VLM training, validation, test (generation + caption metrics) and predict.
 
+    The typed groups (``model_config``, ``lora``, ``prompt``, ``generation``) are declared in
+    :mod:`panollava.schema` (one ``--help`` line per field); they are saved in checkpoints as plain dicts, and
+    dicts (the hparams of a checkpoint) are accepted too.
+
     Args:
-        model_config: What defines the model: ``vision_name`` and ``language_model_name`` (hub ids or local
-            folders), ``tokenizer_name`` (default: the LM's), ``resampler_type`` (mlp, identity, avgpool),
-            ``latent_dimension``, ``image_size`` ([H, W] of each view; default: the vision tower's), ``image_token``.
+        model_config: What defines the model (vision_name and language_model_name are required).
         stage: Training stage: vision (vision tower + resampler + projector), resampler (resampler + projector) or
             finetune (LoRA + projector).
-        lora: LoRA settings {r, alpha, dropout, target_modules} on the LM's linear projections; default in
-            finetune: r 32, alpha 64, q/k/v/o/gate/up/down. Null in other stages means no LoRA.
+        lora: LoRA on the LM's linear projections (default in finetune: r 32, alpha 64, q/k/v/o/gate/up/down);
+            null in other stages means no LoRA.
         trainable: Override which parts train (any of vision_tower, resampler, projector, lora, language_model;
             language_model trains every LM weight, e.g. for a tiny LM trained from scratch).
         learning_rate: AdamW learning rate.
         weight_decay: AdamW weight decay.
         warmup_steps: Linear learning-rate warm-up steps.
-        prompt: {template (with {query}), system_prompt, enable_thinking}.
-        generation: Decoding settings {max_new_tokens, num_beams, do_sample, temperature, top_p, seed,
-            repetition_penalty}; greedy and deterministic by default.
+        prompt: The prompt around each query.
+        generation: How captions are decoded; greedy and deterministic by default.
         lora_dir: A peft adapter folder (``lora_weights/`` of a run) to load instead of a fresh adapter.
         merge_lora: Merge the adapter into the LM weights after loading (evaluation only).
         max_answer_tokens: Training targets are cut to this many tokens.
@@ -63,15 +59,15 @@ class PanoLLaVAModule(L.LightningModule):
 
     def __init__(
         self,
-        model_config: dict[str, Any] | None = None,
-        stage: str = "finetune",
-        lora: dict[str, Any] | None = None,
+        model_config: ModelSettings = ModelSettings(),
+        stage: Literal["vision", "resampler", "finetune"] = "finetune",
+        lora: LoraSettings | None = None,
         trainable: list[str] | None = None,
         learning_rate: float = 1e-4,
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
-        prompt: dict[str, Any] | None = None,
-        generation: dict[str, Any] | None = None,
+        prompt: PromptSettings = PromptSettings(),
+        generation: GenerationSettings = GenerationSettings(),
         lora_dir: str | None = None,
         merge_lora: bool = False,
         max_answer_tokens: int = 128,
@@ -79,7 +75,8 @@ class PanoLLaVAModule(L.LightningModule):
         super().__init__()
         if stage not in STAGES:
             raise InvalidInputError(f"stage must be one of {STAGES}, got {stage!r}")
-        if model_config is None:
+        model_config = {k: v for k, v in to_plain(model_config or {}).items() if v is not None}
+        if not model_config:
             raise InvalidInputError(
                 "no model settings: pass --ckpt_dir RUN_DIR (settings come from its metadata) or a --config with "
                 "model.model_config"
@@ -96,11 +93,10 @@ class PanoLLaVAModule(L.LightningModule):
             if unknown:
                 raise InvalidInputError(f"unknown trainable part(s) {unknown}; choose from {TRAINABLE_PARTS}")
         if lora is None and stage == "finetune":
-            from panollava.metadata import DEFAULT_LORA
-
-            lora = {**DEFAULT_LORA, "target_modules": list(DEFAULT_LORA["target_modules"])}
-        generation = {**DEFAULT_GENERATION, **(generation or {})}
-        prompt = {**DEFAULT_PROMPT, **(prompt or {})}
+            lora = to_plain(LoraSettings())
+        lora = {**to_plain(LoraSettings()), **to_plain(lora)} if lora is not None else None
+        generation = {**DEFAULT_GENERATION, **to_plain(generation or {})}
+        prompt = {**DEFAULT_PROMPT, **to_plain(prompt or {})}
         self.save_hyperparameters(
             {
                 "model_config": dict(model_config),

@@ -1,9 +1,11 @@
-"""Evaluation settings from four sources: CLI > checkpoint metadata > config file > built-in defaults.
+"""The settings merge: CLI > checkpoint metadata > config file > built-in defaults, key by key.
 
-Every input is a flat dict with the canonical keys below; ``None`` means "not given". The metadata governs
-only what defines the model and its inputs (:data:`MODEL_INPUT_KEYS`); run-time choices (:data:`RUNTIME_KEYS`)
-never come from it. When the config and the metadata disagree on a model/input key, one warning lists each key
-with both values, and the metadata wins (SPEC §2). Only the standard library is imported here.
+Every input is a flat dict keyed like :data:`panollava.schema.SETTINGS`; a key that is absent was not given.
+The metadata governs only the keys that define the model and its inputs (:data:`panollava.schema.INPUT_KEYS`);
+run-time keys never come from it. Where the metadata disagrees with the config or with a flag typed on the
+command line, one warning lists each key with the values; the metadata beats the config, the command line beats
+both (SPEC §2). Which values count as "CLI" and which as "config" is decided by the parser
+(``panollava.lightning_cli``), never by comparing a value with its default.
 """
 
 from __future__ import annotations
@@ -18,78 +20,18 @@ from pathlib import Path
 from typing import Any
 
 from panollava.errors import InputNotFoundError, InvalidInputError
-from panollava.metadata import (
-    CROP_STRATEGIES,
-    DEFAULT_METADATA,
-    METADATA_SETTING_PATHS,
-    RESAMPLER_TYPES,
-    RunMetadata,
-    normalize_image_size,
-)
+from panollava.metadata import RunMetadata
+from panollava.schema import INPUT_KEYS, REQUIRED_KEYS, RUNTIME_KEYS, SETTINGS, check_settings, defaults, to_plain
 
 logger = logging.getLogger(__name__)
 
-MODEL_INPUT_KEYS: tuple[str, ...] = tuple(METADATA_SETTING_PATHS)
-"""Keys the checkpoint metadata governs: vision_name, language_model_name, tokenizer_name, resampler_type,
-latent_dimension, image_size, image_token, lora, train_vision, crop_strategy, fov_deg, overlap_ratio,
-use_vision_processor, prompt_template, system_prompt, enable_thinking."""
-
-RUNTIME_KEYS: tuple[str, ...] = (
-    "batch_size",
-    "max_new_tokens",
-    "num_beams",
-    "do_sample",
-    "temperature",
-    "top_p",
-    "seed",
-    "max_samples",
-    "csv_input",
-    "output_dir",
-    "num_workers",
-    "reference_mode",
-)
-"""Run-time keys: from the CLI, the config or the defaults, never from the metadata."""
-
-REFERENCE_MODES = ("grouped", "per_row")
-
-# Keys for which an explicit None in the metadata is a recorded value ("no system prompt", "no LoRA"), not
-# "not given": otherwise a config could silently add what training did not use.
-_METADATA_NULLABLE = frozenset({"system_prompt", "lora"})
-
-DEFAULT_SETTINGS: dict[str, Any] = {
-    **{
-        key: copy.deepcopy(DEFAULT_METADATA[section][name])
-        for key, (section, name) in METADATA_SETTING_PATHS.items()
-    },
-    "batch_size": 8,
-    "max_new_tokens": 64,
-    "num_beams": 1,
-    "do_sample": False,
-    "temperature": 1.0,
-    "top_p": 1.0,
-    "seed": 0,
-    "max_samples": None,
-    "csv_input": None,
-    "output_dir": None,
-    "num_workers": 0,
-    "reference_mode": "grouped",
-}
-"""Built-in defaults. ``vision_name``/``language_model_name`` have none; ``tokenizer_name`` None means "the
-language model's"; ``output_dir`` None lets the caller choose. Treat as read-only."""
-
+MODEL_INPUT_KEYS = INPUT_KEYS  # the name used before the schema; kept for scripts
 SOURCES = ("cli", "metadata", "config", "default")
+DEFAULT_SETTINGS: dict[str, Any] = defaults()
+"""Built-in defaults of every flat key (from the schema). Treat as read-only."""
 
-
-def _canonical(key: str, value: Any) -> Any:
-    """Value in comparable form: ``image_size`` as ``[H, W]``, tuples as lists."""
-    if key == "image_size" and value is not None:
-        try:
-            return normalize_image_size(value)
-        except ValueError:
-            return value
-    if isinstance(value, tuple):
-        return list(value)
-    return value
+__all__ = ["DEFAULT_SETTINGS", "INPUT_KEYS", "MODEL_INPUT_KEYS", "RUNTIME_KEYS", "SOURCES", "MergedSettings",
+           "flat_settings", "has_key", "merge_settings", "resolve_csv", "values_equal"]
 
 
 def values_equal(a: Any, b: Any, key: str = "") -> bool:
@@ -107,7 +49,9 @@ def values_equal(a: Any, b: Any, key: str = "") -> bool:
     Returns:
         True when they are equivalent.
     """
-    a, b = _canonical(key, a), _canonical(key, b)
+    if key == "image_size":
+        a, b = ([v, v] if isinstance(v, int) and not isinstance(v, bool) else v for v in (a, b))
+    a, b = to_plain(a), to_plain(b)
     if isinstance(a, bool) or isinstance(b, bool):
         return type(a) is type(b) and a == b
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
@@ -116,24 +60,13 @@ def values_equal(a: Any, b: Any, key: str = "") -> bool:
         return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
     if isinstance(a, Mapping) and isinstance(b, Mapping):
         return a.keys() == b.keys() and all(values_equal(a[k], b[k], k) for k in a)
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+    if isinstance(a, list) and isinstance(b, list):
         if len(a) != len(b):
             return False
         if all(isinstance(x, str) for x in (*a, *b)):
             return sorted(a) == sorted(b)
         return all(values_equal(x, y) for x, y in zip(a, b))
     return a == b
-
-
-def _plain(value: Any) -> Any:
-    """A JSON-able copy: paths become strings, tuples lists."""
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return copy.deepcopy(value)
 
 
 def _show(value: Any) -> str:
@@ -150,13 +83,16 @@ class MergedSettings:
         sources: key → ``"cli"``, ``"metadata"``, ``"config"`` or ``"default"``.
         mismatches: ``(key, config_value, metadata_value)`` for each model/input key where the config and the
             metadata disagree (the metadata wins unless the CLI sets the key).
-        config_name: the config file, for messages (None when not known).
+        cli_overrides: ``(key, metadata_value, cli_value)`` for each model/input key where a flag typed on the
+            command line replaces a different recorded value.
+        config_name: the config file(s), for messages (None when not known).
         metadata_name: the metadata file, for messages (None when not known).
     """
 
     values: dict[str, Any]
     sources: dict[str, str]
     mismatches: list[tuple[str, Any, Any]] = field(default_factory=list)
+    cli_overrides: list[tuple[str, Any, Any]] = field(default_factory=list)
     config_name: str | None = None
     metadata_name: str | None = None
     _logged: bool = field(default=False, init=False, repr=False, compare=False)
@@ -165,24 +101,33 @@ class MergedSettings:
         return self.values[key]
 
     def warning_message(self) -> str | None:
-        """One message listing each mismatched key with both values and saying that the metadata wins.
+        """One message listing each key where the metadata disagrees with the config or the command line.
 
         Returns:
-            The message, or None when the config and the metadata agree.
+            The message, or None when they agree.
         """
-        if not self.mismatches:
+        if not self.mismatches and not self.cli_overrides:
             return None
         config = "the config" + (f" '{self.config_name}'" if self.config_name else "")
         metadata = "the checkpoint metadata" + (f" '{self.metadata_name}'" if self.metadata_name else "")
-        lines = [
-            f"{config} and {metadata} disagree on {len(self.mismatches)} setting(s); the metadata wins "
-            f"(priority: CLI > metadata > config > defaults):"
-        ]
-        for key, config_value, metadata_value in self.mismatches:
-            line = f"  - {key}: config {_show(config_value)}, metadata {_show(metadata_value)}"
-            if self.sources.get(key) == "cli":
-                line += f" (the CLI overrides both: {_show(self.values[key])})"
-            lines.append(line)
+        lines = []
+        if self.mismatches:
+            lines.append(
+                f"{config} and {metadata} disagree on {len(self.mismatches)} setting(s); the metadata wins "
+                f"(priority: CLI > metadata > config > defaults):"
+            )
+            for key, config_value, metadata_value in self.mismatches:
+                line = f"  - {key}: config {_show(config_value)}, metadata {_show(metadata_value)}"
+                if self.sources.get(key) == "cli":
+                    line += f" (the CLI overrides both: {_show(self.values[key])})"
+                lines.append(line)
+        extra = [o for o in self.cli_overrides if o[0] not in {m[0] for m in self.mismatches}]
+        if extra:
+            lines.append(
+                f"the command line overrides {metadata} on {len(extra)} setting(s) "
+                f"(priority: CLI > metadata > config > defaults):"
+            )
+            lines.extend(f"  - {key}: metadata {_show(m)}, command line {_show(c)}" for key, m, c in extra)
         return "\n".join(lines)
 
     def log_mismatches(self, logger: logging.Logger | None = None) -> str | None:
@@ -202,10 +147,7 @@ class MergedSettings:
 
     def provenance(self) -> dict[str, dict[str, Any]]:
         """``{key: {"value", "source"}}`` with JSON-able values (paths as strings), for ``metrics.json``."""
-        return {
-            key: {"value": _plain(self.values[key]), "source": self.sources[key]}
-            for key in sorted(self.values)
-        }
+        return {key: {"value": to_plain(self.values[key]), "source": self.sources[key]} for key in sorted(self.values)}
 
     def require(self, *keys: str) -> None:
         """Checks that ``keys`` have values (by default the model names, which have no default).
@@ -216,19 +158,13 @@ class MergedSettings:
         Raises:
             InvalidInputError: a key has no value; the message says where it could come from.
         """
-        missing = [k for k in (keys or ("vision_name", "language_model_name")) if self.values.get(k) is None]
+        missing = [k for k in (keys or REQUIRED_KEYS) if self.values.get(k) is None]
         if missing:
             raise InvalidInputError(
                 f"{', '.join(missing)} not set: neither the CLI, checkpoint metadata nor the config gives "
                 f"{'it' if len(missing) == 1 else 'them'}. Pass the run directory that training wrote (its "
                 f"checkpoint_metadata.json records the model), or set {' and '.join(missing)} in the config."
             )
-
-
-def _given(mapping: Mapping[str, Any] | None, key: str, nullable: frozenset[str] = frozenset()) -> bool:
-    if not mapping or key not in mapping:
-        return False
-    return mapping[key] is not None or key in nullable
 
 
 def merge_settings(
@@ -243,166 +179,152 @@ def merge_settings(
     """Merges the settings: CLI > metadata (model/input keys only) > config > defaults, key by key.
 
     Args:
-        cli: values given on the command line (None values: not given).
+        cli: values typed on the command line (absent keys: not given; a value may be None, e.g. "no LoRA").
         metadata: :func:`panollava.metadata.metadata_settings` of the run, or None without metadata. Keys
-            outside :data:`MODEL_INPUT_KEYS` are ignored (training-only values are recorded, not applied). An
-            explicit None for ``system_prompt`` or ``lora`` counts as a recorded value ("none").
-        config: values from the config file (None values: not given).
+            outside :data:`INPUT_KEYS` are ignored (training-only values are recorded, not applied).
+        config: values from the config file(s) (absent keys: not given).
         defaults: the built-in defaults.
-        config_name: the config file, named in the mismatch warning.
-        metadata_name: the metadata file, named in the mismatch warning.
+        config_name: the config file, named in messages.
+        metadata_name: the metadata file, named in messages.
 
     Returns:
         The :class:`MergedSettings` (mismatches are collected, not logged: call ``log_mismatches``).
 
     Raises:
-        InvalidInputError: a merged value is invalid (unknown ``crop_strategy``/``resampler_type``/
-            ``reference_mode``, malformed ``image_size``, non-positive sizes); the message names the key and
-            where the value came from.
+        InvalidInputError: a value does not fit the schema; the message names the key and where it came from.
     """
-    cli = cli or {}
-    config = config or {}
-    metadata = {k: v for k, v in (metadata or {}).items() if k in MODEL_INPUT_KEYS}
+    origin = {
+        "cli": "the command line",
+        "metadata": "checkpoint metadata" + (f" '{metadata_name}'" if metadata_name else ""),
+        "config": "the config" + (f" '{config_name}'" if config_name else ""),
+    }
+    sources_in = {
+        "cli": check_settings(dict(cli or {}), origin["cli"]),
+        "metadata": {k: v for k, v in (metadata or {}).items() if k in INPUT_KEYS},
+        "config": check_settings(dict(config or {}), origin["config"]),
+    }
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    keys = list(dict.fromkeys([*defaults, *MODEL_INPUT_KEYS, *RUNTIME_KEYS, *config, *metadata, *cli]))
-    for key in keys:
-        if _given(cli, key):
-            value, source = cli[key], "cli"
-        elif _given(metadata, key, _METADATA_NULLABLE):
-            value, source = metadata[key], "metadata"
-        elif _given(config, key):
-            value, source = config[key], "config"
-        else:
-            value, source = defaults.get(key), "default"
-        values[key] = copy.deepcopy(_canonical(key, value))
-        sources[key] = source
-
+    for key in dict.fromkeys([*defaults, *SETTINGS, *sources_in["config"], *sources_in["cli"]]):
+        source = next((s for s in ("cli", "metadata", "config") if key in sources_in[s]), "default")
+        value = sources_in[source][key] if source != "default" else defaults.get(key)
+        if key == "lora" and source == "cli" and isinstance(value, Mapping):
+            lower = next((sources_in[s][key] for s in ("metadata", "config") if key in sources_in[s]), None)
+            value = {**(lower or defaults.get("lora") or {}), **value}  # --model.lora.r 4 changes r only
+        values[key], sources[key] = copy.deepcopy(value), source
     if values.get("tokenizer_name") is None and values.get("language_model_name") is not None:
         values["tokenizer_name"] = values["language_model_name"]  # the default rule: the LM's own tokenizer
 
-    mismatches = [
-        (key, config[key], metadata[key])
-        for key in MODEL_INPUT_KEYS
-        if _given(config, key) and _given(metadata, key, _METADATA_NULLABLE)
-        and not values_equal(config[key], metadata[key], key)
-    ]
-    merged = MergedSettings(
+    meta, conf, cli_in = sources_in["metadata"], sources_in["config"], sources_in["cli"]
+    return MergedSettings(
         values=values,
         sources=sources,
-        mismatches=mismatches,
+        mismatches=[(k, conf[k], meta[k]) for k in INPUT_KEYS
+                    if k in conf and k in meta and not values_equal(conf[k], meta[k], k)],
+        cli_overrides=[(k, meta[k], values[k]) for k in INPUT_KEYS
+                       if k in cli_in and k in meta and not values_equal(values[k], meta[k], k)],
         config_name=None if config_name is None else os.fspath(config_name),
         metadata_name=None if metadata_name is None else os.fspath(metadata_name),
     )
-    _validate(merged)
-    return merged
 
 
-def _validate(merged: MergedSettings) -> None:
-    """Checks the merged values that evaluation cannot work around."""
-    origin = {
-        "cli": "the command line",
-        "metadata": "checkpoint metadata" + (f" '{merged.metadata_name}'" if merged.metadata_name else ""),
-        "config": "the config" + (f" '{merged.config_name}'" if merged.config_name else ""),
-        "default": "the defaults",
-    }
+def has_key(ns: Any, dotted: str) -> bool:
+    """Whether a dotted key is present in a jsonargparse namespace (parsed without defaults: it was given)."""
+    try:
+        return dotted in ns
+    except (TypeError, KeyError, AttributeError):
+        return False
 
-    def fail(key: str, expected: str) -> None:
-        raise InvalidInputError(
-            f"setting {key} must be {expected}, found {_show(merged.values[key])} "
-            f"(from {origin[merged.sources[key]]}). Fix it there."
-        )
 
-    values = merged.values
-    choices = {
-        "crop_strategy": CROP_STRATEGIES,
-        "resampler_type": RESAMPLER_TYPES,
-        "reference_mode": REFERENCE_MODES,
-    }
-    for key, options in choices.items():
-        if key in values and values[key] not in options:
-            fail(key, "one of " + ", ".join(repr(o) for o in options))
-    if values.get("image_size") is not None:
-        try:
-            values["image_size"] = normalize_image_size(values["image_size"])
-        except ValueError:
-            fail("image_size", "a positive integer or an [H, W] list of two positive integers")
-    for key, minimum in (("batch_size", 1), ("max_new_tokens", 1), ("num_beams", 1), ("num_workers", 0),
-                         ("max_samples", 1), ("latent_dimension", 1)):
-        value = values.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
-            fail(key, f"an integer >= {minimum}" + (" or null" if key == "max_samples" else ""))
+def flat_settings(ns: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """The schema's flat settings present in a parsed namespace, and the flag each came from.
+
+    A top-level flag (``--max_new_tokens``) is looked at before the init-arg path it stands for
+    (``--model.generation.max_new_tokens``).
+
+    Args:
+        ns: a jsonargparse namespace parsed with ``defaults=False`` (only what was given is present).
+
+    Returns:
+        ``({key: value}, {key: "--flag"})`` with plain values.
+    """
+    values: dict[str, Any] = {}
+    flags: dict[str, str] = {}
+    for key, setting in SETTINGS.items():
+        for path in ([setting.flag] if setting.flag else []) + list(setting.targets):
+            if has_key(ns, path):
+                values[key], flags[key] = to_plain(ns[path]), f"--{path}"
+                break
+    return values, flags
 
 
 def resolve_csv(
-    csv_input: str | os.PathLike[str] | None, metadata: RunMetadata | None, run_dir: Path | None
-) -> tuple[Path, str]:
-    """Chooses the CSV to evaluate: ``--csv_input``, else the metadata's ``dataset.test_csv``, else
-    ``val_csv``.
+    csv_input: str | os.PathLike[str] | None,
+    metadata: RunMetadata | None,
+    run_dir: Path | None,
+    *,
+    config_csv: str | os.PathLike[str] | None = None,
+    cli_flag: str = "--csv_input",
+    config_name: str | None = None,
+) -> tuple[Path, str, str]:
+    """Chooses the CSV to evaluate: the command line, else the metadata's ``dataset.test_csv``, else the
+    config's CSV, else the metadata's ``val_csv`` (with a warning).
 
     A relative path is tried against the current directory, then the run directory. A ``test_csv`` that the
-    metadata records but that cannot be found is an error (evaluation never falls back to the validation split
-    silently); ``val_csv`` is used only when no ``test_csv`` is recorded, with a warning.
+    metadata records but that cannot be found is an error (never a silent fall back to another split).
 
     Args:
-        csv_input: the ``--csv_input`` value, or None.
+        csv_input: the CSV typed on the command line (``--csv_input`` or ``--data.test_csv``), or None.
         metadata: the run's metadata, or None.
         run_dir: the run directory (None: only the current directory is tried).
+        config_csv: the CSV a config file names (``data.test_csv``), or None.
+        cli_flag: the flag ``csv_input`` was typed with, for messages.
+        config_name: the config file(s), for messages.
 
     Returns:
-        ``(absolute_path, reason)`` where ``reason`` says which source was used and why.
+        ``(absolute_path, reason, source)``: ``reason`` says which source was used and why; ``source`` is
+        ``"cli"``, ``"metadata"`` or ``"config"``.
 
     Raises:
         InputNotFoundError: no CSV is given anywhere, or the chosen one does not exist; the message names
             every path tried and how to fix it (``--csv_input``).
     """
     meta_name = f"'{metadata.path}'" if metadata is not None else "(no checkpoint metadata)"
+    dataset = metadata.dataset if metadata is not None else {}
     if csv_input is not None and os.fspath(csv_input) != "":
-        source, given = "--csv_input", os.fspath(csv_input)
-        why = "given on the command line"
+        label, given, source, why = cli_flag, os.fspath(csv_input), "cli", "given on the command line"
+    elif dataset.get("test_csv"):
+        label, given, source = "metadata dataset.test_csv", dataset["test_csv"], "metadata"
+        why = f"no {cli_flag}; the checkpoint metadata {meta_name} records it (it beats the config's)"
+    elif config_csv is not None and os.fspath(config_csv) != "":
+        label, given, source = "config data.test_csv", os.fspath(config_csv), "config"
+        why = f"no {cli_flag} and no dataset.test_csv in the checkpoint metadata; the config " + (
+            f"'{config_name}' names it" if config_name else "names it")
+    elif dataset.get("val_csv"):
+        label, given, source = "metadata dataset.val_csv", dataset["val_csv"], "metadata"
+        why = (f"no {cli_flag} and the checkpoint metadata {meta_name} records no dataset.test_csv, so the "
+               f"validation split is evaluated")
     else:
-        dataset = metadata.dataset if metadata is not None else {}
-        if dataset.get("test_csv"):
-            source, given = "metadata dataset.test_csv", dataset["test_csv"]
-            why = f"no --csv_input; the checkpoint metadata {meta_name} records it"
-        elif dataset.get("val_csv"):
-            source, given = "metadata dataset.val_csv", dataset["val_csv"]
-            why = (
-                f"no --csv_input and the checkpoint metadata {meta_name} records no dataset.test_csv, so the "
-                f"validation split is evaluated"
-            )
-        else:
-            raise InputNotFoundError(
-                f"no CSV to evaluate: --csv_input is not given and the checkpoint metadata {meta_name} "
-                f"records neither dataset.test_csv nor dataset.val_csv. Pass --csv_input path/to/test.csv "
-                f"(columns url,query,annotation)."
-            )
-
+        raise InputNotFoundError(
+            f"no CSV to evaluate: --csv_input is not given and the checkpoint metadata {meta_name} "
+            f"records neither dataset.test_csv nor dataset.val_csv. Pass --csv_input path/to/test.csv "
+            f"(columns url,query,annotation)."
+        )
     path = Path(os.path.expanduser(given))
-    tried = [path]
-    if not path.is_absolute():
-        tried = [Path.cwd() / path] + ([Path(run_dir) / path] if run_dir is not None else [])
+    tried = [path] if path.is_absolute() else [Path.cwd() / path] + ([Path(run_dir) / path] if run_dir else [])
     for candidate in tried:
         if candidate.is_file():
             found = Path(os.path.abspath(candidate))
             where = ""
             if not path.is_absolute():
-                base = "the current directory" if candidate == tried[0] else "the run directory"
-                where = f" (relative to {base})"
-            reason = f"CSV from {source}: {found}{where}; {why}"
-            if source == "metadata dataset.val_csv":
-                logger.warning("%s", reason)
-            else:
-                logger.info("%s", reason)
-            return found, reason
-
+                where = f" (relative to {'the current directory' if candidate == tried[0] else 'the run directory'})"
+            reason = f"CSV from {label}: {found}{where}; {why}"
+            (logger.warning if label == "metadata dataset.val_csv" else logger.info)("%s", reason)
+            return found, reason, source
     tried_text = ", ".join(f"'{os.path.abspath(p)}'" for p in tried)
     directories = [p for p in tried if p.is_dir()]
     problem = f"'{os.path.abspath(directories[0])}' is a directory" if directories else "no such file"
     hint = "Pass --csv_input with an existing CSV file"
-    if source == "metadata dataset.test_csv" and metadata is not None and metadata.dataset.get("val_csv"):
-        val_csv = metadata.dataset["val_csv"]
-        hint += f" (the metadata's dataset.val_csv is {val_csv!r} if you mean the validation split)"
-    raise InputNotFoundError(
-        f"CSV from {source} {given!r} not found: {problem} (tried {tried_text}). {hint}."
-    )
+    if label == "metadata dataset.test_csv" and dataset.get("val_csv"):
+        hint += f" (the metadata's dataset.val_csv is {dataset['val_csv']!r} if you mean the validation split)"
+    raise InputNotFoundError(f"CSV from {label} {given!r} not found: {problem} (tried {tried_text}). {hint}.")

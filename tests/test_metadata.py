@@ -12,7 +12,7 @@ import pytest
 
 from panollava.errors import InputNotFoundError, InvalidInputError
 from panollava.metadata import (
-    DEFAULT_METADATA,
+    DEFAULT_LORA,
     DEFAULT_PROMPT_TEMPLATE,
     METADATA_FILENAME,
     SCHEMA_VERSION,
@@ -81,18 +81,24 @@ def test_spec_example_loads_as_written_and_reports_defaults(tmp_path, caplog):
     # Missing extras fall back to the defaults, and each fallback is reported once.
     assert meta.model_config["tokenizer_name"] == "Qwen/Qwen3-0.6B"
     assert meta.model_config["image_token"] == "<|image_pad|>"
-    assert meta.model_config["lora"] == DEFAULT_METADATA["model_config"]["lora"]
+    assert meta.model_config["lora"] == DEFAULT_LORA
     assert meta.training_config["overlap_ratio"] == 0.5
     assert meta.prompt["template"] == DEFAULT_PROMPT_TEMPLATE
+    assert meta.source_version == 1  # no schema_version: read as schema 1, migrated
     assert set(meta.defaults_used) == {
         "schema_version",
         "model_config.tokenizer_name",
         "model_config.image_token",
         "model_config.lora",
-        "model_config.train_vision",
         "training_config.overlap_ratio",
+        "training_config.num_views",
+        "training_config.image_mean",
+        "training_config.image_std",
+        "training_config.image_blind",
+        "training_config.max_answer_tokens",
         "prompt",
     }
+    assert meta.training_config["image_mean"] is None  # not recorded: read from the processor, never guessed
     warned = [r.getMessage() for r in caplog.records]
     assert len(warned) == len(meta.defaults_used)
     for key in meta.defaults_used:
@@ -153,16 +159,33 @@ def test_wrong_image_size_type(tmp_path):
     path = write_json(tmp_path, with_model(image_size="abc"))
     with pytest.raises(
         InvalidInputError,
-        match=rf"'{re.escape(str(path))}': model_config\.image_size must be a positive integer or an "
-        rf"\[H, W\] list .*found \"abc\" \(string\)",
+        match=rf"'{re.escape(str(path))}': model_config\.image_size = \"abc\" is not valid \(.*\)\. Expected: "
+        rf"Size of every view, \[H, W\] or one int",
     ):
         read_metadata(path)
 
 
 def test_fov_not_a_number(tmp_path):
     path = write_json(tmp_path, {**MINIMAL, "training_config": {"fov_deg": "wide"}})
-    with pytest.raises(InvalidInputError, match=r"training_config\.fov_deg must be a number of degrees"):
+    with pytest.raises(InvalidInputError, match=r"training_config\.fov_deg = \"wide\" is not valid .*in \(0, 180\)"):
         read_metadata(path)
+
+
+@pytest.mark.parametrize("fov", [180.0, 200.0, 0.0])
+def test_fov_range_is_the_views_range(tmp_path, fov):
+    """One bound for the metadata and the views code (schema 1 accepted up to 360, which views refused)."""
+    from panollava.data.views import ViewConfig
+
+    path = write_json(tmp_path, {**MINIMAL, "training_config": {"fov_deg": fov}})
+    with pytest.raises(InvalidInputError, match=r"training_config\.fov_deg = .* restriction v>0\.0 and v<180\.0"):
+        read_metadata(path)
+    with pytest.raises(InvalidInputError, match="fov_deg must lie in the open interval"):
+        ViewConfig(fov_deg=fov).validate()
+
+
+def test_lora_alpha_stays_a_float(tmp_path):
+    meta = read_metadata(write_json(tmp_path, with_model(lora={"r": 8, "alpha": 16.5})))
+    assert meta.model_config["lora"]["alpha"] == 16.5
 
 
 def test_unknown_stage(tmp_path):
@@ -173,28 +196,28 @@ def test_unknown_stage(tmp_path):
 
 def test_unknown_crop_strategy(tmp_path):
     path = write_json(tmp_path, {**MINIMAL, "training_config": {"crop_strategy": "fisheye"}})
-    expected = r"training_config\.crop_strategy must be one of 'anyres_e2p'.*found \"fisheye\""
+    expected = r"training_config\.crop_strategy = \"fisheye\" is not valid \(Expected a .*'anyres_e2p'"
     with pytest.raises(InvalidInputError, match=expected):
         read_metadata(path)
 
 
 def test_unknown_resampler(tmp_path):
     path = write_json(tmp_path, with_model(resampler_type="perceiver"))
-    expected = r"resampler_type must be one of 'mlp', 'identity', 'avgpool', found \"perceiver\""
+    expected = r"resampler_type = \"perceiver\" is not valid \(Expected a .*'mlp', 'identity', 'avgpool'"
     with pytest.raises(InvalidInputError, match=expected):
         read_metadata(path)
 
 
 def test_bad_lora_field(tmp_path):
     path = write_json(tmp_path, with_model(lora={"r": 0}))
-    with pytest.raises(InvalidInputError, match=r"model_config\.lora\.r must be a positive integer, found 0"):
+    with pytest.raises(InvalidInputError, match=r"model_config\.lora = \{\"r\": 0\} is not valid \(Not of type PositiveInt"):
         read_metadata(path)
 
 
 def test_partial_lora_fills_fields_and_null_lora_means_none(tmp_path):
     meta = read_metadata(write_json(tmp_path, with_model(lora={"r": 8})))
     assert meta.model_config["lora"]["r"] == 8
-    assert meta.model_config["lora"]["alpha"] == 64
+    assert meta.model_config["lora"]["alpha"] == 64.0
     assert "model_config.lora.alpha" in meta.defaults_used
     meta = read_metadata(write_json(tmp_path, with_model(lora=None)))
     assert meta.model_config["lora"] is None
@@ -278,7 +301,7 @@ def test_write_then_read_round_trip_has_no_defaults(tmp_path, caplog):
     assert meta.defaults_used == [] and not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert meta.data == data
     assert [p.name for p in path.parent.iterdir()] == [METADATA_FILENAME]  # no tmp file left behind
-    assert path.read_text().startswith('{\n  "schema_version": 1')
+    assert path.read_text().startswith('{\n  "schema_version": 2')
 
 
 def test_write_is_atomic_on_failure(tmp_path, monkeypatch):
@@ -298,7 +321,7 @@ def test_write_is_atomic_on_failure(tmp_path, monkeypatch):
 def test_write_validates(tmp_path):
     data = full_metadata()
     data["training_config"]["overlap_ratio"] = 1.5
-    with pytest.raises(InvalidInputError, match=r"overlap_ratio must be a number in \[0, 1\), found 1\.5"):
+    with pytest.raises(InvalidInputError, match=r"overlap_ratio = 1\.5 is not valid .*v>=0\.0 and v<1\.0"):
         write_metadata(tmp_path / METADATA_FILENAME, data)
     assert not (tmp_path / METADATA_FILENAME).exists()
 
@@ -306,3 +329,29 @@ def test_write_validates(tmp_path):
 def test_build_requires_model_names():
     with pytest.raises(InvalidInputError, match=r"model_config\.language_model_name is missing"):
         build_metadata(experiment_name="e", stage="finetune", model_config={"vision_name": "v"})
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_metadata_written_before_the_schema_loads_unchanged(caplog):
+    """tests/fixtures/checkpoint_metadata_v1.json: what `fit --config configs/tiny.yaml` wrote before the schema."""
+    with caplog.at_level(logging.WARNING, logger="panollava.metadata"):
+        meta = read_metadata(FIXTURES / "checkpoint_metadata_v1.json")
+    assert meta.source_version == 1 and meta.schema_version == SCHEMA_VERSION and meta.defaults_used == []
+    assert not caplog.records  # everything it records is read as written
+    settings = metadata_settings(meta)
+    assert settings["image_mean"] == [0.5, 0.5, 0.5] and settings["num_views"] == 8
+    assert settings["max_answer_tokens"] == 48 and settings["image_blind"] is False
+    assert settings["lora"]["alpha"] == 16.0 and isinstance(settings["lora"]["alpha"], float)
+    assert meta.data["generation"]["top_k"] == 0 and meta.data["generation"]["share_prefix"] is False  # migrated
+    assert metadata_recorded_training(meta)["learning_rate"] == 0.003
+
+
+def test_written_metadata_records_every_input_setting():
+    from panollava.schema import INPUT_KEYS, SETTINGS
+
+    data = full_metadata()
+    for key in INPUT_KEYS:
+        section, name = SETTINGS[key].metadata_path
+        assert name in data[section], key

@@ -11,7 +11,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import lightning as L
 import torch
@@ -19,6 +19,20 @@ from torch.utils.data import DataLoader, Dataset
 
 from panollava.data.dataset import REFERENCE_MODES, CaptionSample, group_samples, read_caption_csv, training_samples
 from panollava.errors import InvalidInputError
+from panollava.schema import (
+    CropStrategy,
+    FovDeg,
+    PositiveInt,
+    Ratio,
+    ReferenceMode,
+    Triple,
+    ViewSettings,
+    EvaluationOptions,
+    args_doc,
+    to_plain,
+)
+
+_VIEWS = ViewSettings()
 
 logger = logging.getLogger(__name__)
 
@@ -112,21 +126,14 @@ class PanoDataModule(L.LightningDataModule):
         val_csv: Validation CSV; the validation loss picks the best checkpoint.
         test_csv: Test CSV; rows sharing (url, query) form one sample with several references.
         predict_csv: CSV for ``predict`` (``annotation`` optional).
-        image_root: Folder that relative ``url`` values resolve against (default: each CSV's folder).
-        crop_strategy: How views are cut: anyres_e2p, e2p, cubemap, sliding_window or resize.
-        fov_deg: Field of view of perspective views, degrees.
-        overlap_ratio: Overlap of neighbouring perspective views, in [0, 1).
-        num_views: Views for the e2p and sliding_window strategies.
-        use_vision_processor: Normalise views with the vision processor's mean/std (else keep [0, 1]).
         batch_size: Training batch size.
         eval_batch_size: Batch size for validation/test/predict (default: batch_size).
         num_workers: DataLoader worker processes.
         max_samples: Use only the first N samples of each split (quick runs); None uses all.
-        reference_mode: ``grouped`` (all annotations of a (url, query) are its references) or ``per_row``
-            (legacy: every row scored against its own annotation).
-        image_blind: Replace every view by zeros (baseline that cannot see the image).
         view_cache_mb: Per-process cache of rendered views, in MB (each panorama's views are cut once); 0 disables.
     """
+    # The view/input arguments (crop_strategy, fov_deg, ..., image_root) and reference_mode are documented where
+    # they are declared, in panollava.schema; their docs are appended to the Args above (they become --help).
 
     def __init__(
         self,
@@ -134,18 +141,20 @@ class PanoDataModule(L.LightningDataModule):
         val_csv: str | None = None,
         test_csv: str | None = None,
         predict_csv: str | None = None,
-        image_root: str | None = None,
-        crop_strategy: str = "anyres_e2p",
-        fov_deg: float = 90.0,
-        overlap_ratio: float = 0.5,
-        num_views: int = 8,
-        use_vision_processor: bool = True,
+        image_root: Optional[str] = _VIEWS.image_root,
+        crop_strategy: CropStrategy = _VIEWS.crop_strategy,
+        fov_deg: FovDeg = _VIEWS.fov_deg,
+        overlap_ratio: Ratio = _VIEWS.overlap_ratio,
+        num_views: PositiveInt = _VIEWS.num_views,
+        use_vision_processor: bool = _VIEWS.use_vision_processor,
+        image_mean: Optional[Triple] = _VIEWS.image_mean,
+        image_std: Optional[Triple] = _VIEWS.image_std,
         batch_size: int = 8,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         max_samples: int | None = None,
-        reference_mode: str = "grouped",
-        image_blind: bool = False,
+        reference_mode: ReferenceMode = "grouped",
+        image_blind: bool = _VIEWS.image_blind,
         view_cache_mb: float = 256.0,
     ) -> None:
         super().__init__()
@@ -153,7 +162,7 @@ class PanoDataModule(L.LightningDataModule):
             raise InvalidInputError(f"--data.reference_mode must be one of {REFERENCE_MODES}, got {reference_mode!r}")
         if max_samples is not None and max_samples < 1:
             raise InvalidInputError(f"max_samples must be a positive number, got {max_samples}")
-        self.save_hyperparameters()
+        self.save_hyperparameters({k: to_plain(v) for k, v in locals().items() if k not in ("self", "__class__")})
         self.datasets: dict[str, PanoCaptionDataset] = {}
 
     # -- helpers --------------------------------------------------------------------------------------------------
@@ -172,11 +181,28 @@ class PanoDataModule(L.LightningDataModule):
         config.validate()
         return config
 
-    def _preprocessing(self):
+    def image_preprocessing(self):
+        """View size (from the model) and normalisation: ``image_mean``/``image_std`` when given (the run's
+        metadata records them), else the vision processor's; mean 0 / std 1 without ``use_vision_processor``."""
         module = self.trainer.lightning_module if self.trainer is not None else None
         if module is None or not hasattr(module, "image_preprocessing"):
             raise RuntimeError("PanoDataModule needs a PanoLLaVAModule attached through the Trainer")
-        return module.image_preprocessing(self.hparams.use_vision_processor)
+        hp = self.hparams
+        if not hp.use_vision_processor or (hp.image_mean is None) != (hp.image_std is None):
+            if (hp.image_mean is None) != (hp.image_std is None):
+                raise InvalidInputError(
+                    f"image_mean {hp.image_mean} and image_std {hp.image_std}: give both or neither "
+                    "(--data.image_mean / --data.image_std, or training_config.image_mean/image_std in the metadata)"
+                )
+            return module.image_preprocessing(False)
+        if hp.image_mean is not None:
+            from dataclasses import replace
+
+            size_only = module.image_preprocessing(False)  # reads only the vision config
+            return replace(size_only, mean=tuple(map(float, hp.image_mean)), std=tuple(map(float, hp.image_std)))
+        return module.image_preprocessing(True)
+
+    _preprocessing = image_preprocessing
 
     def _dataset(self, csv: str | None, split: str) -> PanoCaptionDataset:
         if csv is None:
@@ -236,3 +262,11 @@ class PanoDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict", shuffle=False)
+
+PanoDataModule.__doc__ = "\n".join([  # one declaration of each input argument's doc: panollava.schema
+    PanoDataModule.__doc__.rstrip(),
+    args_doc(ViewSettings, ("image_root", "crop_strategy", "fov_deg", "overlap_ratio", "num_views",
+                            "use_vision_processor", "image_mean", "image_std", "image_blind")),
+    args_doc(EvaluationOptions, ("reference_mode",)),
+    "    ",
+])

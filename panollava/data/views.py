@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from panollava.data.projection import CUBE_FACE_YAW_PITCH_DEG, equirect_to_perspective, vertical_fov_deg
 from panollava.errors import InvalidInputError
+from panollava.schema import CROP_STRATEGIES, FOV_DEG_RANGE
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,6 @@ __all__ = [
     "wrap_yaw_deg",
 ]
 
-CROP_STRATEGIES: tuple[str, ...] = ("anyres_e2p", "e2p", "cubemap", "sliding_window", "resize")
 
 #: ``ViewGeometry.kind`` values.
 VIEW_KINDS: tuple[str, ...] = ("global", "perspective", "cubemap", "window", "resize")
@@ -151,9 +151,9 @@ class ViewConfig:
                 f"image_size must be an int or an (H, W) pair of ints, each >= {_MIN_VIEW_SIDE} px; "
                 f"got {size!r}"
             )
-        if not _is_number(self.fov_deg) or not (0.0 < self.fov_deg < 180.0):
+        if not _is_number(self.fov_deg) or not (FOV_DEG_RANGE[0] < self.fov_deg < FOV_DEG_RANGE[1]):
             raise InvalidInputError(
-                f"fov_deg must lie in the open interval (0, 180) degrees; got {self.fov_deg!r}"
+                f"fov_deg must lie in the open interval ({FOV_DEG_RANGE[0]:g}, {FOV_DEG_RANGE[1]:g}) degrees; got {self.fov_deg!r}"
             )
         if not _is_number(self.overlap_ratio) or not (0.0 <= self.overlap_ratio < 1.0):
             raise InvalidInputError(f"overlap_ratio must lie in [0, 1); got {self.overlap_ratio!r}")

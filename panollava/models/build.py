@@ -145,10 +145,13 @@ def load_image_preprocessing(name: str, image_size: tuple[int, int] | None, use_
         mean = tuple(float(x) for x in processor.image_mean)
         std = tuple(float(x) for x in processor.image_std)
     except (OSError, ValueError, AttributeError) as exc:
-        logger.warning(
-            "no image processor config for %r (%s); using SigLIP's mean/std 0.5/0.5", name, type(exc).__name__
-        )
-        mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+        # No guessed mean/std: a wrong normalisation silently changes every view the model sees.
+        raise InvalidInputError(
+            f"cannot read the image processor of vision model {name!r} ({type(exc).__name__}: {exc}) and no "
+            "image_mean/image_std is given: record training_config.image_mean and image_std in the checkpoint "
+            "metadata, or pass --data.image_mean [m, m, m] --data.image_std [s, s, s] (or add the processor's "
+            "preprocessor_config.json to the model folder)"
+        ) from exc
     return ImagePreprocessing(size, mean, std)
 
 
@@ -221,7 +224,7 @@ def apply_lora(language_model, lora: dict[str, Any] | None, adapter_dir: str | N
         return language_model
     config = LoraConfig(
         r=int(lora["r"]),
-        lora_alpha=int(lora["alpha"]),
+        lora_alpha=float(lora["alpha"]),  # 16.5 stays 16.5
         lora_dropout=float(lora["dropout"]),
         target_modules=list(lora["target_modules"]),
         task_type="CAUSAL_LM",

@@ -1,0 +1,204 @@
+"""Evaluation planning: what ``test`` / ``predict`` / ``validate --ckpt_dir`` will evaluate, as one pure step.
+
+:func:`plan_evaluation` turns the run directory, the settings typed on the command line and the settings of the
+config files into an :class:`EvaluationPlan`: the checkpoint, the merged settings with their sources, the CSV,
+the output folder, the provenance recorded in ``metrics.json`` and the banner lines. It reads files (metadata,
+checkpoint hashes) but prints nothing and changes no configuration: ``panollava.lightning_cli`` applies the plan
+and ``panollava.console`` prints it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from panollava.errors import InvalidInputError
+from panollava.metadata import RunMetadata, installed_library_versions, metadata_recorded_training, metadata_settings
+from panollava.rundir import ResolvedRun, banner_lines, find_run_dir_from_config, resolve_run_dir
+from panollava.schema import SETTINGS
+from panollava.settings import MergedSettings, merge_settings, resolve_csv
+
+logger = logging.getLogger(__name__)
+
+CSV_KEYS = {"test": "test_csv", "predict": "predict_csv", "validate": "val_csv"}
+_EVAL_LIBRARIES = ("pycocoevalcap", "torchmetrics", "tokenizers", "py360convert")
+
+
+@dataclass
+class EvaluationPlan:
+    """Everything an evaluation needs, decided before any model is built.
+
+    Attributes:
+        subcommand: ``test``, ``predict`` or ``validate``.
+        resolved: the resolved run directory, or None (``--ckpt_path`` without a run directory).
+        merged: the merged settings and their sources (``csv_input`` = the CSV evaluated).
+        checkpoint_path: the checkpoint to load, absolute.
+        csv_path: the CSV to evaluate, absolute.
+        csv_reason: why that CSV.
+        output_dir: where predictions and metrics go, absolute.
+        provenance: what ``metrics.json`` records (checkpoint, run, metadata, settings, decoding, dataset, ...).
+        banner: the start-up lines for the user (SPEC §2).
+        stage: the run's stage from the metadata, or None.
+    """
+
+    subcommand: str
+    resolved: ResolvedRun | None
+    merged: MergedSettings
+    checkpoint_path: Path
+    csv_path: Path
+    csv_reason: str
+    output_dir: Path
+    provenance: dict[str, Any]
+    banner: list[str] = field(default_factory=list)
+    stage: str | None = None
+
+    @property
+    def metadata(self) -> RunMetadata | None:
+        """The run's metadata, or None."""
+        return self.resolved.metadata if self.resolved is not None else None
+
+    @property
+    def csv_key(self) -> str:
+        """The data module argument that takes the CSV (``test_csv``, ``predict_csv``, ``val_csv``)."""
+        return CSV_KEYS[self.subcommand]
+
+    def targets(self) -> dict[str, Any]:
+        """Dotted LightningCLI config path → value, for every merged setting that has one, plus the CSV, the
+        stage and the LoRA folder."""
+        out: dict[str, Any] = {}
+        for key, value in self.merged.values.items():
+            setting = SETTINGS.get(key)
+            for target in setting.targets if setting is not None else ():
+                out[target] = value
+        out[f"data.{self.csv_key}"] = str(self.csv_path)
+        if self.stage is not None:
+            out["model.stage"] = self.stage
+        if self.resolved is not None:
+            out["model.lora_dir"] = str(self.resolved.lora_dir) if self.resolved.lora_dir is not None else None
+        return out
+
+
+def plan_evaluation(
+    subcommand: str,
+    *,
+    cli: Mapping[str, Any],
+    config: Mapping[str, Any],
+    ckpt_dir: str | None = None,
+    checkpoint: str | None = None,
+    ckpt_path: str | None = None,
+    runs_root: str = "runs",
+    experiment_name: str | None = None,
+    config_stage: str | None = None,
+    config_name: str | None = None,
+    cli_csv: tuple[str, str] | None = None,
+    config_csv: str | None = None,
+    command: str = "",
+) -> EvaluationPlan:
+    """Plans an evaluation (see the module docstring).
+
+    Args:
+        subcommand: ``test``, ``predict`` or ``validate``.
+        cli: flat settings typed on the command line (``panollava.schema`` keys; absent = not typed).
+        config: flat settings from the config file(s).
+        ckpt_dir: the run directory (``--ckpt_dir``), or None (config-only mode or ``--ckpt_path``).
+        checkpoint: the checkpoint rule (``best``/``last``) or None.
+        ckpt_path: an explicit checkpoint file (``--ckpt_path``), or None.
+        runs_root: the folder of experiments, to derive the run directory in config-only mode.
+        experiment_name: the config's experiment name (config-only mode).
+        config_stage: the config's ``model.stage`` (config-only mode).
+        config_name: the config file(s), for messages.
+        cli_csv: ``(path, flag)`` of a CSV typed on the command line (``--csv_input`` or ``--data.test_csv``).
+        config_csv: the CSV a config file names for this split.
+        command: the command line, recorded in the provenance.
+
+    Returns:
+        The :class:`EvaluationPlan`.
+
+    Raises:
+        InvalidInputError: no run directory can be found or derived, or a setting is invalid.
+        InputNotFoundError: the run directory, checkpoint or CSV does not exist.
+    """
+    from panollava.report import sha256_file
+
+    if ckpt_dir is None and ckpt_path is None:
+        if not config and experiment_name is None:
+            raise InvalidInputError(
+                f"{subcommand} needs a run directory: pass --ckpt_dir runs/EXP/STAGE/CROP_RESAMPLER, or a "
+                "--config whose experiment_name, model and data settings name it"
+            )
+        ckpt_dir = str(find_run_dir_from_config(
+            runs_root, experiment_name, config_stage,
+            {**config, **cli}.get("crop_strategy", SETTINGS["crop_strategy"].default),
+            {**config, **cli}.get("resampler_type", SETTINGS["resampler_type"].default),
+        ))
+    resolved = None
+    if ckpt_dir is not None:
+        resolved = resolve_run_dir(ckpt_dir, str(ckpt_path) if ckpt_path is not None else checkpoint)
+    meta = resolved.metadata if resolved is not None else None
+    merged = merge_settings(
+        cli, metadata_settings(meta) if meta is not None else None, config, config_name=config_name,
+        metadata_name=str(resolved.metadata_path) if meta is not None else None,
+    )
+    merged.require()
+
+    csv_given, csv_flag = cli_csv if cli_csv is not None else (None, "--csv_input")
+    if subcommand == "validate" and csv_given is None:
+        csv_given, csv_flag = config_csv or (meta.dataset.get("val_csv") if meta else None), "--data.val_csv"
+    csv_path, csv_reason, csv_source = resolve_csv(
+        csv_given, meta, resolved.run_dir if resolved else None, config_csv=config_csv, cli_flag=csv_flag,
+        config_name=config_name,
+    )
+    merged.values["csv_input"], merged.sources["csv_input"] = str(csv_path), csv_source
+    if merged.sources.get("image_root") == "metadata" and csv_source != "metadata":
+        # The metadata's image_root belongs to the metadata's CSV; another CSV resolves against its own root.
+        source = "config" if "image_root" in config else "default"
+        merged.values["image_root"] = config.get("image_root") if source == "config" else None
+        merged.sources["image_root"] = source
+
+    checkpoint_path = resolved.checkpoint_path if resolved is not None else Path(str(ckpt_path)).resolve()
+    output_dir = merged.values.get("output_dir")
+    if output_dir is None:
+        stem = checkpoint_path.stem
+        if meta is not None and meta.experiment_name:
+            run = resolved.run_dir
+            output_dir = Path("eval_results") / meta.experiment_name / run.parent.name / run.name / stem
+        else:
+            output_dir = Path("eval_results") / (resolved.run_dir.name if resolved else "run") / stem
+    output_dir = Path(output_dir).resolve()
+    merged.values["output_dir"] = str(output_dir)
+    if resolved is not None and output_dir == resolved.run_dir:
+        logger.warning("writing evaluation results into the run directory, as --output_dir asks")
+
+    generation = {k: merged.values[k] for k, s in SETTINGS.items() if s.targets and
+                  s.targets[0].startswith("model.generation.")}
+    mismatch = merged.warning_message()
+    provenance = {
+        "checkpoint": {
+            "path": str(checkpoint_path),
+            "sha256": sha256_file(checkpoint_path) if checkpoint_path.is_file() else None,
+            "rule": resolved.checkpoint_rule if resolved else "--ckpt_path",
+            "reason": resolved.checkpoint_reason if resolved else "given with --ckpt_path",
+        },
+        "run": resolved.to_dict() if resolved is not None else None,
+        "metadata": meta.data if meta is not None else None,
+        "recorded_training": metadata_recorded_training(meta) if meta is not None else None,
+        "settings": merged.provenance(),
+        "settings_mismatches": mismatch,
+        "decoding": generation,
+        "dataset": {"path": str(csv_path), "sha256": sha256_file(csv_path), "reason": csv_reason,
+                    "reference_mode": merged.values["reference_mode"]},
+        "library_versions": {**installed_library_versions(), **installed_library_versions(_EVAL_LIBRARIES)},
+        "command": command,
+    }
+    banner = banner_lines(resolved, merged_ok=not mismatch, include_warnings=False) if resolved else []
+    banner.append(f"📄 Data: {csv_path} ({csv_reason})")
+    if meta is None:
+        banner.append("⚠️  No metadata: settings come from the config and the defaults")
+    return EvaluationPlan(
+        subcommand=subcommand, resolved=resolved, merged=merged, checkpoint_path=checkpoint_path,
+        csv_path=csv_path, csv_reason=csv_reason, output_dir=output_dir, provenance=provenance, banner=banner,
+        stage=meta.stage if meta is not None and meta.stage else None,
+    )
