@@ -150,7 +150,7 @@ def evaluations(tiny_run, shared_data_dir, tmp_path_factory) -> dict[str, Path]:
     """Evaluation folders: ``real`` (``test --ckpt_dir`` of the tiny run on the real sample, written to the
     default ``eval_results/...`` layout under ``cwd``), ``oracle`` (each caption is its first reference),
     ``mixed`` (oracle captions for every other sample, a fixed weak caption for the rest) and
-    ``other_dataset`` (the bundled mini QuIC-360 test CSV, weak captions)."""
+    ``other_dataset`` (the bundled mini QuIC-360 validation CSV, weak captions)."""
     from panollava.cli import main
     from panollava.report import sha256_file
 
@@ -168,7 +168,7 @@ def evaluations(tiny_run, shared_data_dir, tmp_path_factory) -> dict[str, Path]:
     mixed = rescore_evaluation(
         real, cwd / "mixed", lambda i, r: r["references"][0] if i % 2 == 0 else weak
     )
-    mini = PROJECT_ROOT / "panollava" / "assets" / "quic360-mini" / "test.csv"
+    mini = PROJECT_ROOT / "panollava" / "assets" / "quic360-mini" / "val.csv"  # test.csv is the sample's test.csv
     groups: dict[tuple[str, str], dict[str, Any]] = {}
     with mini.open(newline="") as fh:
         for row in csv.DictReader(fh):
