@@ -337,6 +337,7 @@ def validate_setting(key: str, value: Any) -> Any:
     """
     if value is None:
         return None
+    value = to_plain(value)
     if key == "image_size" and isinstance(value, list):
         value = tuple(value)
     if key in ("image_mean", "image_std") and isinstance(value, list):

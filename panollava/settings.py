@@ -198,19 +198,24 @@ def merge_settings(
         "metadata": "checkpoint metadata" + (f" '{metadata_name}'" if metadata_name else ""),
         "config": "the config" + (f" '{config_name}'" if config_name else ""),
     }
+    def given(values: Mapping[str, Any] | None) -> dict[str, Any]:  # None is "not given" unless null means something
+        return {k: v for k, v in (values or {}).items() if v is not None or (k in SETTINGS and SETTINGS[k].nullable)}
+
+    cli, config = given(cli), given(config)
     sources_in = {
-        "cli": check_settings(dict(cli or {}), origin["cli"]),
+        "cli": check_settings(cli, origin["cli"]),
         "metadata": {k: v for k, v in (metadata or {}).items() if k in INPUT_KEYS},
-        "config": check_settings(dict(config or {}), origin["config"]),
+        "config": check_settings(config, origin["config"]),
     }
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for key in dict.fromkeys([*defaults, *SETTINGS, *sources_in["config"], *sources_in["cli"]]):
         source = next((s for s in ("cli", "metadata", "config") if key in sources_in[s]), "default")
         value = sources_in[source][key] if source != "default" else defaults.get(key)
-        if key == "lora" and source == "cli" and isinstance(value, Mapping):
+        if key == "lora" and source == "cli" and isinstance(value, Mapping) and isinstance(cli.get(key), Mapping):
             lower = next((sources_in[s][key] for s in ("metadata", "config") if key in sources_in[s]), None)
-            value = {**(lower or defaults.get("lora") or {}), **value}  # --model.lora.r 4 changes r only
+            typed = {k: value[k] for k in cli[key]}  # --model.lora.r 4 changes r only
+            value = {**(lower or defaults.get("lora") or {}), **typed}
         values[key], sources[key] = copy.deepcopy(value), source
     if values.get("tokenizer_name") is None and values.get("language_model_name") is not None:
         values["tokenizer_name"] = values["language_model_name"]  # the default rule: the LM's own tokenizer

@@ -56,12 +56,15 @@ def load(tmp_path: Path, data: dict = SPEC_EXAMPLE, **dataset: str):
 def test_key_sets():
     assert set(MODEL_INPUT_KEYS) == {
         "vision_name", "language_model_name", "tokenizer_name", "resampler_type", "latent_dimension",
-        "image_size", "image_token", "lora", "train_vision", "crop_strategy", "fov_deg", "overlap_ratio",
-        "use_vision_processor", "prompt_template", "system_prompt", "enable_thinking",
+        "image_size", "image_token", "lora", "crop_strategy", "fov_deg", "overlap_ratio", "num_views",
+        "use_vision_processor", "image_mean", "image_std", "image_blind", "max_answer_tokens", "image_root",
+        "prompt_template", "system_prompt", "enable_thinking",
     }
     assert set(MODEL_INPUT_KEYS) | set(RUNTIME_KEYS) == set(DEFAULT_SETTINGS)
     assert DEFAULT_SETTINGS["max_new_tokens"] == 64 and DEFAULT_SETTINGS["do_sample"] is False
-    assert DEFAULT_SETTINGS["image_size"] == [224, 224] and DEFAULT_SETTINGS["reference_mode"] == "grouped"
+    assert DEFAULT_SETTINGS["top_k"] == 0 and DEFAULT_SETTINGS["share_prefix"] is True
+    # null: the vision tower's native size (never a guessed 224)
+    assert DEFAULT_SETTINGS["image_size"] is None and DEFAULT_SETTINGS["reference_mode"] == "grouped"
 
 
 def test_default_only():
@@ -114,12 +117,12 @@ def test_mismatch_one_warning_listing_each_key(tmp_path, caplog):
     meta = metadata_settings(load(tmp_path))
     config = {"image_size": 256, "fov_deg": 90, "crop_strategy": "e2p", "latent_dimension": 768, "seed": 3}
     merged = merge_settings({}, meta, config, config_name="/cfg/x.yaml", metadata_name="/run/meta.json")
-    assert merged.mismatches == [("image_size", 256, [224, 224]), ("crop_strategy", "e2p", "anyres_e2p")]
+    assert merged.mismatches == [("image_size", [256, 256], [224, 224]), ("crop_strategy", "e2p", "anyres_e2p")]
     assert merged["image_size"] == [224, 224] and merged["crop_strategy"] == "anyres_e2p"
     expected = (
         "the config '/cfg/x.yaml' and the checkpoint metadata '/run/meta.json' disagree on 2 setting(s); the "
         "metadata wins (priority: CLI > metadata > config > defaults):\n"
-        "  - image_size: config 256, metadata [224, 224]\n"
+        "  - image_size: config [256, 256], metadata [224, 224]\n"
         "  - crop_strategy: config 'e2p', metadata 'anyres_e2p'"
     )
     assert merged.warning_message() == expected
@@ -157,7 +160,7 @@ def test_provenance_is_json_able(tmp_path):
 
 
 def test_invalid_merged_value_names_its_source():
-    expected = r"setting crop_strategy must be one of .*found 'fisheye' \(from the config '/c\.yaml'\)"
+    expected = r"the config '/c\.yaml': crop_strategy = \"fisheye\" is not valid \(Expected a .*'anyres_e2p'"
     with pytest.raises(InvalidInputError, match=expected):
         merge_settings({}, None, {"crop_strategy": "fisheye"}, config_name="/c.yaml")
 
@@ -174,7 +177,7 @@ def test_csv_input_wins(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mine.csv").write_text("url,query,annotation\n")
     meta = load(tmp_path, test_csv="test.csv")
-    path, reason = resolve_csv("mine.csv", meta, meta.path.parent)
+    path, reason, _ = resolve_csv("mine.csv", meta, meta.path.parent)
     assert path == tmp_path / "mine.csv"
     expected = f"CSV from --csv_input: {tmp_path / 'mine.csv'} (relative to the current directory); given"
     assert reason.startswith(expected)
@@ -184,7 +187,7 @@ def test_metadata_test_csv_relative_to_run_dir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     meta = load(tmp_path, test_csv="test.csv")
     (meta.path.parent / "test.csv").write_text("url,query,annotation\n")
-    path, reason = resolve_csv(None, meta, meta.path.parent)
+    path, reason, _ = resolve_csv(None, meta, meta.path.parent)
     assert path == meta.path.parent / "test.csv"
     assert "metadata dataset.test_csv" in reason and "(relative to the run directory)" in reason
 
@@ -203,7 +206,7 @@ def test_val_csv_fallback_when_no_test_csv(tmp_path, monkeypatch, caplog):
     (tmp_path / "data" / "quic360" / "val.csv").write_text("")
     meta = load(tmp_path)
     with caplog.at_level(logging.WARNING, logger="panollava.settings"):
-        path, reason = resolve_csv(None, meta, meta.path.parent)
+        path, reason, _ = resolve_csv(None, meta, meta.path.parent)
     assert path == tmp_path / "data" / "quic360" / "val.csv"
     assert "records no dataset.test_csv, so the validation split is evaluated" in reason
     assert [r.getMessage() for r in caplog.records if r.name == "panollava.settings"] == [reason]
