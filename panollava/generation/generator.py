@@ -21,6 +21,9 @@ On CPU fp32 the shared and plain paths, and any batch size, give the same captio
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -48,9 +51,11 @@ class CaptionGenerator:
         settings: Decoding settings.
         share_prefix: Prefill the image prefix once per panorama (falls back to the plain path, with one log line,
             when the prompts' text before the image differs).
+        profile: Accumulate per-stage wall times (vision, prefill, decode) in :attr:`timings`, synchronising the
+            device at stage boundaries (slower; for benchmarks).
     """
 
-    def __init__(self, vlm, prompts, settings: DecodeSettings, share_prefix: bool = True) -> None:
+    def __init__(self, vlm, prompts, settings: DecodeSettings, share_prefix: bool = True, profile: bool = False) -> None:
         self.vlm = vlm
         self.prompts = prompts
         self.tokenizer = prompts.tokenizer
@@ -63,6 +68,8 @@ class CaptionGenerator:
         self._carry: tuple[str, torch.Tensor] | None = None
         self._fallback_reason: str | None = None
         self._paths: set[str] = set()
+        self.profile = bool(profile)
+        self.timings: dict[str, float] = {"vision_s": 0.0, "prefill_s": 0.0, "decode_s": 0.0}
         self.stats: dict[str, int] = {
             "batches": 0,
             "samples": 0,
@@ -76,6 +83,20 @@ class CaptionGenerator:
             "plain_batches": 0,
             "beam_batches": 0,
         }
+
+    @contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        if not self.profile:
+            yield
+            return
+        device = self.vlm.projector.weight.device
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        yield
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        self.timings[name] += time.perf_counter() - start
 
     # -- provenance -----------------------------------------------------------------------------------------------
     def _requested_path(self) -> str:
@@ -181,35 +202,39 @@ class CaptionGenerator:
         queries = list(batch["query"])
         if not queries:
             return []
-        features, index = self.image_features(batch)
+        with self._stage("vision_s"):
+            features, index = self.image_features(batch)
         pv = batch["pixel_values"]
         num_image_tokens = self.vlm.num_image_tokens(pv.shape[1], tuple(pv.shape[-2:]))
         self.stats["batches"] += 1
         self.stats["samples"] += len(queries)
         if self.settings.num_beams > 1:
-            tokens = self._beam_search(queries, features, index, num_image_tokens)
+            with self._stage("decode_s"):
+                tokens = self._beam_search(queries, features, index, num_image_tokens)
             self._paths.add(PATH_BEAM)
         else:
             split = self._split_prompts(queries, num_image_tokens) if self.share_prefix else None
             if isinstance(split, str):
                 self._fallback(split)
                 split = None
-            if split is not None:
-                state = self._prefill_shared(split[0], split[1], features, index)
-                self._paths.add(PATH_SHARED)
-                self.stats["shared_batches"] += 1
-            else:
-                state = self._prefill_plain(queries, features, index, num_image_tokens)
-                self._paths.add(PATH_PLAIN)
-                self.stats["plain_batches"] += 1
+            with self._stage("prefill_s"):
+                if split is not None:
+                    state = self._prefill_shared(split[0], split[1], features, index)
+                    self._paths.add(PATH_SHARED)
+                    self.stats["shared_batches"] += 1
+                else:
+                    state = self._prefill_plain(queries, features, index, num_image_tokens)
+                    self._paths.add(PATH_PLAIN)
+                    self.stats["plain_batches"] += 1
             uniforms = None
             if self.settings.do_sample:
                 uniforms = row_uniforms(
                     self.settings.seed, list(batch["sample_id"]), self.settings.max_new_tokens, state.logits.device
                 )
-            tokens, forwards = decode(
-                self.runner, state, self.settings, self.eos_token_id, self.pad_token_id, uniforms
-            )
+            with self._stage("decode_s"):
+                tokens, forwards = decode(
+                    self.runner, state, self.settings, self.eos_token_id, self.pad_token_id, uniforms
+                )
             self.stats["decode_forwards"] += forwards
         return [t.strip() for t in self.tokenizer.batch_decode(tokens.cpu(), skip_special_tokens=True)]
 
