@@ -244,7 +244,7 @@ class PanoLLaVACLI(LightningCLI):
                 self.trainer.loggers = [fit_tensorboard_logger(run_dir)]
             return
         if self.subcommand in ("test", "predict", "validate") and getattr(self, "_plan", None) is not None:
-            model_kwargs = {k: to_plain(v) for k, v in cfg["model"].items()}
+            model_kwargs = to_plain(cfg["model"])  # Namespace.items() would flatten nested keys
             try:
                 self.model = PanoLLaVAModule.load_from_checkpoint(
                     self._checkpoint_path, map_location="cpu", weights_only=True, strict=True, **model_kwargs

@@ -116,12 +116,9 @@ class PanoLLaVAModule(L.LightningModule):
         self.vlm = None
         self.tokenizer = None
         self.prompts = None
-        # Not a registered submodule: its string states are gathered by the metric itself, and torchmetrics'
-        # __hash__ fails on list states when Lightning walks the module tree.
-        self._eval_metrics: dict[str, Any] = {}
-        self.test_records: list[dict[str, Any]] = []
-        self.test_scores = None
-        self.predictions: list[dict[str, Any]] = []
+        self._caption_generator = None
+        self.eval_error: Exception | None = None
+        self.test_scores = None  # CaptionScores of the last test, set by EvaluationWriter
 
     # -- building ---------------------------------------------------------------------------------------------------
     @property
@@ -333,29 +330,23 @@ class PanoLLaVAModule(L.LightningModule):
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["query"]))
         return loss
 
+    @property
+    def caption_generator(self):
+        """The one owner of decoding (``panollava.generation.CaptionGenerator``), built on first use."""
+        if self._caption_generator is None and self.vlm is not None:
+            from panollava.generation import CaptionGenerator, DecodeSettings
+
+            gen = self.hparams.generation
+            self._caption_generator = CaptionGenerator(
+                self.vlm, self.prompts, DecodeSettings.from_dict(gen), share_prefix=bool(gen.get("share_prefix", True))
+            )
+        return self._caption_generator
+
     @torch.no_grad()
     def generate_captions(self, batch: dict[str, Any]) -> list[str]:
-        """Greedy (or configured) captions for a batch, one per sample."""
-        gen = self.hparams.generation
-        enc = self.prompts.encode(batch["query"], self._num_image_tokens(batch["pixel_values"]))
-        enc = {k: v.to(self.device) for k, v in enc.items()}
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": int(gen["max_new_tokens"]),
-            "num_beams": int(gen["num_beams"]),
-            "do_sample": bool(gen["do_sample"]),
-            "repetition_penalty": float(gen["repetition_penalty"]),
-            "eos_token_id": self.tokenizer.eos_token_id,
-            "pad_token_id": self.tokenizer.pad_token_id,
-        }
-        if gen["do_sample"]:
-            kwargs.update(temperature=float(gen["temperature"]), top_p=float(gen["top_p"]))
-            # Seeded per batch from the data (first sample id), so reruns give the same samples.
-            first = batch["sample_id"][0]
-            torch.manual_seed(int(gen["seed"]) + int.from_bytes(first.encode()[:8].ljust(8, b"\0"), "little") % 2**31)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        new_tokens = self.vlm.generate(pixel_values=batch["pixel_values"], **enc, **kwargs)
-        return [t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        """Captions for a batch, one per sample (see ``panollava.generation``)."""
+        batch = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        return self.caption_generator.generate(batch)
 
     def _records(self, batch: dict[str, Any], predictions: Sequence[str]) -> list[dict[str, Any]]:
         return [
@@ -363,6 +354,7 @@ class PanoLLaVAModule(L.LightningModule):
                 "index": int(batch["index"][i]),
                 "sample_id": batch["sample_id"][i],
                 "image": batch["image"][i],
+                "image_path": batch["image_path"][i],
                 "query": batch["query"][i],
                 "prediction": predictions[i],
                 "references": list(batch["references"][i]),
@@ -370,33 +362,35 @@ class PanoLLaVAModule(L.LightningModule):
             for i in range(len(predictions))
         ]
 
-    def on_test_epoch_start(self) -> None:
-        from panollava.metrics.metric import CaptionMetric
+    def _evaluation_step(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        """Records of one evaluation batch. A failure is kept on ``eval_error`` (and the rank's remaining batches
+        are skipped) instead of raised, so that the evaluation writer can end every rank with it at the epoch's
+        end; on a single process it is raised at once."""
+        if self.eval_error is not None or not batch["sample_id"]:
+            return []
+        try:
+            if batch.get("error") is not None:
+                raise batch["error"]
+            return self._records(batch, self.generate_captions(batch))
+        except Exception as exc:  # noqa: BLE001 - reported by EvaluationWriter on every rank
+            if self.trainer.world_size == 1:
+                raise
+            logger.error("rank %d: %s: %s", self.global_rank, type(exc).__name__, exc)
+            self.eval_error = exc
+            return []
 
-        self.test_records = []
+    def on_test_epoch_start(self) -> None:
+        self.eval_error = None
         self.test_scores = None
-        self._eval_metrics["caption"] = CaptionMetric()
+
+    def on_predict_epoch_start(self) -> None:
+        self.eval_error = None
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        predictions = self.generate_captions(batch)
-        self._eval_metrics["caption"].update(batch["sample_id"], predictions, batch["references"])
-        records = self._records(batch, predictions)
-        self.test_records.extend(records)
-        return records
-
-    def on_test_epoch_end(self) -> None:
-        from panollava.distributed import gather_records
-
-        self.test_records = gather_records(self.test_records)
-        metric = self._eval_metrics["caption"]
-        values = metric.compute()
-        self.test_scores = metric.last_scores
-        for name, value in values.items():
-            # Already gathered and identical on every rank: no further reduction.
-            self.log(f"test/{name}", value, rank_zero_only=True)
+        return self._evaluation_step(batch)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        return self._records(batch, self.generate_captions(batch))
+        return self._evaluation_step(batch)
 
     # -- optimisation ---------------------------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -164,6 +164,9 @@ class PanoDataModule(L.LightningDataModule):
             raise InvalidInputError(f"max_samples must be a positive number, got {max_samples}")
         self.save_hyperparameters({k: to_plain(v) for k, v in locals().items() if k not in ("self", "__class__")})
         self.datasets: dict[str, PanoCaptionDataset] = {}
+        # Set by the evaluation writer before the loaders are built: samples a resumed run already finished.
+        self.skip_sample_ids: dict[str, set[str]] = {}
+        self.eval_batches: dict[str, list[list[int]]] = {}
 
     # -- helpers --------------------------------------------------------------------------------------------------
     def view_config(self, image_size: tuple[int, int]):
@@ -257,11 +260,42 @@ class PanoDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)
 
+    def _eval_loader(self, split: str) -> DataLoader:
+        """This process's share of an evaluation split: whole panoramas, no padding, done samples skipped.
+
+        The batches come from :func:`panollava.evaluation.sharding.rank_batches` (rank and world size from the
+        trainer; ``skip_sample_ids``, set by the evaluation writer when it resumes, left out first).
+        """
+        from panollava.data.eval_data import PanoramaBatches, identity_collate
+        from panollava.evaluation.sharding import rank_batches
+
+        hp = self.hparams
+        dataset = self.datasets[split]
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        skip = self.skip_sample_ids.get(split, set())
+        done = [i for i, s in enumerate(dataset.samples) if s.sample_id in skip]
+        batches = rank_batches([s.image_path for s in dataset.samples], rank, world,
+                               hp.eval_batch_size or hp.batch_size, skip=done)
+        self.eval_batches[split] = batches
+        batches_ds = PanoramaBatches(dataset.samples, batches, dataset.view_config, dataset.mean, dataset.std,
+                                     dataset.image_blind)
+        logger.info("%s: rank %d of %d evaluates %d samples in %d batches", split, rank, world,
+                    batches_ds.num_samples, len(batches))
+        return DataLoader(
+            batches_ds,
+            batch_size=None,
+            num_workers=min(hp.num_workers, max(1, len(batches))) if hp.num_workers else 0,
+            collate_fn=identity_collate,
+            pin_memory=bool(trainer is not None and trainer.strategy.root_device.type == "cuda"),
+        )
+
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._eval_loader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict", shuffle=False)
+        return self._eval_loader("predict")
+
 
 PanoDataModule.__doc__ = "\n".join([  # one declaration of each input argument's doc: panollava.schema
     PanoDataModule.__doc__.rstrip(),
