@@ -84,6 +84,10 @@ class CaptionGenerator:
             "beam_batches": 0,
         }
 
+    def reset(self) -> None:
+        """Forget the carried-over panorama features: call when the weights change (a new validation epoch)."""
+        self._carry = None
+
     @contextmanager
     def _stage(self, name: str) -> Iterator[None]:
         if not self.profile:
