@@ -251,7 +251,7 @@ def _fmt(value: Any, digits: int = 4, signed: bool = False) -> str:
 def _fmt_p(p: float | None) -> str:
     if p is None:
         return "n/a"
-    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+    return f"{p:.3f}" if p >= 0.001 else "<0.001"
 
 
 def _build_row(e: Evaluation, base: Evaluation, index: int, warnings: list[str], num_resamples: int) -> dict[str, Any]:
@@ -303,9 +303,11 @@ def _build_row(e: Evaluation, base: Evaluation, index: int, warnings: list[str],
 
 
 def _ci(row: Mapping[str, Any], key: str) -> str:
+    """``value [low, high]``: CIDEr-D's corpus value is the mean of its per-sample values; METEOR's interval is
+    shown around the mean of its per-sample values (its corpus value, in its own column, aggregates differently)."""
     if row.get(f"{key}_ci_low") is None:
-        return _fmt(row.get(key))
-    return f"{_fmt(row.get(key))} [{_fmt(row[f'{key}_ci_low'])}, {_fmt(row[f'{key}_ci_high'])}]"
+        return "n/a"
+    return f"{_fmt(row[f'{key}_sample_mean'])} [{_fmt(row[f'{key}_ci_low'])}, {_fmt(row[f'{key}_ci_high'])}]"
 
 
 def _delta(row: Mapping[str, Any], key: str) -> str:
@@ -318,13 +320,13 @@ def _delta(row: Mapping[str, Any], key: str) -> str:
 
 
 def _markdown(rows: Sequence[Mapping[str, Any]]) -> str:
-    head = ["#", "evaluation", "run", "checkpoint", "n", "BLEU-4", "METEOR [95% CI]", "ROUGE-L", "CIDEr-D [95% CI]",
-            "Δ CIDEr-D (p)", "Δ METEOR (p)"]
+    head = ["#", "evaluation", "run", "checkpoint", "n", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D [95% CI]",
+            "Δ CIDEr-D (p)", "METEOR per-sample mean [95% CI]", "Δ METEOR (p)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
         ckpt = f"{r['checkpoint_rule']}: {r['checkpoint']}" if r["checkpoint_rule"] else r["checkpoint"] or "n/a"
-        cells = [str(r["row"]), Path(r["folder"]).name, r["run"], ckpt, str(r["num_samples"]), _fmt(r["bleu_4"]), _ci(r, "meteor"),
-                 _fmt(r["rouge_l"]), _ci(r, "cider"), _delta(r, "cider"), _delta(r, "meteor")]
+        cells = [str(r["row"]), Path(r["folder"]).name, r["run"], ckpt, str(r["num_samples"]), _fmt(r["bleu_4"]), _fmt(r["meteor"]),
+                 _fmt(r["rouge_l"]), _ci(r, "cider"), _delta(r, "cider"), _ci(r, "meteor"), _delta(r, "meteor")]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
 
@@ -354,9 +356,16 @@ def _html(rows: Sequence[Mapping[str, Any]], warnings: Sequence[str], num_resamp
     def data(value: Any) -> str:
         return "" if value is None else repr(float(value))
 
-    keys = ["bleu_4", "meteor", "rouge_l", "cider", "delta_cider", "p_cider", "delta_meteor", "p_meteor"]
-    labels = ["BLEU-4", "METEOR [95% CI]", "ROUGE-L", "CIDEr-D [95% CI]", "Δ CIDEr-D", "p (CIDEr-D)",
-              "Δ METEOR", "p (METEOR)"]
+    keys = ["bleu_4", "meteor", "rouge_l", "cider", "delta_cider", "p_cider", "meteor_sample_mean", "delta_meteor",
+            "p_meteor"]
+    labels = ["BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D [95% CI]", "Δ CIDEr-D", "p", "METEOR mean [95% CI]",
+              "Δ METEOR", "p"]
+
+    def ci_html(row: Mapping[str, Any], key: str) -> str:
+        if row.get(f"{key}_ci_low") is None:
+            return "n/a"
+        return (f"{_fmt(row[f'{key}_sample_mean'])}<div class=\"muted\">[{_fmt(row[f'{key}_ci_low'])}, "
+                f"{_fmt(row[f'{key}_ci_high'])}]</div>")
     head = ("<th class=\"num\" data-key=\"index\">#</th><th data-key=\"run\">run</th><th>checkpoint</th>"
             "<th class=\"num\" data-key=\"num_samples\">n</th>"
             + "".join(f"<th class=\"num\" data-key=\"{k}\">{esc(l)}</th>" for k, l in zip(keys, labels)))
@@ -364,20 +373,21 @@ def _html(rows: Sequence[Mapping[str, Any]], warnings: Sequence[str], num_resamp
     for r in rows:
         attrs = "".join(f" data-{k}=\"{data(r.get(k))}\"" for k in keys)
         cells = [
-            _fmt(r["bleu_4"]), _ci(r, "meteor"), _fmt(r["rouge_l"]), _ci(r, "cider"),
-            "baseline" if r["baseline"] else _fmt(r["delta_cider"], signed=True),
-            "" if r["baseline"] else _fmt_p(r["p_cider"]),
-            "baseline" if r["baseline"] else _fmt(r["delta_meteor"], signed=True),
-            "" if r["baseline"] else _fmt_p(r["p_meteor"]),
+            esc(_fmt(r["bleu_4"])), esc(_fmt(r["meteor"])), esc(_fmt(r["rouge_l"])), ci_html(r, "cider"),
+            "baseline" if r["baseline"] else esc(_fmt(r["delta_cider"], signed=True)),
+            "" if r["baseline"] else esc(_fmt_p(r["p_cider"])), ci_html(r, "meteor"),
+            "baseline" if r["baseline"] else esc(_fmt(r["delta_meteor"], signed=True)),
+            "" if r["baseline"] else esc(_fmt_p(r["p_meteor"])),
         ]
         body_rows.append(
             f"<tr class=\"row\" data-index=\"{r['row']}\" data-run=\"{esc(r['run'])}\" "
             f"data-num_samples=\"{r['num_samples']}\"{attrs}>"
-            f"<td class=\"num\">{r['row']}</td><td>{esc(r['run'])}<div class=\"muted mono\">{esc(r['folder'])}</div>"
-            f"<div class=\"muted\">{esc(r['picked'])}</div></td>"
-            f"<td>{esc(r['checkpoint_rule'] or '')}<div class=\"mono\">{esc(r['checkpoint'] or 'n/a')}</div></td>"
+            f"<td class=\"num\">{r['row']}</td><td title=\"{esc(r['folder'])}\">{esc(r['run'])}"
+            f"<div class=\"muted mono\">{esc(Path(r['folder']).name)}</div>"
+            + (f"<div class=\"muted\">{esc(r['picked'])}</div>" if r["picked"] != "evaluation folder" else "")
+            + f"</td><td>{esc(r['checkpoint_rule'] or '')}<div class=\"mono small\">{esc(r['checkpoint'] or 'n/a')}</div></td>"
             f"<td class=\"num\">{r['num_samples']}</td>"
-            + "".join(f"<td class=\"num\">{esc(c)}</td>" for c in cells) + "</tr>"
+            + "".join(f"<td class=\"num\">{c}</td>" for c in cells) + "</tr>"
         )
     warn = "".join(f"<li class=\"warn\">{esc(w)}</li>" for w in warnings)
     body = (
@@ -390,11 +400,12 @@ def _html(rows: Sequence[Mapping[str, Any]], warnings: Sequence[str], num_resamp
         f"<tbody>{''.join(body_rows)}</tbody></table>"
         f"<p class=\"muted\">Intervals: 95 % percentile bootstrap ({num_resamples} resamples, seed {_SEED}) of the "
         "mean per-sample score; CIDEr-D's document frequencies are those of the full evaluated set (each sample's "
-        "CIDEr-D was computed once against it, and the corpus CIDEr-D is their mean). METEOR's interval is that of "
-        "the mean segment score. p: two-sided paired bootstrap test against the baseline on the samples both rows "
+        "CIDEr-D was computed once against it, and the corpus CIDEr-D is their mean). METEOR's corpus value "
+        "aggregates alignment statistics over all samples, so its interval is given around the mean of the "
+        "per-sample values. p: two-sided paired bootstrap test against the baseline on the samples both rows "
         "share (docs/reporting.md).</p>"
     )
-    return render_page("panollava leaderboard", body)
+    return render_page("panollava leaderboard", body, extra_css=".ckpt{min-width:240px}")
 
 
 def run_compare(

@@ -69,11 +69,13 @@ th[data-key]{cursor:pointer;user-select:none} th[data-key]:hover{background:#e4e
 th.sorted-asc::after{content:" \\25B2"} th.sorted-desc::after{content:" \\25BC"}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .kv td:first-child{color:#555;white-space:nowrap} .mono{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px}
-.muted{color:#777} .warn{color:#9a3b00} .bad{color:#b00020}
+.muted{color:#777} .small{font-size:11px;word-break:break-all} .warn{color:#9a3b00} .bad{color:#b00020}
 .controls{display:flex;gap:16px;align-items:center;margin:10px 0;flex-wrap:wrap}
 .controls input[type=search]{width:280px;padding:3px 6px}
 details{margin:6px 0} summary{cursor:pointer;font-weight:600}
-ol.refs{margin:0;padding-left:20px} td.pred{font-weight:600;max-width:360px} td.refs{max-width:520px}
+ol.refs{margin:0;padding-left:20px;font-size:13px} td.pred{font-weight:600;min-width:180px;max-width:280px} td.refs{min-width:340px;max-width:460px}
+td.q{min-width:150px;max-width:200px;word-break:break-word}
+table#samples{width:100%}
 .pano{width:320px;height:160px;background-size:100% 100%;cursor:zoom-in;image-rendering:auto}
 .strip{width:320px;background-size:100% 100%;margin-top:2px;image-rendering:pixelated}
 .big .pano{width:720px;height:360px} .big .strip{width:720px}
@@ -570,7 +572,7 @@ def write_report_html(
             f"data-group=\"{_esc(group)}\" data-text=\"{_esc(text.lower())}\"{data}>"
             f"<td class=\"num\">{int(index)}</td>"
             + _image_cell(pano_images[css_id], css_id, path_errors.get(group), name)
-            + f"<td><div>{_esc(rec.get('query', ''))}</div><div class=\"muted mono\">{_esc(rec['sample_id'])}</div>"
+            + f"<td class=\"q\"><div>{_esc(rec.get('query', ''))}</div><div class=\"muted mono\">{_esc(rec['sample_id'])}</div>"
             f"<div class=\"muted mono\">{_esc(name)}</div></td>"
             f"<td class=\"pred\">{_esc(rec['prediction'])}</td>"
             f"<td class=\"refs\"><ol class=\"refs\">{refs_html}</ol></td>{score_cells}</tr>"
