@@ -22,12 +22,25 @@ def echo(line: str = "") -> None:
         print(line, flush=True)
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (a caller such as pytest may swap it after
+    the handler was added; a handler holding the old stream would write to a closed file)."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it
+        pass
+
+
 def configure_logging(verbose: bool) -> None:
     """One stderr handler on the ``panollava`` logger (added once): INFO, DEBUG with ``verbose``, WARNING off
     rank 0."""
     root = logging.getLogger("panollava")
     if not any(getattr(h, "_panollava", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         handler._panollava = True  # type: ignore[attr-defined]
         root.addHandler(handler)

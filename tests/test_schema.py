@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from jsonargparse import Namespace
 
+import panollava.lightning_cli  # noqa: F401  (imports lightning outside capsys: its log handlers keep sys.stderr)
 from panollava.errors import InvalidInputError
 from panollava.schema import INPUT_KEYS, SETTINGS, defaults, validate_setting
 from panollava.settings import flat_settings, merge_settings
