@@ -211,6 +211,14 @@ def main(args: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code  # 2: user error; 3: results written but a metric failed (errors.py)
+    except OSError as exc:  # a full disk or an unwritable folder is the machine's state, not a bug
+        from panollava.errors import environment_error
+
+        explained = environment_error(exc)
+        if explained is None or verbose:
+            raise
+        print(f"error: {explained}", file=sys.stderr)
+        return explained.exit_code
     except SystemExit as exc:  # argparse / jsonargparse errors and --help
         return int(exc.code or 0) if isinstance(exc.code, int) or exc.code is None else 2
 

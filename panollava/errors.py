@@ -95,3 +95,43 @@ def checkpoint_load_error(path: object, exc: BaseException) -> PanoLLaVAError | 
             "'panollava-cli fit'"
         )
     return None
+
+
+_WRITE_ERRNOS = {
+    "ENOSPC": "the disk is full",
+    "EDQUOT": "the disk quota is exceeded",
+    "EFBIG": "the file size limit was reached",
+    "EACCES": "permission denied",
+    "EPERM": "operation not permitted",
+    "EROFS": "the file system is read-only",
+    "ENOTDIR": "a part of the path is a file, not a folder",
+}
+
+
+def environment_error(exc: OSError) -> PanoLLaVAError | None:
+    """A user-facing error for an ``OSError`` caused by the machine (full disk, no permission), or None.
+
+    Files are written atomically (a temporary file renamed into place), so when this happens no half-written
+    output is left behind under its final name.
+
+    Args:
+        exc: The error raised while reading or writing a file.
+
+    Returns:
+        A :class:`PanoLLaVAError` naming the path, the cause and the fix;
+        None when ``exc`` is not one of these environment failures.
+    """
+    import errno as errno_names
+
+    name = errno_names.errorcode.get(exc.errno or -1)
+    if name not in _WRITE_ERRNOS or isinstance(exc, PanoLLaVAError):
+        return None
+    where = f"'{exc.filename}'" if exc.filename else "a file"
+    if name in ("ENOSPC", "EDQUOT", "EFBIG"):
+        fix = "free space (or raise the limit) and run the same command again, or choose another --output_dir"
+    else:
+        fix = "choose a folder you can write (--output_dir), or fix its permissions"
+    return PanoLLaVAError(
+        f"cannot write {where}: {exc.strerror or name} ({name}: {_WRITE_ERRNOS[name]}); nothing was left under a "
+        f"final name by the failed write. {fix[0].upper()}{fix[1:]}"
+    )

@@ -306,8 +306,13 @@ def run_score(
     metrics = scores.to_metrics_json()
     metrics["source"] = {"predictions": str(source), "sha256": sha256_file(source)}
     metrics_path = out / "metrics.json"
-    write_json_atomic(metrics_path, metrics)
-    scored_path = _write_scored(out, records, scores.per_sample)
+    try:
+        write_json_atomic(metrics_path, metrics)
+        scored_path = _write_scored(out, records, scores.per_sample)
+    except OSError as exc:  # name the file (a failed write(2) on an open file carries no name)
+        if exc.filename is None:
+            exc.filename = str(metrics_path if not metrics_path.exists() else out / "predictions_scored.jsonl")
+        raise
 
     print(f"📊 Metrics on {scores.num_samples} samples ({source.name}, tokenizer {scores.tokenizer}):")
     print(format_metrics_table(metrics))
