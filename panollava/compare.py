@@ -11,7 +11,8 @@
 - a paired bootstrap p-value against the baseline, on the samples (``sample_id``) both rows share.
 
 Rows scored on another dataset (sha256), with another reference mode or other decoding settings are not
-comparable: each such difference is a warning. Light module: numpy, no torch.
+comparable: each such difference is a warning. Needs numpy; importing :mod:`panollava.generation` (for the
+decoding defaults) also loads torch.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from panollava.errors import InputNotFoundError, InvalidInputError
+from panollava.errors import InputNotFoundError, InvalidInputError, PanoLLaVAError
 from panollava.metrics.bootstrap import (
     DEFAULT_RESAMPLES,
     BootstrapInterval,
@@ -184,12 +185,13 @@ def _decoding(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
     if not isinstance(decoding, Mapping):
         return None
     values = {k: v for k, v in decoding.items() if k not in _NOT_DECODING}
-    try:  # fill the defaults of keys an older metrics.json lacks (e.g. top_k)
-        from panollava.generation import DecodeSettings  # type: ignore[attr-defined]
-        from dataclasses import asdict
+    from dataclasses import asdict
 
+    from panollava.generation.settings import DecodeSettings
+
+    try:  # the defaults fill keys an older metrics.json lacks (e.g. top_k)
         return asdict(DecodeSettings.from_dict(values))
-    except (ImportError, AttributeError, TypeError, ValueError):
+    except PanoLLaVAError:  # a value DecodeSettings refuses: compare the raw entries
         return values
 
 
