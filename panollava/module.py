@@ -379,12 +379,17 @@ class PanoLLaVAModule(L.LightningModule):
             self.eval_error = exc
             return []
 
-    def on_test_epoch_start(self) -> None:
+    def _start_evaluation(self) -> None:
         self.eval_error = None
+        if self._caption_generator is not None:
+            self._caption_generator.reset()  # no features carried over from an earlier run in this process
+
+    def on_test_epoch_start(self) -> None:
+        self._start_evaluation()
         self.test_scores = None
 
     def on_predict_epoch_start(self) -> None:
-        self.eval_error = None
+        self._start_evaluation()
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         return self._evaluation_step(batch)

@@ -93,11 +93,13 @@ def _env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def reference(tiny_run, scale_csv, tmp_path_factory) -> dict[str, Path]:
-    """In-process runs: greedy and sampled, batch 4 with prefix sharing and batch 1 without."""
+    """In-process runs: greedy and sampled, batch 4 with prefix sharing and batch 1 without (greedy batch 1 also
+    cuts the views on the model's side, the GPU path)."""
     root = tmp_path_factory.mktemp("scale_ref")
     runs = {
         "greedy": ("--batch_size", "4"),
-        "greedy_b1": ("--batch_size", "1", "--share_prefix", "false"),
+        # batch 1, no prefix sharing, views cut after the upload (as on a GPU) instead of in the loader
+        "greedy_b1": ("--batch_size", "1", "--share_prefix", "false", "--data.view_device", "model"),
         "sampled": ("--batch_size", "4", "--do_sample", "true"),
         "sampled_b1": ("--batch_size", "1", "--do_sample", "true", "--share_prefix", "false"),
     }
@@ -117,8 +119,10 @@ def test_batch_size_and_sharing_do_not_change_captions(reference):
     assert state["complete"] and state["attempts"][-1]["generated"] == 19
     assert not (reference["greedy"] / "shards").exists()
     metrics = json.loads((reference["greedy"] / "metrics.json").read_text())
-    assert metrics["evaluation"]["decoding_effective"]["path"] == "shared_prefix"
-    assert metrics["evaluation"]["decoding_effective"]["top_k"] == 0
+    assert metrics["decoding"]["path"] == "shared_prefix" and metrics["decoding"]["top_k"] == 0
+    assert metrics["decoding"]["max_new_tokens"] == 8 == metrics["decoding_requested"]["max_new_tokens"]
+    b1 = json.loads((reference["greedy_b1"] / "metrics.json").read_text())
+    assert b1["decoding"]["path"] == "plain" and b1["decoding"]["share_prefix"] is False
 
 
 @pytest.mark.slow

@@ -280,17 +280,19 @@ class EvaluationWriter(Callback):
             "world_size": trainer.world_size,
             "resumed": self._num_done,
             "generated": self.generated,
-            "decoding_effective": generator.describe() if generator is not None else None,
         }
         if self.mode == "test":
             metrics = scores.to_metrics_json() if scores is not None else {"scores": None}
             metrics["num_samples"] = len(self.records)
-            metrics.update(self.provenance)
-            metrics["evaluation"] = evaluation
             name = "metrics.json"
         else:
-            metrics = {"num_samples": len(self.records), **self.provenance, "evaluation": evaluation}
+            metrics = {"num_samples": len(self.records)}
             name = "predict_info.json"
+        metrics.update(self.provenance)
+        metrics["evaluation"] = evaluation
+        # What the decode step really used (top_k, the path that ran, the KV cache), not only what was asked.
+        metrics["decoding_requested"] = metrics.get("decoding")
+        metrics["decoding"] = generator.describe() if generator is not None else metrics.get("decoding")
 
         def write_outputs() -> None:
             write_predictions(self.output_dir, self.records)

@@ -11,7 +11,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import lightning as L
 import torch
@@ -130,7 +130,10 @@ class PanoDataModule(L.LightningDataModule):
         eval_batch_size: Batch size for validation/test/predict (default: batch_size).
         num_workers: DataLoader worker processes.
         max_samples: Use only the first N samples of each split (quick runs); None uses all.
-        view_cache_mb: Per-process cache of rendered views, in MB (each panorama's views are cut once); 0 disables.
+        view_cache_mb: Training/validation: per-process cache of rendered views, in MB; 0 disables.
+        view_device: Where evaluation cuts the views: ``loader`` (DataLoader workers, CPU), ``model`` (workers only
+            decode the JPEG into a uint8 tensor, pinned; the views are cut on the model's device after the batch
+            is uploaded) or ``auto`` (``model`` on a GPU, ``loader`` otherwise).
     """
     # The view/input arguments (crop_strategy, fov_deg, ..., image_root) and reference_mode are documented where
     # they are declared, in panollava.schema; their docs are appended to the Args above (they become --help).
@@ -156,6 +159,7 @@ class PanoDataModule(L.LightningDataModule):
         reference_mode: ReferenceMode = "grouped",
         image_blind: bool = _VIEWS.image_blind,
         view_cache_mb: float = 256.0,
+        view_device: Literal["auto", "loader", "model"] = "auto",
     ) -> None:
         super().__init__()
         if reference_mode not in REFERENCE_MODES:
@@ -278,8 +282,10 @@ class PanoDataModule(L.LightningDataModule):
         batches = rank_batches([s.image_path for s in dataset.samples], rank, world,
                                hp.eval_batch_size or hp.batch_size, skip=done)
         self.eval_batches[split] = batches
+        on_gpu = trainer is not None and trainer.strategy.root_device.type == "cuda"
+        on_device = hp.view_device == "model" or (hp.view_device == "auto" and on_gpu)
         batches_ds = PanoramaBatches(dataset.samples, batches, dataset.view_config, dataset.mean, dataset.std,
-                                     dataset.image_blind)
+                                     dataset.image_blind, views_on_device=on_device)
         logger.info("%s: rank %d of %d evaluates %d samples in %d batches", split, rank, world,
                     batches_ds.num_samples, len(batches))
         return DataLoader(
@@ -289,6 +295,15 @@ class PanoDataModule(L.LightningDataModule):
             collate_fn=identity_collate,
             pin_memory=bool(trainer is not None and trainer.strategy.root_device.type == "cuda"),
         )
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Evaluation batches that carry decoded panoramas (``view_device`` model) get their views cut here, on
+        the device the batch was uploaded to."""
+        if isinstance(batch, dict) and "panoramas" in batch:
+            from panollava.data.eval_data import attach_views
+
+            attach_views(batch)
+        return batch
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
