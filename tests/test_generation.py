@@ -158,7 +158,7 @@ def test_settings_from_dict_ignores_unknown_keys_and_checks_values():
     assert (s.max_new_tokens, s.do_sample, s.top_k, s.top_p) == (16, True, 5, 1.0)
     assert set(s.to_dict()) == {"max_new_tokens", "num_beams", "do_sample", "temperature", "top_p", "top_k",
                                 "repetition_penalty", "seed"}
-    with pytest.raises(InvalidInputError, match="top_p must be in"):
+    with pytest.raises(InvalidInputError, match=r"--model\.generation\.top_p = 0\.0 is not valid"):
         DecodeSettings(top_p=0.0)
     with pytest.raises(InvalidInputError, match="num_beams 2 with do_sample"):
         DecodeSettings(num_beams=2, do_sample=True)

@@ -1,59 +1,31 @@
 """Decoding settings and the per-sample seed.
 
-:class:`DecodeSettings` is the one declaration of how captions are decoded (the module's ``generation`` hparams
-and the CLI's decoding flags map onto its fields). :func:`sample_seed` derives each sample's sampling seed from the
-run's ``seed`` and the sample's own id, so a sampled caption does not depend on the batch size, the world size or a
-resume.
+:class:`DecodeSettings` is :class:`panollava.schema.GenerationSettings` without ``share_prefix`` (a choice of
+the generator, not of the decoding): its fields, types, defaults and docs are generated from the schema, and its
+values are checked with the schema's validation (:func:`panollava.schema.check_settings`), so the decode loop
+accepts exactly what ``--model.generation.*`` accepts. :func:`sample_seed` derives each sample's sampling seed
+from the run's ``seed`` and the sample's own id, so a sampled caption does not depend on the batch size, the
+world size or a resume.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, field, fields, make_dataclass
 from typing import Any
 
 from panollava.errors import InvalidInputError
+from panollava.schema import GenerationSettings, args_doc, check_settings
 
 
-@dataclass(frozen=True)
-class DecodeSettings:
-    """How captions are decoded.
-
-    Attributes:
-        max_new_tokens: Most tokens generated per caption (the end-of-turn token included).
-        num_beams: Beam width; > 1 runs Hugging Face ``generate``'s beam search on the plain path.
-        do_sample: Sample (seeded per sample) instead of greedy decoding.
-        temperature: Softmax temperature when sampling.
-        top_p: Nucleus sampling mass (1.0 = off).
-        top_k: Keep only the k most likely tokens when sampling (0 = off).
-        repetition_penalty: Hugging Face's repetition penalty on the tokens generated so far (1.0 = off).
-        seed: Run seed; each sample samples from ``sample_seed(seed, sample_id)``.
-    """
-
-    max_new_tokens: int = 64
-    num_beams: int = 1
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    repetition_penalty: float = 1.0
-    seed: int = 0
+class _DecodeMethods:
+    """Validation and conversions of :class:`DecodeSettings` (its fields come from the schema)."""
 
     def __post_init__(self) -> None:
-        checks = [
-            ("max_new_tokens", self.max_new_tokens >= 1, "a positive integer"),
-            ("num_beams", self.num_beams >= 1, "a positive integer"),
-            ("temperature", self.temperature > 0, "a positive number"),
-            ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
-            ("top_k", self.top_k >= 0, "0 (off) or a positive integer"),
-            ("repetition_penalty", self.repetition_penalty > 0, "a positive number"),
-        ]
-        for name, ok, what in checks:
-            if not ok:
-                raise InvalidInputError(
-                    f"decoding setting {name} must be {what}, got {getattr(self, name)!r} (--model.generation.{name})"
-                )
+        checked = check_settings(asdict(self), "decoding settings", describe=lambda k: f"--model.generation.{k}")
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)  # normalised: 1 → 1.0 where the schema says float
         if self.num_beams > 1 and self.do_sample:
             raise InvalidInputError(
                 f"num_beams {self.num_beams} with do_sample true is not supported: sampled captions are seeded per "
@@ -69,20 +41,33 @@ class DecodeSettings:
             values: Any mapping; missing keys take the defaults.
 
         Returns:
-            The settings, with values converted to the field types.
+            The settings, with values converted to the field types (``"16"`` → 16, ``1`` → True).
+
+        Raises:
+            InvalidInputError: a value does not fit the schema; the message names its ``--model.generation`` flag.
         """
         values = dict(values or {})
-        kwargs: dict[str, Any] = {}
-        for f in fields(cls):
-            if values.get(f.name) is None:
-                continue
-            value = values[f.name]
-            kwargs[f.name] = bool(value) if f.type in (bool, "bool") else type(getattr(cls, f.name))(value)
-        return cls(**kwargs)
+        return cls(**{
+            f.name: bool(values[f.name]) if isinstance(f.default, bool) else values[f.name]
+            for f in fields(cls) if values.get(f.name) is not None
+        })
 
     def to_dict(self) -> dict[str, Any]:
         """All fields as plain JSON-able values."""
         return asdict(self)
+
+
+_FIELDS = [f for f in fields(GenerationSettings) if f.name != "share_prefix"]
+DecodeSettings = make_dataclass(
+    "DecodeSettings",
+    [(f.name, f.type, field(default=f.default)) for f in _FIELDS],
+    bases=(_DecodeMethods,),
+    frozen=True,
+)
+DecodeSettings.__module__ = __name__  # pickling and reprs name this module
+DecodeSettings.__doc__ = "How captions are decoded (frozen).\n\n    Args:\n" + args_doc(
+    GenerationSettings, tuple(f.name for f in _FIELDS)
+)
 
 
 def sample_seed(seed: int, sample_id: str) -> int:
