@@ -327,7 +327,8 @@ def _markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
         ckpt = f"{r['checkpoint_rule']}: {r['checkpoint']}" if r["checkpoint_rule"] else r["checkpoint"] or "n/a"
-        cells = [str(r["row"]), Path(r["folder"]).name, r["run"], ckpt, str(r["num_samples"]), _fmt(r["bleu_4"]), _fmt(r["meteor"]),
+        cells = [str(r["row"]), Path(r["folder"]).name, r["run"], ckpt, str(r["num_samples"]),
+                 _fmt(r["bleu_4"]), _fmt(r["meteor"]),
                  _fmt(r["rouge_l"]), _ci(r, "cider"), _delta(r, "cider"), _ci(r, "meteor"), _delta(r, "meteor")]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
@@ -387,7 +388,8 @@ def _html(rows: Sequence[Mapping[str, Any]], warnings: Sequence[str], num_resamp
             f"<td class=\"num\">{r['row']}</td><td title=\"{esc(r['folder'])}\">{esc(r['run'])}"
             f"<div class=\"muted mono\">{esc(Path(r['folder']).name)}</div>"
             + (f"<div class=\"muted\">{esc(r['picked'])}</div>" if r["picked"] != "evaluation folder" else "")
-            + f"</td><td>{esc(r['checkpoint_rule'] or '')}<div class=\"mono small\">{esc(r['checkpoint'] or 'n/a')}</div></td>"
+            + f"</td><td>{esc(r['checkpoint_rule'] or '')}"
+            f"<div class=\"mono small\">{esc(r['checkpoint'] or 'n/a')}</div></td>"
             f"<td class=\"num\">{r['num_samples']}</td>"
             + "".join(f"<td class=\"num\">{c}</td>" for c in cells) + "</tr>"
         )

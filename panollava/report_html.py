@@ -68,12 +68,14 @@ th{background:#f3f3f5;position:sticky;top:0;z-index:1}
 th[data-key]{cursor:pointer;user-select:none} th[data-key]:hover{background:#e4e4ea}
 th.sorted-asc::after{content:" \\25B2"} th.sorted-desc::after{content:" \\25BC"}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-.kv td:first-child{color:#555;white-space:nowrap} .mono{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px}
+.kv td:first-child{color:#555;white-space:nowrap}
+.mono{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px}
 .muted{color:#777} .small{font-size:11px;word-break:break-all} .warn{color:#9a3b00} .bad{color:#b00020}
 .controls{display:flex;gap:16px;align-items:center;margin:10px 0;flex-wrap:wrap}
 .controls input[type=search]{width:280px;padding:3px 6px}
 details{margin:6px 0} summary{cursor:pointer;font-weight:600}
-ol.refs{margin:0;padding-left:20px;font-size:13px} td.pred{font-weight:600;min-width:180px;max-width:280px} td.refs{min-width:340px;max-width:460px}
+ol.refs{margin:0;padding-left:20px;font-size:13px}
+td.pred{font-weight:600;min-width:180px;max-width:280px} td.refs{min-width:340px;max-width:460px}
 td.q{min-width:150px;max-width:200px;word-break:break-word}
 table#samples{width:100%}
 .pano{width:320px;height:160px;background-size:100% 100%;cursor:zoom-in;image-rendering:auto}
@@ -271,7 +273,9 @@ def view_config_from_metrics(metrics: Mapping[str, Any]) -> tuple[Any, list[str]
     return config, notes
 
 
-def resolve_image_path(record: Mapping[str, Any], metrics: Mapping[str, Any], image_root: str | Path | None = None) -> Path:
+def resolve_image_path(
+    record: Mapping[str, Any], metrics: Mapping[str, Any], image_root: str | Path | None = None
+) -> Path:
     """Where a sample's panorama file is.
 
     Order: ``image_root`` (argument) joined with the record's ``image``; the record's ``image_path``; its
@@ -572,7 +576,8 @@ def write_report_html(
             f"data-group=\"{_esc(group)}\" data-text=\"{_esc(text.lower())}\"{data}>"
             f"<td class=\"num\">{int(index)}</td>"
             + _image_cell(pano_images[css_id], css_id, path_errors.get(group), name)
-            + f"<td class=\"q\"><div>{_esc(rec.get('query', ''))}</div><div class=\"muted mono\">{_esc(rec['sample_id'])}</div>"
+            + f"<td class=\"q\"><div>{_esc(rec.get('query', ''))}</div>"
+            f"<div class=\"muted mono\">{_esc(rec['sample_id'])}</div>"
             f"<div class=\"muted mono\">{_esc(name)}</div></td>"
             f"<td class=\"pred\">{_esc(rec['prediction'])}</td>"
             f"<td class=\"refs\"><ol class=\"refs\">{refs_html}</ol></td>{score_cells}</tr>"
@@ -591,7 +596,8 @@ def write_report_html(
 
     default_sort = "cider" if has_scores else "index"
     options = [("index", "dataset order")] + [
-        (f"{s}{k}", f"{label} {'worst' if not s else 'best'} first") for k, label in SCORE_LABELS.items() for s in ("", "-")
+        (f"{s}{k}", f"{label} {'worst' if not s else 'best'} first")
+        for k, label in SCORE_LABELS.items() for s in ("", "-")
     ]
     select = "".join(f"<option value=\"{v}\">{_esc(t)}</option>" for v, t in options)
     headers = "".join(f"<th class=\"num\" data-key=\"{k}\">{_esc(label)}</th>" for k, label in SCORE_LABELS.items())

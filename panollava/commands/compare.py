@@ -1,4 +1,4 @@
-"""``panollava-cli compare``: print the leaderboard of :func:`panollava.compare.run_compare` and where it was written."""
+"""``panollava-cli compare``: print the leaderboard of :func:`panollava.compare.run_compare`, and its files."""
 
 from __future__ import annotations
 

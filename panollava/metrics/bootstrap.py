@@ -54,7 +54,9 @@ class BootstrapInterval:
 def _as_values(values: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
     arr = np.asarray(values, dtype=np.float64)
     if arr.ndim != 1 or arr.size == 0:
-        raise InvalidInputError(f"{name}: expected a non-empty 1-D sequence of per-sample scores, got shape {arr.shape}")
+        raise InvalidInputError(
+            f"{name}: expected a non-empty 1-D sequence of per-sample scores, got shape {arr.shape}"
+        )
     if not np.all(np.isfinite(arr)):
         bad = int(np.flatnonzero(~np.isfinite(arr))[0])
         raise InvalidInputError(f"{name}: per-sample score #{bad} is {arr[bad]!r}; every score must be a finite number")
