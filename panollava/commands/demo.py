@@ -1,12 +1,16 @@
-"""``panollava-cli demo``: the whole loop on an embedded default, offline, on a CPU.
+"""``panollava-cli demo``: the whole loop on an embedded default, offline, on a CPU, in about a minute or two.
 
 1. writes the tiny models (cached) and a generated panorama-captioning dataset (``panollava.data.synthetic``:
    one coloured shape per panorama, at a known direction, captions that depend on it);
 2. trains a tiny VLM (every part trainable, ``panollava/configs/demo.yaml``) with ``panollava-cli fit``, which
-   writes a real run directory;
+   writes a real run directory (with its TensorBoard curves and samples);
 3. evaluates that run directory with ``panollava-cli test --ckpt_dir`` on the held-out test split;
-4. trains and evaluates the same model with every view replaced by zeros (the image-blind baseline);
-5. writes ``summary.json`` and prints both metric tables.
+4. trains and evaluates the same model with every view replaced by zeros (the image-blind baseline). Its ``fit``
+   runs in a second process at the same time as the first ``fit`` (each on one torch thread: the tiny model is
+   overhead-bound, so two cores train both in about the time of one); both ``test`` runs stay in this process so
+   METEOR's JVM starts once;
+5. puts the two evaluations side by side with ``panollava.compare.run_compare`` (leaderboard: markdown, CSV, HTML),
+   writes ``summary.json`` and prints the paths of the report, the leaderboard and the run directory.
 
 A model that uses the image should beat the image-blind baseline by a wide margin (CIDEr); the two numbers side by
 side are the demo's point.
@@ -15,11 +19,16 @@ side are the demo's point.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from panollava.errors import PanoLLaVAError
 
@@ -47,47 +56,96 @@ def _run(args: list[str]) -> None:
         raise PanoLLaVAError(f"demo step failed with exit status {status}: panollava-cli {' '.join(args)}")
 
 
-def _train_and_test(out: Path, data: dict[str, Path], experiment: str, image_blind: bool, max_epochs: int | None) -> dict[str, Any]:
-    from panollava.rundir import run_dir_path
+class _Step:
+    """One demo pipeline (trained or image-blind): its fit arguments, run directory and evaluation folder."""
 
-    runs = out / "runs"
-    shutil.rmtree(runs / experiment, ignore_errors=True)  # the demo owns this folder; reruns start clean
-    fit = [
-        "fit", "--config", str(demo_config()),
-        "--data.train_csv", str(data["train"]), "--data.val_csv", str(data["val"]), "--data.test_csv", str(data["test"]),
-        "--experiment_name", experiment, "--runs_root", str(runs), "--dataset_name", "synthetic",
-    ]
-    if image_blind:
-        fit += ["--data.image_blind", "true"]
-    if max_epochs is not None:
-        fit += ["--trainer.max_epochs", str(max_epochs)]
-    started = time.perf_counter()
-    _run(fit)
-    train_s = time.perf_counter() - started
-    run_dir = run_dir_path(runs, experiment, "finetune", "anyres_e2p", "mlp").resolve()
-    eval_dir = out / "eval" / ("image_blind" if image_blind else "trained")
-    test = ["test", "--ckpt_dir", str(run_dir), "--output_dir", str(eval_dir)]
-    if image_blind:
-        test += ["--data.image_blind", "true"]
-    started = time.perf_counter()
-    _run(test)
-    metrics = json.loads((eval_dir / "metrics.json").read_text())
-    return {
-        "metrics": {k: metrics.get(k) for k in ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider", "spice")}
-        | {"num_samples": metrics.get("num_samples")},
-        "run_dir": str(run_dir),
-        "output_dir": str(eval_dir),
-        "seconds": {"fit": round(train_s, 1), "test": round(time.perf_counter() - started, 1)},
-    }
+    def __init__(self, out: Path, data: dict[str, Path], experiment: str, image_blind: bool, max_epochs: int | None):
+        from panollava.rundir import run_dir_path
+
+        config = yaml.safe_load(demo_config().read_text(encoding="utf-8"))
+        runs = out / "runs"
+        shutil.rmtree(runs / experiment, ignore_errors=True)  # the demo owns this folder; reruns start clean
+        self.name = "image_blind" if image_blind else "trained"
+        self.image_blind = image_blind
+        self.fit = [
+            "fit", "--config", str(demo_config()),
+            "--data.train_csv", str(data["train"]), "--data.val_csv", str(data["val"]), "--data.test_csv", str(data["test"]),
+            "--experiment_name", experiment, "--runs_root", str(runs), "--dataset_name", "synthetic",
+        ]
+        if image_blind:
+            self.fit += ["--data.image_blind", "true"]
+        if max_epochs is not None:
+            self.fit += ["--trainer.max_epochs", str(max_epochs)]
+        self.run_dir = run_dir_path(runs, experiment, config["model"]["stage"], config["data"]["crop_strategy"],
+                                    config["model"]["model_config"]["resampler_type"]).resolve()
+        self.eval_dir = out / "eval" / self.name
+        self.seconds: dict[str, float] = {}
+
+    def test(self) -> dict[str, Any]:
+        args = ["test", "--ckpt_dir", str(self.run_dir), "--output_dir", str(self.eval_dir)]
+        if self.image_blind:
+            args += ["--data.image_blind", "true"]
+        started = time.perf_counter()
+        _run(args)
+        self.seconds["test"] = round(time.perf_counter() - started, 1)
+        metrics = json.loads((self.eval_dir / "metrics.json").read_text())
+        return {
+            "metrics": {k: metrics.get(k) for k in ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider", "spice")}
+            | {"num_samples": metrics.get("num_samples")},
+            "run_dir": str(self.run_dir),
+            "output_dir": str(self.eval_dir),
+            "seconds": self.seconds,
+        }
+
+
+class _BackgroundFit:
+    """``panollava-cli fit`` in a child process (one torch thread), its output in a log file."""
+
+    def __init__(self, args: list[str], log_path: Path) -> None:
+        from panollava.cli import echo
+
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.args, self.log_path = args, log_path
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        echo(f"\n$ panollava-cli {' '.join(args)}  (in the background; output: {log_path})")
+        self._log = open(log_path, "w", encoding="utf-8")
+        self.started = time.perf_counter()
+        self.process = subprocess.Popen([sys.executable, "-m", "panollava", *args], stdout=self._log,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+
+    def wait(self) -> float:
+        """Waits for the fit; returns its wall time in seconds.
+
+        Raises:
+            PanoLLaVAError: The fit failed (the message holds the end of its log).
+        """
+        status = self.process.wait()
+        self._log.close()
+        if status != 0:
+            tail = "\n".join(self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-15:])
+            raise PanoLLaVAError(
+                f"demo step failed with exit status {status}: panollava-cli {' '.join(self.args)}\n"
+                f"last lines of {self.log_path}:\n{tail}"
+            )
+        return round(time.perf_counter() - self.started, 1)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait()
+        self._log.close()
 
 
 def run_demo(output_dir: str | Path, max_epochs: int | None = None, skip_baseline: bool = False) -> dict[str, Any]:
     """Run the demo; returns the summary written to ``output_dir/summary.json``.
 
     Args:
-        output_dir: Folder for the dataset, runs, evaluation results and summary.
+        output_dir: Folder for the dataset, runs, evaluation results, leaderboard and summary.
         max_epochs: Override the demo config's epochs.
-        skip_baseline: Skip the image-blind baseline.
+        skip_baseline: Skip the image-blind baseline (and the leaderboard).
+
+    Raises:
+        PanoLLaVAError: A step failed (the message names the command).
     """
     from panollava.cli import echo
     from panollava.data.synthetic import generate_synthetic_dataset
@@ -110,14 +168,37 @@ def run_demo(output_dir: str | Path, max_epochs: int | None = None, skip_baselin
     data = generate_synthetic_dataset(out / "data", **DEMO_DATA)
     echo(f"✅ dataset: {out / 'data'} (train/val/test: {DEMO_DATA['num_train']}/{DEMO_DATA['num_val']}/"
          f"{DEMO_DATA['num_test']} panoramas)")
-    trained = _train_and_test(out, data, DEMO_EXPERIMENT, False, max_epochs)
-    blind = None if skip_baseline else _train_and_test(out, data, BLIND_EXPERIMENT, True, max_epochs)
+    trained_step = _Step(out, data, DEMO_EXPERIMENT, False, max_epochs)
+    blind_step = None if skip_baseline else _Step(out, data, BLIND_EXPERIMENT, True, max_epochs)
+    background = _BackgroundFit(blind_step.fit, out / "logs" / "fit-image-blind.log") if blind_step else None
+    try:
+        fit_started = time.perf_counter()
+        _run(trained_step.fit)
+        trained_step.seconds["fit"] = round(time.perf_counter() - fit_started, 1)
+        trained = trained_step.test()
+        blind = None
+        if background is not None:
+            blind_step.seconds["fit"] = background.wait()
+            blind = blind_step.test()
+    finally:
+        if background is not None:
+            background.stop()
+
+    leaderboard = None
+    if blind is not None:
+        from panollava.compare import run_compare
+
+        leaderboard = run_compare([trained["output_dir"], blind["output_dir"]], output_dir=str(out / "leaderboard"),
+                                  baseline=blind["output_dir"])
     summary: dict[str, Any] = {
         "trained": trained["metrics"],
         "image_blind": blind["metrics"] if blind else None,
         "run_dir": trained["run_dir"],
         "run_dirs": {"trained": trained["run_dir"], "image_blind": blind["run_dir"] if blind else None},
         "output_dirs": {"trained": trained["output_dir"], "image_blind": blind["output_dir"] if blind else None},
+        "report": str(Path(trained["output_dir"]) / "report.html"),
+        "leaderboard": {"html": str(leaderboard["html_path"]), "csv": str(leaderboard["csv_path"])} if leaderboard else None,
+        "tensorboard": str(Path(trained["run_dir"]) / "tensorboard"),
         "seconds": {"trained": trained["seconds"], "image_blind": blind["seconds"] if blind else None,
                     "total": round(time.perf_counter() - started, 1)},
         "dataset": {"dir": str(out / "data"), **{k: list(v) if isinstance(v, tuple) else v for k, v in DEMO_DATA.items()}},
@@ -127,13 +208,19 @@ def run_demo(output_dir: str | Path, max_epochs: int | None = None, skip_baselin
     write_json_atomic(out / "summary.json", summary)
 
     echo("\n" + "=" * 60)
-    echo(f"{'metric':<10}{'trained':>12}{'image-blind':>14}")
-    for key in TABLE_KEYS:
-        t = trained["metrics"].get(key)
-        b = blind["metrics"].get(key) if blind else None
-        echo(f"{key:<10}{_fmt(t):>12}{_fmt(b):>14}")
+    if leaderboard is not None:
+        echo(leaderboard["markdown"])
+        for warning in leaderboard.get("warnings") or []:
+            echo(f"⚠️  {warning}")
+    else:
+        echo(f"{'metric':<10}{'trained':>12}")
+        for key in TABLE_KEYS:
+            echo(f"{key:<10}{_fmt(trained['metrics'].get(key)):>12}")
     echo("=" * 60)
-    echo(f"📁 predictions: {trained['output_dir']}/predictions.jsonl")
+    echo(f"📄 report: {summary['report']}")
+    if leaderboard is not None:
+        echo(f"🏁 leaderboard: {summary['leaderboard']['html']}  (csv: {summary['leaderboard']['csv']})")
+    echo(f"📈 TensorBoard: tensorboard --logdir {summary['tensorboard']}")
     echo(f"📁 run directory: {trained['run_dir']}")
     echo(f"📄 summary: {out / 'summary.json'}  ({summary['seconds']['total']:.0f} s)")
     return summary

@@ -354,7 +354,7 @@ def generate_synthetic_dataset(
 
     (out / "README.md").write_text(_readme(params), encoding="utf-8")
     marker = {
-        **params, "csv_sha256": csv_digests, "queries": list(SYNTHETIC_QUERIES), "objects": objects_json
+        **params, "csv_sha256": csv_digests, "queries": list(queries), "objects": objects_json
     }
     _atomic_write_bytes(out / _MARKER, (json.dumps(marker, indent=1) + "\n").encode("utf-8"))
     logger.info(
