@@ -23,14 +23,13 @@ from panollava.data.datamodule import PanoDataModule
 from panollava.errors import InvalidInputError
 from panollava.module import PanoLLaVAModule
 from panollava.schema import SETTINGS, to_plain
-from panollava.settings import flat_settings, has_key as _has
+from panollava.settings import flat_settings
 
 logger = logging.getLogger("panollava.cli")
 _quiet_third_party = quiet_third_party  # the demo's name for it
 
 _CSV_PATHS = ("data.train_csv", "data.val_csv", "data.test_csv", "data.predict_csv", "data.image_root", "csv_input")
 _MODEL_PATHS = tuple(f"model.model_config.{k}" for k in ("vision_name", "language_model_name", "tokenizer_name"))
-_EVAL_SUBCOMMANDS = ("test", "predict", "validate")
 
 
 def _split_config_args(args: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -39,10 +38,8 @@ def _split_config_args(args: Sequence[str]) -> tuple[list[str], list[str]]:
     files: list[str] = []
     it = iter(args)
     for arg in it:
-        if arg == "--config":
-            files.append(next(it, ""))
-        elif arg.startswith("--config="):
-            files.append(arg.split("=", 1)[1])
+        if arg == "--config" or arg.startswith("--config="):
+            files.append(arg.split("=", 1)[1] if "=" in arg else next(it, ""))
         else:
             rest.append(arg)
     return rest, files
@@ -52,7 +49,7 @@ def _resolve_relative(ns: Any, folder: Path) -> None:
     """Relative CSV/image-root paths written in a config file resolve against that file's folder; so do model
     names that start with ``.`` and exist there."""
     for path in _CSV_PATHS + _MODEL_PATHS:
-        value = ns[path] if _has(ns, path) else None
+        value = ns[path] if path in ns else None
         if not isinstance(value, str) or Path(value).expanduser().is_absolute():
             continue
         if path in _MODEL_PATHS and not (value.startswith(".") and (folder / value).exists()):
@@ -109,13 +106,13 @@ class PanoLLaVACLI(LightningCLI):
         parser.add_argument("--exist_ok", type=bool, default=False, help="Allow training into a run directory with checkpoints.")
 
     # -- settings ---------------------------------------------------------------------------------------------------
-    def _explicit_sources(self) -> tuple[dict[str, Any], dict[str, str], Any, list[Any]]:
+    def _explicit_sources(self) -> tuple[dict[str, Any], Any, list[Any]]:
         """What the user typed and what each config file sets, from the parser (never by comparing with defaults).
 
         Returns:
-            ``(cli_values, cli_flags, cli_namespace, config_namespaces)``: the flat settings typed on the command
-            line and the flag each was typed with, the namespace of the typed arguments, and one namespace per
-            config file (in order; relative paths resolved against the file's folder).
+            ``(cli_values, cli_namespace, config_namespaces)``: the flat settings typed on the command line,
+            the namespace of the typed arguments, and one namespace per config file (in order; relative
+            paths resolved against the file's folder).
         """
         parser = self._parser(self.subcommand)
         args = [a for a in self._argv[1:] if not a.startswith("--print_config")]
@@ -126,31 +123,27 @@ class PanoLLaVACLI(LightningCLI):
             ns = parser.parse_args(["--config", file], defaults=False)
             _resolve_relative(ns, Path(file).expanduser().resolve().parent)
             config_ns.append(ns)
-        values, flags = flat_settings(typed_ns)
-        return values, flags, typed_ns, config_ns
+        return flat_settings(typed_ns), typed_ns, config_ns
 
     def before_instantiate_classes(self) -> None:
         from panollava.evaluation.plan import CSV_KEYS, plan_evaluation
 
         cfg = self.config[self.subcommand]
-        cli, flags, typed_ns, config_ns = self._explicit_sources()
+        cli, typed_ns, config_ns = self._explicit_sources()
         config: dict[str, Any] = {}
         for ns in config_ns:  # a later file overrides an earlier one; typed flags override both
-            config.update(flat_settings(ns)[0])
+            config.update(flat_settings(ns))
             for path in _CSV_PATHS + _MODEL_PATHS:
-                if _has(ns, path) and not _has(typed_ns, path):
+                if path in ns and path not in typed_ns:
                     cfg[path] = ns[path]
         self._plan = None
-        if self.subcommand in _EVAL_SUBCOMMANDS and (cfg.get("ckpt_dir") is not None or self.subcommand != "validate"):
+        if self.subcommand in CSV_KEYS and (cfg.get("ckpt_dir") is not None or self.subcommand != "validate"):
             csv_key = CSV_KEYS[self.subcommand]
-            cli_csv = None
-            for flag in ("csv_input", f"data.{csv_key}"):
-                if _has(typed_ns, flag) and typed_ns[flag] is not None:
-                    cli_csv = (str(typed_ns[flag]), f"--{flag}")
-                    break
+            flag = next((f for f in ("csv_input", f"data.{csv_key}") if typed_ns.get(f) is not None), None)
+            cli_csv = (str(typed_ns[flag]), f"--{flag}") if flag else None
             config_csv = next((ns[p] for ns in reversed(config_ns) for p in (f"data.{csv_key}", "csv_input")
-                               if _has(ns, p) and ns[p] is not None), None)
-            plan = plan_evaluation(
+                               if ns.get(p) is not None), None)
+            self._plan = plan = plan_evaluation(
                 self.subcommand,
                 cli={k: v for k, v in cli.items() if k != "csv_input"},
                 config={k: v for k, v in config.items() if k != "csv_input"},
@@ -160,28 +153,21 @@ class PanoLLaVACLI(LightningCLI):
                 runs_root=cfg.get("runs_root") or "runs",
                 experiment_name=cfg.get("experiment_name"),
                 config_stage=cfg["model"].get("stage"),
-                config_name=", ".join(str(Path(f).resolve()) for f in (self._config_files(cfg))) or None,
+                config_name=", ".join(str(Path(str(getattr(f, "absolute", None) or f)).resolve())
+                                      for f in cfg.get("config") or []) or None,
                 cli_csv=cli_csv,
                 config_csv=config_csv,
                 command=" ".join(["panollava-cli", *self._argv]),
             )
-            self._plan = plan
-            message = plan.merged.warning_message()
-            if message:
+            if (message := plan.merged.warning_message()) is not None:
                 logger.warning(message)
             for line in plan.banner:
                 echo(line)
             for path, value in plan.targets().items():
                 cfg[path] = value
             cfg["model"]["merge_lora"] = bool(cfg.get("merge_lora"))
-            self._resolved, self._checkpoint_path = plan.resolved, plan.checkpoint_path
-            self._output_dir, self._provenance = plan.output_dir, plan.provenance
         if self._print_config:
             self._print_merged_config(cfg)
-
-    @staticmethod
-    def _config_files(cfg) -> list[str]:
-        return [str(getattr(item, "absolute", None) or item) for item in (cfg.get("config") or [])]
 
     def _print_merged_config(self, cfg) -> None:
         """Prints the configuration after the merge (YAML) and each setting's value and source, then exits."""
@@ -196,19 +182,8 @@ class PanoLLaVACLI(LightningCLI):
                      f"  ({entry['source']})")
         raise SystemExit(0)
 
-    def _build_evaluation_writer(self):
-        """The one place that builds the evaluation writer (``panollava.callbacks.eval_writer``)."""
-        from panollava.callbacks.eval_writer import EvaluationWriter
-
-        values = self._plan.merged.values
-        return EvaluationWriter(
-            str(self._plan.output_dir), self._plan.provenance, mode=self.subcommand,
-            overwrite=bool(values["overwrite"]), strict_metrics=bool(values["strict_metrics"]),
-            progress=bool(values["progress"]),
-        )
-
     def after_instantiate_classes(self) -> None:
-        from panollava.callbacks.eval_writer import set_evaluation_timeout
+        from panollava.callbacks.eval_writer import EvaluationWriter, set_evaluation_timeout
         from panollava.callbacks.run_writer import RunDirectoryWriter
         from panollava.callbacks.sample_logger import DEFAULT_VAL_SAMPLES, SampleLogger, fit_tensorboard_logger
 
@@ -243,26 +218,32 @@ class PanoLLaVACLI(LightningCLI):
                                        hp.model_config.get("resampler_type", "mlp")).resolve()
                 self.trainer.loggers = [fit_tensorboard_logger(run_dir)]
             return
-        if self.subcommand in ("test", "predict", "validate") and getattr(self, "_plan", None) is not None:
+        if self._plan is not None:  # test / predict / validate with a plan (before_instantiate_classes)
             model_kwargs = to_plain(cfg["model"])  # Namespace.items() would flatten nested keys
+            ckpt = self._plan.checkpoint_path
             try:
                 self.model = PanoLLaVAModule.load_from_checkpoint(
-                    self._checkpoint_path, map_location="cpu", weights_only=True, strict=True, **model_kwargs
+                    ckpt, map_location="cpu", weights_only=True, strict=True, **model_kwargs
                 )
             except Exception as exc:  # issue 12: a bad file is the user's error, explained (errors.py)
                 from panollava.errors import checkpoint_load_error
 
-                explained = checkpoint_load_error(self._checkpoint_path, exc)
+                explained = checkpoint_load_error(ckpt, exc)
                 if explained is None:
                     raise
                 raise explained from exc
             if model_kwargs.get("merge_lora"):
                 self.model.merge_adapter()
             self.config_init[self.subcommand]["ckpt_path"] = None
-            echo(f"✅ Loaded {self._checkpoint_path.name} (strict, weights_only)")
+            echo(f"✅ Loaded {ckpt.name} (strict, weights_only)")
             if self.subcommand == "validate":
                 return
-            self.evaluation_writer = self._build_evaluation_writer()
+            values = self._plan.merged.values
+            self.evaluation_writer = EvaluationWriter(
+                str(self._plan.output_dir), self._plan.provenance, mode=self.subcommand,
+                overwrite=bool(values["overwrite"]), strict_metrics=bool(values["strict_metrics"]),
+                progress=bool(values["progress"]),
+            )
             callbacks.append(self.evaluation_writer)
             set_evaluation_timeout(self.trainer)
 
@@ -273,9 +254,9 @@ class PanoLLaVACLI(LightningCLI):
             from panollava.report import format_metrics_table
 
             echo(f"\n📊 Metrics on {writer.metrics.get('num_samples')} samples:\n{format_metrics_table(writer.metrics)}")
-            echo(f"📁 Results: {self._output_dir}")
+            echo(f"📁 Results: {self._plan.output_dir}")
         elif writer is not None and subcommand == "predict":
-            echo(f"📁 {len(writer.records)} captions written to {self._output_dir / 'predictions.jsonl'}")
+            echo(f"📁 {len(writer.records)} captions written to {self._plan.output_dir / 'predictions.jsonl'}")
         if subcommand == "fit" and getattr(self, "run_dir_writer", None) is not None:
             echo(f"📁 Run directory: {self.run_dir_writer.run_dir}")
 

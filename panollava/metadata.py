@@ -10,23 +10,11 @@ missing key that defines the model or its inputs falls back, loudly (one WARNING
 section), to the schema's default. Files of an older ``schema_version`` are migrated (:data:`MIGRATIONS`).
 Malformed files are errors, never guesses.
 
-Layout (``schema_version`` 2)::
-
-    schema_version, experiment_name, stage
-    model_config     vision_name*, language_model_name*, tokenizer_name, resampler_type, latent_dimension,
-                     image_size [H, W], image_token, lora {r, alpha, dropout, target_modules} | null,
-                     train_vision, vision_hidden_size, ... (recorded)
-    training_config  crop_strategy, fov_deg, overlap_ratio, num_views, use_vision_processor, image_mean,
-                     image_std, image_blind, max_answer_tokens                      (define the inputs)
-                     learning_rate, batch_size, max_epochs, seed, ...               (recorded only)
-    prompt           template, system_prompt, enable_thinking
-    dataset          train_csv, val_csv, test_csv, dataset_name, image_root
-    generation       the decoding of training's sample logs (recorded only)
-    checkpoints      {"best": {file, val_loss, epoch} | null, "last": {...} | null,
-                      "all": [{file, epoch, step, val_loss}, ...]}
-    checkpoint_contents, lora_weights, library_versions, created_at, updated_at
-
-(* required).
+Layout (``schema_version`` 2, described in ``docs/training.md``): ``schema_version``, ``experiment_name``,
+``stage``; the sections ``model_config``, ``training_config``, ``prompt`` and ``dataset`` hold the schema's
+keys plus recorded-only values (``learning_rate``, ...); then ``generation``, ``checkpoints`` (``best`` and
+``last``: ``{file, val_loss, epoch}`` or null, ``all``: ``[{file, epoch, step, val_loss}, ...]``),
+``checkpoint_contents``, ``lora_weights``, ``library_versions``, ``created_at``, ``updated_at``.
 """
 
 from __future__ import annotations
@@ -42,13 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from panollava.errors import InputNotFoundError, InvalidInputError
-from panollava.schema import (
-    CROP_STRATEGIES,
-    DEFAULT_PROMPT_TEMPLATE,
+from panollava.schema import (  # DEFAULT_PROMPT_TEMPLATE, METADATA_FILENAME, STAGES: also imported from here
+    DEFAULT_PROMPT_TEMPLATE,  # noqa: F401
     INPUT_KEYS,
     METADATA_FILENAME,
     REQUIRED_KEYS,
-    RESAMPLER_TYPES,
     SCHEMA_VERSION,
     SETTINGS,
     STAGES,
@@ -58,12 +44,6 @@ from panollava.schema import (
     show,
     to_plain,
 )
-
-__all__ = [
-    "CROP_STRATEGIES", "DEFAULT_LORA", "DEFAULT_PROMPT_TEMPLATE", "METADATA_FILENAME", "MIGRATIONS",
-    "RESAMPLER_TYPES", "SCHEMA_VERSION", "STAGES", "RunMetadata", "build_metadata", "installed_library_versions",
-    "metadata_recorded_training", "metadata_settings", "normalize_metadata", "read_metadata", "write_metadata",
-]
 
 logger = logging.getLogger(__name__)
 
@@ -136,24 +116,15 @@ class RunMetadata:
     lora_weights = property(lambda self: self.data.get("lora_weights"),
                             doc="The LoRA adapter folder relative to the run directory, or None.")
 
-    def recorded(self, section: str, key: str) -> bool:
-        """Whether ``section.key`` is written in the file itself (as opposed to filled from the defaults).
-
-        Args:
-            section: a top-level section such as ``"model_config"``.
-            key: a key inside it.
-
-        Returns:
-            True when the raw file has the key (a null counts as absent unless null is a value of that key).
-        """
-        sec = self.raw.get(section)
-        if not isinstance(sec, Mapping) or key not in sec:
-            return False
-        setting = _BY_PATH.get((section, key))
-        return sec[key] is not None or (setting is not None and SETTINGS[setting].nullable)
-
 
 _BY_PATH = {SETTINGS[k].metadata_path: k for k in INPUT_KEYS}
+
+
+def _recorded(section: Any, key: str) -> bool:
+    """Whether a section (as read) records ``key``; null counts as absent unless null is one of its values."""
+    name = SETTINGS[key].metadata_path[1]
+    recorded = isinstance(section, Mapping) and name in section
+    return recorded and (section[name] is not None or SETTINGS[key].nullable)
 
 
 def normalize_metadata(
@@ -220,53 +191,36 @@ def normalize_metadata(
         elif not isinstance(value, str):
             raise bad(key, value, "a string")
 
-    if not isinstance(data.get("model_config"), Mapping):
-        if data.get("model_config") is not None:
-            raise bad("model_config", data["model_config"], "an object {...}")
+    if data.get("model_config") is None:
         raise InvalidInputError(
             f"{where}: model_config is missing; it must name at least the vision and language models, e.g. "
             f'"model_config": {{{_EXAMPLES["vision_name"]}, {_EXAMPLES["language_model_name"]}}}. '
             f"Pass the {METADATA_FILENAME} that training wrote."
         )
-    for key in REQUIRED_KEYS:
-        if data["model_config"].get(key) is None:
-            raise InvalidInputError(
-                f"{where}: model_config.{key} is missing; it has no default. Add it to model_config, e.g. "
-                f"{_EXAMPLES[key]}."
-            )
     base = defaults()
-    for section in SECTIONS:
-        value = data.get(section)
-        whole_section_missing = value is None
-        if whole_section_missing:
-            value = {}
-        elif not isinstance(value, Mapping):
-            raise bad(section, value, "an object {...}")
-        values = dict(value)
-        found: dict[str, Any] = {}
-        missing: dict[str, Any] = {}
-        for key in INPUT_KEYS:
-            sec, name = SETTINGS[key].metadata_path
-            if sec != section:
-                continue
-            if name in values and (values[name] is not None or SETTINGS[key].nullable):
-                found[key] = values[name]
-            else:
-                missing[name] = copy.deepcopy(base[key])
-                values[name] = missing[name]
+    for section in SECTIONS:  # model_config first: its required keys are checked before anything else
+        if data.get(section) is not None and not isinstance(data[section], Mapping):
+            raise bad(section, data[section], "an object {...}")
+        values = dict(data.get(section) or {})
+        for key in REQUIRED_KEYS if section == "model_config" else ():
+            if values.get(key) is None:
+                raise InvalidInputError(f"{where}: model_config.{key} is missing; it has no default. Add it "
+                                        f"to model_config, e.g. {_EXAMPLES[key]}.")
+        keys = {name: key for (sec, name), key in _BY_PATH.items() if sec == section}
+        found = {key: values[name] for name, key in keys.items() if _recorded(values, key)}
+        missing = {name: copy.deepcopy(base[key]) for name, key in keys.items() if key not in found}
         if isinstance(found.get("lora"), Mapping):
             for name in [n for n in DEFAULT_LORA if n not in found["lora"]]:
                 fall_back(f"{section}.lora.{name}", DEFAULT_LORA[name])
         checked = check_settings(found, where, describe=lambda k: ".".join(SETTINGS[k].metadata_path))
-        values.update({SETTINGS[k].metadata_path[1]: v for k, v in checked.items()})
-        if section != "dataset":
-            if whole_section_missing and missing:
-                fall_back(section, missing)
-            else:
-                for name, default in missing.items():
-                    if section == "model_config" and name == "tokenizer_name":
-                        default = values["language_model_name"]
-                    fall_back(f"{section}.{name}", default)
+        values.update({SETTINGS[k].metadata_path[1]: v for k, v in checked.items()}, **missing)
+        if section != "dataset" and data.get(section) is None and missing:
+            fall_back(section, missing)
+        elif section != "dataset":
+            for name, default in missing.items():
+                if name == "tokenizer_name":  # its default: the language model's own
+                    default = values["language_model_name"]
+                fall_back(f"{section}.{name}", default)
         data[section] = values
     for key in ("train_csv", "val_csv", "test_csv", "dataset_name"):
         data["dataset"].setdefault(key, None)
@@ -281,6 +235,12 @@ def normalize_metadata(
     if data["lora_weights"] is not None and not isinstance(data["lora_weights"], str):
         raise bad("lora_weights", data["lora_weights"], "a folder name relative to the run directory, or null")
     return data, defaults_used
+
+
+def _metadata_file(path: str | os.PathLike[str]) -> Path:
+    """The absolute metadata file: ``path``, or ``checkpoint_metadata.json`` in it when it is a folder."""
+    path = Path(os.path.abspath(os.path.expanduser(path)))
+    return path / METADATA_FILENAME if path.is_dir() else path
 
 
 def read_metadata(path: str | os.PathLike[str]) -> RunMetadata:
@@ -298,9 +258,7 @@ def read_metadata(path: str | os.PathLike[str]) -> RunMetadata:
             ``vision_name``/``language_model_name`` is missing, or a value does not fit the schema. Messages
             name the absolute path and the key.
     """
-    path = Path(os.path.abspath(os.path.expanduser(path)))
-    if path.is_dir():
-        path = path / METADATA_FILENAME
+    path = _metadata_file(path)
     if not path.is_file():
         raise InputNotFoundError(
             f"checkpoint metadata not found: '{path}' does not exist. "
@@ -403,18 +361,13 @@ def build_metadata(
     """
     if stage not in STAGES:
         raise InvalidInputError(f"stage must be one of {', '.join(STAGES)}, found {stage!r}")
-    base = defaults()
-    sections: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
-    for key in INPUT_KEYS:
-        section, name = SETTINGS[key].metadata_path
-        sections[section][name] = base[key]
-    sections["training_config"].update({"learning_rate": None, "batch_size": None, "max_epochs": None, "seed": None})
-    sections["dataset"].update({"train_csv": None, "val_csv": None, "test_csv": None, "dataset_name": None})
-    for section, given in (("model_config", model_config), ("training_config", training_config),
-                           ("prompt", prompt), ("dataset", dataset)):
-        sections[section].update(to_plain(dict(given or {})))
-    if sections["model_config"].get("tokenizer_name") is None:
-        sections["model_config"]["tokenizer_name"] = sections["model_config"].get("language_model_name")
+    sections = {  # normalize_metadata fills the schema's defaults
+        "model_config": to_plain(dict(model_config)),
+        "training_config": {**dict.fromkeys(("learning_rate", "batch_size", "max_epochs", "seed")),
+                            **to_plain(dict(training_config or {}))},
+        "prompt": to_plain(dict(prompt or {})),
+        "dataset": to_plain(dict(dataset or {})),
+    }
     data_section = sections["dataset"]
     if data_section.get("dataset_name") is None and data_section.get("train_csv"):
         data_section["dataset_name"] = Path(data_section["train_csv"]).stem
@@ -450,14 +403,8 @@ def build_metadata(
 
 
 def _to_json(data: Any) -> Any:
-    """Round-trips through JSON so that Paths become strings and tuples lists (and non-JSON values fail)."""
-
-    def default(value: Any) -> Any:
-        if isinstance(value, os.PathLike):
-            return os.fspath(value)
-        raise TypeError(f"{type(value).__name__} {value!r} is not JSON serialisable; store plain values in metadata")
-
-    return json.loads(json.dumps(data, default=default))
+    """Round-trips :func:`~panollava.schema.to_plain` through JSON (a value JSON cannot hold: TypeError)."""
+    return json.loads(json.dumps(to_plain(data)))
 
 
 def write_metadata(path: str | os.PathLike[str], data: Mapping[str, Any]) -> None:
@@ -472,9 +419,7 @@ def write_metadata(path: str | os.PathLike[str], data: Mapping[str, Any]) -> Non
         InvalidInputError: ``data`` fails validation, or lacks ``experiment_name``/``stage``.
         TypeError: a value is not JSON-serialisable.
     """
-    path = Path(os.path.abspath(os.path.expanduser(path)))
-    if path.is_dir():
-        path = path / METADATA_FILENAME
+    path = _metadata_file(path)
     normalized, _ = normalize_metadata(_to_json(dict(data)), path, log=False)
     for key in ("experiment_name", "stage"):
         if normalized.get(key) is None:
@@ -485,23 +430,20 @@ def write_metadata(path: str | os.PathLike[str], data: Mapping[str, Any]) -> Non
     logger.info("wrote checkpoint metadata '%s'", path)
 
 
-def metadata_settings(meta: RunMetadata, *, include_defaults: bool = False) -> dict[str, Any]:
-    """The settings the metadata governs, as flat keys (:data:`panollava.schema.INPUT_KEYS`).
+def metadata_settings(meta: RunMetadata) -> dict[str, Any]:
+    """The settings the metadata governs and records, as flat keys (:data:`panollava.schema.INPUT_KEYS`).
+
+    Keys the file does not record are left out, so that a config value can fill them (priority metadata >
+    config > defaults).
 
     Args:
         meta: the loaded metadata.
-        include_defaults: also return keys the file does not record (filled from the defaults). By default
-            they are left out, so that a config value can fill them (priority metadata > config > defaults).
 
     Returns:
         ``{key: value}``; ``image_size`` as ``[H, W]``; ``lora`` a dict or None (no LoRA).
     """
-    return {
-        key: copy.deepcopy(meta.data[section][name])
-        for key in INPUT_KEYS
-        for section, name in [SETTINGS[key].metadata_path]
-        if include_defaults or meta.recorded(section, name)
-    }
+    return {key: copy.deepcopy(meta.data[section][name]) for (section, name), key in _BY_PATH.items()
+            if _recorded(meta.raw.get(section), key)}
 
 
 def metadata_recorded_training(meta: RunMetadata) -> dict[str, Any]:
@@ -513,8 +455,8 @@ def metadata_recorded_training(meta: RunMetadata) -> dict[str, Any]:
     Returns:
         The ``training_config`` keys written in the file other than those that define the inputs.
     """
-    input_names = {SETTINGS[k].metadata_path[1] for k in INPUT_KEYS if SETTINGS[k].metadata_path[0] == "training_config"}
     raw = meta.raw.get("training_config")
     if not isinstance(raw, Mapping):
         return {}
-    return {k: copy.deepcopy(meta.training_config.get(k, v)) for k, v in raw.items() if k not in input_names}
+    return {k: copy.deepcopy(meta.training_config.get(k, v)) for k, v in raw.items()
+            if ("training_config", k) not in _BY_PATH}

@@ -2,12 +2,11 @@
 
 The typed dataclasses below are the one declaration. Everything else derives from them:
 
-* ``--help``: :class:`ModelSettings`, :class:`PromptSettings`, :class:`GenerationSettings` and
-  :class:`LoraSettings` type the init args of ``PanoLLaVAModule`` (``--model.model_config.image_size``, ...);
-  the data module's view arguments take their types and defaults from :class:`ViewSettings`; the evaluation
-  flags (``--max_new_tokens``, ``--overwrite``, ...) are generated from :data:`SETTINGS`.
+* ``--help``: the groups type the init args of ``PanoLLaVAModule`` (``--model.model_config.image_size``, ...)
+  and the data module's view arguments; the evaluation flags (``--max_new_tokens``, ...) come from
+  :data:`SETTINGS`; ``generation.DecodeSettings`` is :class:`GenerationSettings` without ``share_prefix``.
 * validation: :func:`validate_setting` checks a value with jsonargparse's typing (the same types the CLI uses),
-  so the metadata reader, the merge and the command line accept and refuse the same values.
+  so the metadata reader, the merge, the decode loop and the command line accept and refuse the same values.
 * the flat keys of ``metrics.json`` (``settings.<key>.{value, source}``), where ``checkpoint_metadata.json``
   records each key (:attr:`Setting.metadata_path`) and where the LightningCLI config takes it
   (:attr:`Setting.targets`).
@@ -19,11 +18,15 @@ Keys with a :attr:`Setting.metadata_path` define the model and its inputs: the c
 from __future__ import annotations
 
 import functools
+import json
 import os
-from collections.abc import Mapping
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
-from typing import Any, Literal, Optional, Union
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from typing import Any, Literal, Optional, Union, get_args, get_origin
 
+import docstring_parser
+from jsonargparse import ArgumentError, ArgumentParser
 from jsonargparse.typing import (
     NonNegativeInt,
     PositiveFloat,
@@ -39,9 +42,6 @@ SCHEMA_VERSION = 2
 METADATA_FILENAME = "checkpoint_metadata.json"
 
 STAGES = ("vision", "resampler", "finetune")
-CROP_STRATEGIES = ("anyres_e2p", "e2p", "cubemap", "sliding_window", "resize")
-RESAMPLER_TYPES = ("mlp", "identity", "avgpool")
-REFERENCE_MODES = ("grouped", "per_row")
 FOV_DEG_RANGE = (0.0, 180.0)
 """Open interval of a perspective view's field of view, degrees (a pinhole view cannot reach 180°)."""
 
@@ -51,9 +51,7 @@ DEFAULT_PROMPT_TEMPLATE = (
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 # -- types (jsonargparse's typing: the CLI, the metadata reader and the merge validate with the same types) -------
-FovDeg = restricted_number_type(
-    "FovDeg", float, [(">", FOV_DEG_RANGE[0]), ("<", FOV_DEG_RANGE[1])], join="and"
-)
+FovDeg = restricted_number_type("FovDeg", float, [(">", FOV_DEG_RANGE[0]), ("<", FOV_DEG_RANGE[1])], "and")
 Ratio = restricted_number_type("Ratio", float, [(">=", 0.0), ("<", 1.0)], join="and")
 TopP = restricted_number_type("TopP", float, [(">", 0.0), ("<=", 1.0)], join="and")
 PromptTemplate = restricted_string_type("PromptTemplate", r"(?s).*\{query\}.*")
@@ -62,6 +60,9 @@ Triple = tuple[float, float, float]
 CropStrategy = Literal["anyres_e2p", "e2p", "cubemap", "sliding_window", "resize"]
 ResamplerType = Literal["mlp", "identity", "avgpool"]
 ReferenceMode = Literal["grouped", "per_row"]
+CROP_STRATEGIES = get_args(CropStrategy)
+RESAMPLER_TYPES = get_args(ResamplerType)
+REFERENCE_MODES = get_args(ReferenceMode)
 
 
 # -- the groups ------------------------------------------------------------------------------------------------
@@ -204,6 +205,9 @@ class EvaluationOptions:
 
 
 # -- the flat keys -----------------------------------------------------------------------------------------------
+_type_hints = functools.lru_cache(maxsize=None)(typing.get_type_hints)  # the groups' annotations, resolved
+
+
 @dataclass(frozen=True)
 class Setting:
     """One flat setting key (as in ``metrics.json``) and where it lives.
@@ -226,20 +230,14 @@ class Setting:
     flag: str | None = None
 
     @property
-    def _field(self):
-        return {f.name: f for f in fields(self.group)}[self.name]
-
-    @property
     def type(self) -> Any:
         """The field's type (a jsonargparse-compatible annotation)."""
-        return _resolved_hints(self.group)[self.name]
+        return _type_hints(self.group)[self.name]
 
     @property
     def default(self) -> Any:
-        """The built-in default, as a plain JSON-able value (a fresh copy)."""
-        f = self._field
-        value = f.default_factory() if f.default is MISSING else f.default
-        return to_plain(value)
+        """The built-in default, as a plain JSON-able value (a fresh copy; ``lora``: the LoRA defaults)."""
+        return to_plain(getattr(self.group(), self.name) if self.name else self.group())
 
     @property
     def doc(self) -> str:
@@ -247,11 +245,6 @@ class Setting:
         if not self.name:
             return (self.group.__doc__ or "").strip().splitlines()[0]
         return field_docs(self.group).get(self.name, "")
-
-    @property
-    def governs_inputs(self) -> bool:
-        """Whether the checkpoint metadata governs this key (it defines the model or its inputs)."""
-        return self.metadata_path is not None
 
     @property
     def nullable(self) -> bool:
@@ -291,30 +284,27 @@ SETTINGS: dict[str, Setting] = {
 }
 """Every flat setting key → its :class:`Setting`. ``lora`` is one key whose value is a dict (or null)."""
 
-INPUT_KEYS: tuple[str, ...] = tuple(k for k, s in SETTINGS.items() if s.governs_inputs)
+INPUT_KEYS: tuple[str, ...] = tuple(k for k, s in SETTINGS.items() if s.metadata_path)
 """Keys the checkpoint metadata governs (the model and its inputs)."""
-RUNTIME_KEYS: tuple[str, ...] = tuple(k for k, s in SETTINGS.items() if not s.governs_inputs)
+RUNTIME_KEYS: tuple[str, ...] = tuple(k for k, s in SETTINGS.items() if not s.metadata_path)
 """Run-time keys: from the command line, the config or the defaults, never from the metadata."""
 REQUIRED_KEYS = ("vision_name", "language_model_name")
 
 
 def defaults() -> dict[str, Any]:
     """The built-in default of every flat key (fresh, JSON-able copies)."""
-    return {key: s.default if key != "lora" else to_plain(LoraSettings()) for key, s in SETTINGS.items()}
+    return {key: s.default for key, s in SETTINGS.items()}
 
 
 # -- validation ---------------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=None)
 def _parser():
     """A jsonargparse parser with one argument per flat key, typed as the schema declares it."""
-    from jsonargparse import ArgumentParser
-
     parser = ArgumentParser(exit_on_error=False, default_env=False)
     for key, s in SETTINGS.items():
         kind = LoraSettings if key == "lora" else s.type
-        args = [a for a in getattr(kind, "__args__", ()) if a is not type(None)]
-        if getattr(kind, "__origin__", None) is Union and type(None) in kind.__args__:  # None is handled before
-            kind = args[0] if len(args) == 1 else Union[tuple(args)]
+        if get_origin(kind) is Union:  # without None: validate_setting returns None before parsing
+            kind = Union[tuple(a for a in get_args(kind) if a is not type(None))]
         parser.add_argument(f"--{key}", type=kind, default=None)
     return parser
 
@@ -323,7 +313,8 @@ def validate_setting(key: str, value: Any) -> Any:
     """Checks one value against the schema and returns it normalised (plain JSON-able).
 
     ``image_size`` 224 becomes ``[224, 224]``; ints become floats where the type is a float (LoRA ``alpha`` 16
-    → 16.0, 16.5 stays 16.5); a LoRA dict gets its missing fields from :class:`LoraSettings`.
+    → 16.0, 16.5 stays 16.5); a LoRA dict gets its missing fields from :class:`LoraSettings`. jsonargparse
+    refuses a boolean where a number is expected.
 
     Args:
         key: a key of :data:`SETTINGS`.
@@ -338,16 +329,8 @@ def validate_setting(key: str, value: Any) -> Any:
     if value is None:
         return None
     value = to_plain(value)
-    if key == "image_size" and isinstance(value, list):
-        value = tuple(value)
-    if key in ("image_mean", "image_std") and isinstance(value, list):
-        value = tuple(value)
     if key == "lora" and isinstance(value, Mapping):
         value = {**to_plain(LoraSettings()), **value}
-    if isinstance(value, bool) and _expects_number(SETTINGS[key].type):
-        raise ValueError(f"expected {_type_name(SETTINGS[key].type)}, found a boolean")
-    from jsonargparse import ArgumentError
-
     try:
         parsed = getattr(_parser().parse_object({key: value}, defaults=False), key)
     except ArgumentError as err:
@@ -359,22 +342,13 @@ def validate_setting(key: str, value: Any) -> Any:
     return plain
 
 
-def _expects_number(kind: Any) -> bool:
-    args = [a for a in getattr(kind, "__args__", (kind,)) if a is not type(None)]
-    return any(isinstance(a, type) and issubclass(a, (int, float)) and a is not bool for a in args)
-
-
-def _type_name(kind: Any) -> str:
-    return getattr(kind, "__name__", None) or str(kind).replace("typing.", "")
-
-
-def check_settings(values: Mapping[str, Any], where: str, describe: Any = None) -> dict[str, Any]:
+def check_settings(values: Mapping[str, Any], where: str, describe: Callable[[str], str] = str) -> dict:
     """Validates several flat settings; the first bad one raises an error that names it.
 
     Args:
         values: flat key → value (keys outside :data:`SETTINGS` are returned unchanged).
         where: where the values come from, for the message (``checkpoint metadata '/abs/file.json'``).
-        describe: optional ``key → str`` that names the key as the user wrote it (``training_config.fov_deg``).
+        describe: ``key → str`` that names the key as the user wrote it (``training_config.fov_deg``).
 
     Returns:
         The normalised values.
@@ -389,10 +363,9 @@ def check_settings(values: Mapping[str, Any], where: str, describe: Any = None) 
         try:
             out[key] = validate_setting(key, value)
         except ValueError as err:
-            name = describe(key) if describe is not None else key
             raise InvalidInputError(
-                f"{where}: {name} = {show(value)} is not valid ({err}). Expected: {SETTINGS[key].doc} "
-                f"Fix the value there."
+                f"{where}: {describe(key)} = {show(value)} is not valid ({err}). "
+                f"Expected: {SETTINGS[key].doc} Fix the value there."
             ) from None
     return out
 
@@ -412,18 +385,11 @@ def to_plain(value: Any) -> Any:
         return [to_plain(v) for v in value]
     # jsonargparse's restricted types (PositiveInt, FovDeg, ...) are subclasses of int/float/str: back to the
     # builtins, so that checkpoints' hparams load with weights_only and JSON stays plain.
-    if type(value) in (bool, int, float, str) or value is None:
-        return value
-    for base in (int, float, str):
-        if isinstance(value, base):
-            return base(value)
-    return value
+    return next((base(value) for base in (bool, int, float, str) if isinstance(value, base)), value)
 
 
 def show(value: Any) -> str:
     """Short rendering of a value for messages (strings quoted)."""
-    import json
-
     try:
         text = json.dumps(to_plain(value), ensure_ascii=False)
     except (TypeError, ValueError):
@@ -434,38 +400,19 @@ def show(value: Any) -> str:
 @functools.lru_cache(maxsize=None)
 def field_docs(group: type) -> dict[str, str]:
     """``field → one-line doc`` from the group's Google-style ``Args:`` section (docstring_parser, as jsonargparse)."""
-    import docstring_parser
-
     parsed = docstring_parser.parse(group.__doc__ or "")
     return {p.arg_name: " ".join((p.description or "").split()) for p in parsed.params}
 
 
-@functools.lru_cache(maxsize=None)
-def _resolved_hints(group: type) -> dict[str, Any]:
-    import typing
-
-    return typing.get_type_hints(group, include_extras=True)
-
-
-def args_doc(group: type, names: tuple[str, ...] | None = None, indent: int = 8) -> str:
+def args_doc(group: type, names: tuple[str, ...] | None = None) -> str:
     """Google-style ``Args:`` lines for fields of ``group``, to append to a signature's docstring (``--help``).
 
     Args:
         group: a schema dataclass.
         names: the fields (default: all).
-        indent: spaces before each line.
 
     Returns:
-        ``"<indent>name: doc"`` lines joined by newlines.
+        ``"        name: doc"`` lines (8 spaces: a method's docstring) joined by newlines.
     """
     docs = field_docs(group)
-    return "\n".join(f"{' ' * indent}{n}: {docs[n]}" for n in (names or tuple(docs)))
-
-
-def help_lines() -> list[str]:
-    """``key: doc (default ...)`` for every flat key, grouped by who governs it (for docs and tests)."""
-    lines = []
-    for key, s in SETTINGS.items():
-        origin = f"metadata {'.'.join(s.metadata_path)}" if s.metadata_path else "run-time"
-        lines.append(f"{key}: {s.doc} (default {show(defaults()[key])}; {origin})")
-    return lines
+    return "\n".join(f"        {n}: {docs[n]}" for n in (names or tuple(docs)))

@@ -21,28 +21,23 @@ from typing import Any
 
 from panollava.errors import InputNotFoundError, InvalidInputError
 from panollava.metadata import RunMetadata
-from panollava.schema import INPUT_KEYS, REQUIRED_KEYS, RUNTIME_KEYS, SETTINGS, check_settings, defaults, to_plain
+from panollava.schema import INPUT_KEYS, REQUIRED_KEYS, SETTINGS, check_settings, defaults, show, to_plain
 
 logger = logging.getLogger(__name__)
 
-MODEL_INPUT_KEYS = INPUT_KEYS  # the name used before the schema; kept for scripts
-SOURCES = ("cli", "metadata", "config", "default")
 DEFAULT_SETTINGS: dict[str, Any] = defaults()
 """Built-in defaults of every flat key (from the schema). Treat as read-only."""
-
-__all__ = ["DEFAULT_SETTINGS", "INPUT_KEYS", "MODEL_INPUT_KEYS", "RUNTIME_KEYS", "SOURCES", "MergedSettings",
-           "flat_settings", "has_key", "merge_settings", "resolve_csv", "values_equal"]
 
 
 def values_equal(a: Any, b: Any, key: str = "") -> bool:
     """Whether two setting values mean the same thing.
 
     ``image_size`` 224 equals ``[224, 224]``; numbers compare with a relative tolerance of 1e-6 (``90`` equals
-    ``90.0``); booleans only equal booleans; lists of strings (e.g. LoRA ``target_modules``) ignore order;
-    dicts compare key by key.
+    ``90.0``; the schema refuses NaN); booleans only equal booleans; lists of strings (e.g. LoRA
+    ``target_modules``) ignore order; dicts compare key by key.
 
     Args:
-        a: one value.
+        a: one value (plain: as :func:`panollava.schema.to_plain` returns).
         b: the other.
         key: the setting key (``image_size`` is normalised first).
 
@@ -51,26 +46,17 @@ def values_equal(a: Any, b: Any, key: str = "") -> bool:
     """
     if key == "image_size":
         a, b = ([v, v] if isinstance(v, int) and not isinstance(v, bool) else v for v in (a, b))
-    a, b = to_plain(a), to_plain(b)
     if isinstance(a, bool) or isinstance(b, bool):
         return type(a) is type(b) and a == b
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        if math.isnan(a) or math.isnan(b):
-            return math.isnan(a) and math.isnan(b)
         return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
     if isinstance(a, Mapping) and isinstance(b, Mapping):
         return a.keys() == b.keys() and all(values_equal(a[k], b[k], k) for k in a)
+    if isinstance(a, list) and isinstance(b, list) and all(isinstance(x, str) for x in (*a, *b)):
+        return sorted(a) == sorted(b)
     if isinstance(a, list) and isinstance(b, list):
-        if len(a) != len(b):
-            return False
-        if all(isinstance(x, str) for x in (*a, *b)):
-            return sorted(a) == sorted(b)
-        return all(values_equal(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(map(values_equal, a, b))
     return a == b
-
-
-def _show(value: Any) -> str:
-    return repr(value) if isinstance(value, str) else str(value)
 
 
 @dataclass
@@ -95,7 +81,6 @@ class MergedSettings:
     cli_overrides: list[tuple[str, Any, Any]] = field(default_factory=list)
     config_name: str | None = None
     metadata_name: str | None = None
-    _logged: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
@@ -110,55 +95,33 @@ class MergedSettings:
             return None
         config = "the config" + (f" '{self.config_name}'" if self.config_name else "")
         metadata = "the checkpoint metadata" + (f" '{self.metadata_name}'" if self.metadata_name else "")
+        priority = "(priority: CLI > metadata > config > defaults):"
         lines = []
         if self.mismatches:
-            lines.append(
-                f"{config} and {metadata} disagree on {len(self.mismatches)} setting(s); the metadata wins "
-                f"(priority: CLI > metadata > config > defaults):"
-            )
+            lines.append(f"{config} and {metadata} disagree on {len(self.mismatches)} setting(s); the "
+                         f"metadata wins {priority}")
             for key, config_value, metadata_value in self.mismatches:
-                line = f"  - {key}: config {_show(config_value)}, metadata {_show(metadata_value)}"
+                line = f"  - {key}: config {show(config_value)}, metadata {show(metadata_value)}"
                 if self.sources.get(key) == "cli":
-                    line += f" (the CLI overrides both: {_show(self.values[key])})"
+                    line += f" (the CLI overrides both: {show(self.values[key])})"
                 lines.append(line)
         extra = [o for o in self.cli_overrides if o[0] not in {m[0] for m in self.mismatches}]
         if extra:
-            lines.append(
-                f"the command line overrides {metadata} on {len(extra)} setting(s) "
-                f"(priority: CLI > metadata > config > defaults):"
-            )
-            lines.extend(f"  - {key}: metadata {_show(m)}, command line {_show(c)}" for key, m, c in extra)
+            lines.append(f"the command line overrides {metadata} on {len(extra)} setting(s) {priority}")
+            lines.extend(f"  - {key}: metadata {show(m)}, command line {show(c)}" for key, m, c in extra)
         return "\n".join(lines)
-
-    def log_mismatches(self, logger: logging.Logger | None = None) -> str | None:
-        """Logs :meth:`warning_message` at WARNING, once per instance (later calls log nothing).
-
-        Args:
-            logger: the logger to use (``panollava.settings``'s by default).
-
-        Returns:
-            The message, or None when there is nothing to report.
-        """
-        message = self.warning_message()
-        if message is not None and not self._logged:
-            (logger if logger is not None else logging.getLogger(__name__)).warning("%s", message)
-            self._logged = True
-        return message
 
     def provenance(self) -> dict[str, dict[str, Any]]:
         """``{key: {"value", "source"}}`` with JSON-able values (paths as strings), for ``metrics.json``."""
         return {key: {"value": to_plain(self.values[key]), "source": self.sources[key]} for key in sorted(self.values)}
 
-    def require(self, *keys: str) -> None:
-        """Checks that ``keys`` have values (by default the model names, which have no default).
-
-        Args:
-            keys: the keys to check; ``vision_name`` and ``language_model_name`` when none are given.
+    def require(self) -> None:
+        """Checks that the model names (which have no default) have values.
 
         Raises:
-            InvalidInputError: a key has no value; the message says where it could come from.
+            InvalidInputError: one has no value; the message says where it could come from.
         """
-        missing = [k for k in (keys or REQUIRED_KEYS) if self.values.get(k) is None]
+        missing = [k for k in REQUIRED_KEYS if self.values.get(k) is None]
         if missing:
             raise InvalidInputError(
                 f"{', '.join(missing)} not set: neither the CLI, checkpoint metadata nor the config gives "
@@ -171,7 +134,6 @@ def merge_settings(
     cli: Mapping[str, Any] | None,
     metadata: Mapping[str, Any] | None,
     config: Mapping[str, Any] | None,
-    defaults: Mapping[str, Any] = DEFAULT_SETTINGS,
     *,
     config_name: str | os.PathLike[str] | None = None,
     metadata_name: str | os.PathLike[str] | None = None,
@@ -183,39 +145,33 @@ def merge_settings(
         metadata: :func:`panollava.metadata.metadata_settings` of the run, or None without metadata. Keys
             outside :data:`INPUT_KEYS` are ignored (training-only values are recorded, not applied).
         config: values from the config file(s) (absent keys: not given).
-        defaults: the built-in defaults.
         config_name: the config file, named in messages.
         metadata_name: the metadata file, named in messages.
 
     Returns:
-        The :class:`MergedSettings` (mismatches are collected, not logged: call ``log_mismatches``).
+        The :class:`MergedSettings` (mismatches are collected, not logged: see ``warning_message``).
 
     Raises:
         InvalidInputError: a value does not fit the schema; the message names the key and where it came from.
     """
-    origin = {
-        "cli": "the command line",
-        "metadata": "checkpoint metadata" + (f" '{metadata_name}'" if metadata_name else ""),
-        "config": "the config" + (f" '{config_name}'" if config_name else ""),
-    }
     def given(values: Mapping[str, Any] | None) -> dict[str, Any]:  # None is "not given" unless null means something
         return {k: v for k, v in (values or {}).items() if v is not None or (k in SETTINGS and SETTINGS[k].nullable)}
 
     cli, config = given(cli), given(config)
     sources_in = {
-        "cli": check_settings(cli, origin["cli"]),
-        "metadata": {k: v for k, v in (metadata or {}).items() if k in INPUT_KEYS},
-        "config": check_settings(config, origin["config"]),
+        "cli": check_settings(cli, "the command line"),
+        "metadata": {k: v for k, v in (metadata or {}).items() if k in INPUT_KEYS},  # validated by the reader
+        "config": check_settings(config, "the config" + (f" '{config_name}'" if config_name else "")),
     }
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    for key in dict.fromkeys([*defaults, *SETTINGS, *sources_in["config"], *sources_in["cli"]]):
+    for key in dict.fromkeys([*SETTINGS, *sources_in["config"], *sources_in["cli"]]):
         source = next((s for s in ("cli", "metadata", "config") if key in sources_in[s]), "default")
-        value = sources_in[source][key] if source != "default" else defaults.get(key)
+        value = sources_in[source][key] if source != "default" else DEFAULT_SETTINGS.get(key)
         if key == "lora" and source == "cli" and isinstance(value, Mapping) and isinstance(cli.get(key), Mapping):
             lower = next((sources_in[s][key] for s in ("metadata", "config") if key in sources_in[s]), None)
             typed = {k: value[k] for k in cli[key]}  # --model.lora.r 4 changes r only
-            value = {**(lower or defaults.get("lora") or {}), **typed}
+            value = {**(lower or DEFAULT_SETTINGS["lora"]), **typed}
         values[key], sources[key] = copy.deepcopy(value), source
     if values.get("tokenizer_name") is None and values.get("language_model_name") is not None:
         values["tokenizer_name"] = values["language_model_name"]  # the default rule: the LM's own tokenizer
@@ -233,16 +189,8 @@ def merge_settings(
     )
 
 
-def has_key(ns: Any, dotted: str) -> bool:
-    """Whether a dotted key is present in a jsonargparse namespace (parsed without defaults: it was given)."""
-    try:
-        return dotted in ns
-    except (TypeError, KeyError, AttributeError):
-        return False
-
-
-def flat_settings(ns: Any) -> tuple[dict[str, Any], dict[str, str]]:
-    """The schema's flat settings present in a parsed namespace, and the flag each came from.
+def flat_settings(ns: Any) -> dict[str, Any]:
+    """The schema's flat settings present in a parsed namespace.
 
     A top-level flag (``--max_new_tokens``) is looked at before the init-arg path it stands for
     (``--model.generation.max_new_tokens``).
@@ -251,16 +199,14 @@ def flat_settings(ns: Any) -> tuple[dict[str, Any], dict[str, str]]:
         ns: a jsonargparse namespace parsed with ``defaults=False`` (only what was given is present).
 
     Returns:
-        ``({key: value}, {key: "--flag"})`` with plain values.
+        ``{key: value}`` with plain values.
     """
     values: dict[str, Any] = {}
-    flags: dict[str, str] = {}
     for key, setting in SETTINGS.items():
-        for path in ([setting.flag] if setting.flag else []) + list(setting.targets):
-            if has_key(ns, path):
-                values[key], flags[key] = to_plain(ns[path]), f"--{path}"
-                break
-    return values, flags
+        path = next((p for p in (setting.flag, *setting.targets) if p is not None and p in ns), None)
+        if path is not None:
+            values[key] = to_plain(ns[path])
+    return values
 
 
 def resolve_csv(
@@ -296,36 +242,31 @@ def resolve_csv(
     """
     meta_name = f"'{metadata.path}'" if metadata is not None else "(no checkpoint metadata)"
     dataset = metadata.dataset if metadata is not None else {}
-    if csv_input is not None and os.fspath(csv_input) != "":
-        label, given, source, why = cli_flag, os.fspath(csv_input), "cli", "given on the command line"
-    elif dataset.get("test_csv"):
-        label, given, source = "metadata dataset.test_csv", dataset["test_csv"], "metadata"
-        why = f"no {cli_flag}; the checkpoint metadata {meta_name} records it (it beats the config's)"
-    elif config_csv is not None and os.fspath(config_csv) != "":
-        label, given, source = "config data.test_csv", os.fspath(config_csv), "config"
-        why = f"no {cli_flag} and no dataset.test_csv in the checkpoint metadata; the config " + (
-            f"'{config_name}' names it" if config_name else "names it")
-    elif dataset.get("val_csv"):
-        label, given, source = "metadata dataset.val_csv", dataset["val_csv"], "metadata"
-        why = (f"no {cli_flag} and the checkpoint metadata {meta_name} records no dataset.test_csv, so the "
-               f"validation split is evaluated")
-    else:
+    candidates = [  # (label, CSV, source, why), in priority order; the first one given is used
+        (cli_flag, csv_input, "cli", "given on the command line"),
+        ("metadata dataset.test_csv", dataset.get("test_csv"), "metadata",
+         f"no {cli_flag}; the checkpoint metadata {meta_name} records it (it beats the config's)"),
+        ("config data.test_csv", config_csv, "config", f"no {cli_flag} and no dataset.test_csv in the "
+         f"checkpoint metadata; the config {f'{config_name!r} ' if config_name else ''}names it"),
+        ("metadata dataset.val_csv", dataset.get("val_csv"), "metadata", f"no {cli_flag} and the checkpoint "
+         f"metadata {meta_name} records no dataset.test_csv, so the validation split is evaluated"),
+    ]
+    label, given, source, why = next((c for c in candidates if c[1] not in (None, "")), (None,) * 4)
+    if label is None:
         raise InputNotFoundError(
             f"no CSV to evaluate: --csv_input is not given and the checkpoint metadata {meta_name} "
             f"records neither dataset.test_csv nor dataset.val_csv. Pass --csv_input path/to/test.csv "
             f"(columns url,query,annotation)."
         )
+    given = os.fspath(given)
     path = Path(os.path.expanduser(given))
     tried = [path] if path.is_absolute() else [Path.cwd() / path] + ([Path(run_dir) / path] if run_dir else [])
-    for candidate in tried:
-        if candidate.is_file():
-            found = Path(os.path.abspath(candidate))
-            where = ""
-            if not path.is_absolute():
-                where = f" (relative to {'the current directory' if candidate == tried[0] else 'the run directory'})"
-            reason = f"CSV from {label}: {found}{where}; {why}"
-            (logger.warning if label == "metadata dataset.val_csv" else logger.info)("%s", reason)
-            return found, reason, source
+    for candidate in (c for c in tried if c.is_file()):
+        found = Path(os.path.abspath(candidate))
+        base = "the current directory" if candidate == tried[0] else "the run directory"
+        reason = f"CSV from {label}: {found}{'' if path.is_absolute() else f' (relative to {base})'}; {why}"
+        (logger.warning if label == "metadata dataset.val_csv" else logger.info)("%s", reason)
+        return found, reason, source
     tried_text = ", ".join(f"'{os.path.abspath(p)}'" for p in tried)
     directories = [p for p in tried if p.is_dir()]
     problem = f"'{os.path.abspath(directories[0])}' is a directory" if directories else "no such file"

@@ -58,13 +58,13 @@ def _given(key: str, source: str, value) -> tuple[dict, dict, dict]:
     metadata: dict = {}
     config: dict = {}
     if source == "flag":
-        cli = flat_settings(_namespace(setting.flag, value))[0]
+        cli = flat_settings(_namespace(setting.flag, value))
     elif source == "init_arg_flag":
-        cli = flat_settings(_namespace(setting.targets[0], value))[0]
+        cli = flat_settings(_namespace(setting.targets[0], value))
     elif source == "metadata":
         metadata = {key: value}
     elif source == "config":
-        config = flat_settings(_namespace((setting.targets or (setting.flag,))[0], value))[0]
+        config = flat_settings(_namespace((setting.targets or (setting.flag,))[0], value))
     return cli, metadata, config
 
 

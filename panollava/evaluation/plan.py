@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from panollava.errors import InvalidInputError
-from panollava.metadata import RunMetadata, installed_library_versions, metadata_recorded_training, metadata_settings
+from panollava.metadata import installed_library_versions, metadata_recorded_training, metadata_settings
+from panollava.report import sha256_file
 from panollava.rundir import ResolvedRun, banner_lines, find_run_dir_from_config, resolve_run_dir
-from panollava.schema import SETTINGS
+from panollava.schema import SETTINGS, GenerationSettings
 from panollava.settings import MergedSettings, merge_settings, resolve_csv
 
 logger = logging.getLogger(__name__)
@@ -55,25 +56,12 @@ class EvaluationPlan:
     banner: list[str] = field(default_factory=list)
     stage: str | None = None
 
-    @property
-    def metadata(self) -> RunMetadata | None:
-        """The run's metadata, or None."""
-        return self.resolved.metadata if self.resolved is not None else None
-
-    @property
-    def csv_key(self) -> str:
-        """The data module argument that takes the CSV (``test_csv``, ``predict_csv``, ``val_csv``)."""
-        return CSV_KEYS[self.subcommand]
-
     def targets(self) -> dict[str, Any]:
         """Dotted LightningCLI config path → value, for every merged setting that has one, plus the CSV, the
         stage and the LoRA folder."""
-        out: dict[str, Any] = {}
-        for key, value in self.merged.values.items():
-            setting = SETTINGS.get(key)
-            for target in setting.targets if setting is not None else ():
-                out[target] = value
-        out[f"data.{self.csv_key}"] = str(self.csv_path)
+        out = {target: value for key, value in self.merged.values.items()
+               for target in (SETTINGS[key].targets if key in SETTINGS else ())}
+        out[f"data.{CSV_KEYS[self.subcommand]}"] = str(self.csv_path)
         if self.stage is not None:
             out["model.stage"] = self.stage
         if self.resolved is not None:
@@ -121,8 +109,6 @@ def plan_evaluation(
         InvalidInputError: no run directory can be found or derived, or a setting is invalid.
         InputNotFoundError: the run directory, checkpoint or CSV does not exist.
     """
-    from panollava.report import sha256_file
-
     if ckpt_dir is None and ckpt_path is None:
         if not config and experiment_name is None:
             raise InvalidInputError(
@@ -154,9 +140,8 @@ def plan_evaluation(
     merged.values["csv_input"], merged.sources["csv_input"] = str(csv_path), csv_source
     if merged.sources.get("image_root") == "metadata" and csv_source != "metadata":
         # The metadata's image_root belongs to the metadata's CSV; another CSV resolves against its own root.
-        source = "config" if "image_root" in config else "default"
-        merged.values["image_root"] = config.get("image_root") if source == "config" else None
-        merged.sources["image_root"] = source
+        merged.sources["image_root"] = "config" if "image_root" in config else "default"
+        merged.values["image_root"] = config.get("image_root")
 
     checkpoint_path = resolved.checkpoint_path if resolved is not None else Path(str(ckpt_path)).resolve()
     output_dir = merged.values.get("output_dir")
@@ -172,8 +157,7 @@ def plan_evaluation(
     if resolved is not None and output_dir == resolved.run_dir:
         logger.warning("writing evaluation results into the run directory, as --output_dir asks")
 
-    generation = {k: merged.values[k] for k, s in SETTINGS.items() if s.targets and
-                  s.targets[0].startswith("model.generation.")}
+    generation = {f.name: merged.values[f.name] for f in fields(GenerationSettings)}
     mismatch = merged.warning_message()
     provenance = {
         "checkpoint": {
