@@ -26,7 +26,6 @@ from panollava.schema import SETTINGS, to_plain
 from panollava.settings import flat_settings
 
 logger = logging.getLogger("panollava.cli")
-_quiet_third_party = quiet_third_party  # the demo's name for it
 
 _CSV_PATHS = ("data.train_csv", "data.val_csv", "data.test_csv", "data.predict_csv", "data.image_root", "csv_input")
 _MODEL_PATHS = tuple(f"model.model_config.{k}" for k in ("vision_name", "language_model_name", "tokenizer_name"))

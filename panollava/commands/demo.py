@@ -48,12 +48,22 @@ def demo_config() -> Path:
 
 
 def _run(args: list[str]) -> None:
-    from panollava.cli import echo, main
+    from panollava.console import echo
+    from panollava.errors import environment_error
+    from panollava.lightning_cli import run_lightning_cli
 
-    echo(f"\n$ panollava-cli {' '.join(args)}")
-    status = main(args)
-    if status != 0:
-        raise PanoLLaVAError(f"demo step failed with exit status {status}: panollava-cli {' '.join(args)}")
+    command = f"panollava-cli {' '.join(args)}"
+    echo(f"\n$ {command}")
+    try:
+        run_lightning_cli(args)
+    except SystemExit as exc:  # jsonargparse's usage errors
+        if exc.code not in (0, None):
+            raise PanoLLaVAError(f"demo step failed with exit status {exc.code}: {command}") from None
+    except (PanoLLaVAError, OSError) as exc:
+        error = exc if isinstance(exc, PanoLLaVAError) else environment_error(exc)
+        if error is None:
+            raise
+        raise PanoLLaVAError(f"demo step failed with exit status {error.exit_code}: {command}: {error}") from exc
 
 
 class _Step:
@@ -102,7 +112,7 @@ class _BackgroundFit:
     """``panollava-cli fit`` in a child process (one torch thread), its output in a log file."""
 
     def __init__(self, args: list[str], log_path: Path) -> None:
-        from panollava.cli import echo
+        from panollava.console import echo
 
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.args, self.log_path = args, log_path
@@ -147,7 +157,7 @@ def run_demo(output_dir: str | Path, max_epochs: int | None = None, skip_baselin
     Raises:
         PanoLLaVAError: A step failed (the message names the command).
     """
-    from panollava.cli import echo
+    from panollava.console import echo
     from panollava.data.synthetic import generate_synthetic_dataset
     from panollava.models.tiny import build_tiny_models
     from panollava.report import write_json_atomic
@@ -160,7 +170,7 @@ def run_demo(output_dir: str | Path, max_epochs: int | None = None, skip_baselin
     # The tiny model is overhead-bound: one thread is faster than two (and far faster on a busy machine).
     torch.set_num_threads(1)
     echo(f"🧪 panollava demo → {out}")
-    from panollava.lightning_cli import _quiet_third_party
+    from panollava.console import quiet_third_party as _quiet_third_party
 
     _quiet_third_party()
     models = build_tiny_models()

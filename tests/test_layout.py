@@ -1,0 +1,107 @@
+"""Package layout: no import cycle between panollava's modules.
+
+The import graph is read with ``ast`` from the source (nothing is imported): every ``import panollava...`` and
+``from panollava... import ...`` statement counts, at the top of a module or inside a function (a lazy import
+is still a dependency: ``cli.py`` importing ``commands/demo.py`` in a function while ``demo.py`` imports
+``cli.py`` is a cycle).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "panollava"
+
+
+def _module_name(path: Path, package: Path) -> str:
+    parts = path.relative_to(package.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """``module → panollava modules it imports`` (top-level and function-level imports).
+
+    Args:
+        package: the package folder.
+
+    Returns:
+        The graph; ``from panollava.x import y`` points at ``panollava.x.y`` when that is a module, else at
+        ``panollava.x``.
+    """
+    files = {_module_name(p, package): p for p in package.rglob("*.py")}
+    graph: dict[str, set[str]] = {name: set() for name in files}
+    for name, path in files.items():
+        is_package = path.name == "__init__.py"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: from the module's package, up level - 1 more
+                    anchor = name.split(".") if is_package else name.split(".")[:-1]
+                    anchor = anchor[: len(anchor) - (node.level - 1)]
+                    base = ".".join(anchor + ([base] if base else []))
+                targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in files else base
+                           for alias in node.names]
+            else:
+                continue
+            for target in targets:
+                while target and target not in files:  # import panollava.a.b.c → the deepest module known
+                    target = target.rpartition(".")[0]
+                if target.startswith("panollava") and target != name:
+                    graph[name].add(target)
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle ``[a, b, ..., a]``, or None when the graph has none.
+
+    Args:
+        graph: ``module → modules it imports``.
+
+    Returns:
+        The modules along the cycle, the first repeated at the end.
+    """
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)) is not None:
+                return cycle
+        state[node] = 2
+        path.pop()
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start)) is not None:
+            return cycle
+    return None
+
+
+def test_the_cycle_finder_finds_a_lazy_import_cycle(tmp_path):
+    pkg = tmp_path / "panollava"
+    (pkg / "commands").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "commands" / "__init__.py").write_text("")
+    (pkg / "cli.py").write_text("def main():\n    from panollava.commands.demo import run\n")
+    (pkg / "commands" / "demo.py").write_text("from panollava import cli\n")
+    graph = import_graph(pkg)
+    assert graph["panollava.cli"] == {"panollava.commands.demo"}
+    assert find_cycle(graph) == ["panollava.cli", "panollava.commands.demo", "panollava.cli"]
+    (pkg / "commands" / "demo.py").write_text("from ..console import echo\n")
+    (pkg / "console.py").write_text("import logging\n")
+    assert import_graph(pkg)["panollava.commands.demo"] == {"panollava.console"}
+    assert find_cycle(import_graph(pkg)) is None
+
+
+def test_no_import_cycle_between_panollava_modules():
+    graph = import_graph()
+    assert "panollava.schema" in graph["panollava.settings"]  # the graph is real
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
