@@ -49,3 +49,18 @@ def test_demo_dataset_is_reused_when_the_demo_runs_again(tmp_path):
     stamp = first["train"].stat().st_mtime_ns
     assert generate_synthetic_dataset(tmp_path, **args) == first
     assert first["train"].stat().st_mtime_ns == stamp
+
+
+def test_demo_rerun_starts_from_clean_run_and_evaluation_folders(tmp_path):
+    """A rerun trains anew, so the previous run and evaluation (which resume would refuse) are replaced."""
+    from panollava.commands.demo import BLIND_EXPERIMENT, _Step
+
+    old_eval = tmp_path / "eval" / "image_blind" / "predictions.jsonl"
+    old_ckpt = tmp_path / "runs" / BLIND_EXPERIMENT / "finetune" / "anyres-e2p_avgpool" / "x.ckpt"
+    for path in (old_eval, old_ckpt):
+        path.parent.mkdir(parents=True)
+        path.write_text("from the previous run")
+    data = {split: tmp_path / "data" / f"{split}.csv" for split in ("train", "val", "test")}
+    step = _Step(tmp_path, data, BLIND_EXPERIMENT, True, None)
+    assert not old_eval.exists() and not old_ckpt.exists()
+    assert step.run_dir == old_ckpt.parent and "--data.image_blind" in step.fit

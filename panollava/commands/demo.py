@@ -89,6 +89,8 @@ class _Step:
         self.run_dir = run_dir_path(runs, experiment, config["model"]["stage"], config["data"]["crop_strategy"],
                                     config["model"]["model_config"]["resampler_type"]).resolve()
         self.eval_dir = out / "eval" / self.name
+        # A rerun trains anew, so the previous evaluation cannot be resumed: the demo owns this folder too.
+        shutil.rmtree(self.eval_dir, ignore_errors=True)
         self.seconds: dict[str, float] = {}
 
     def test(self) -> dict[str, Any]:
