@@ -4,7 +4,8 @@ Each row is something a user can get wrong (or the machine can do to them), run 
 in this process (one shared tiny training run, ``tiny_run``; a fault that needs a fresh process starts one). Every
 case asserts:
 
-- the exit status (0: accepted, with a warning; 2: refused; 3: results written but a metric failed);
+- the exit status (0: accepted, with a warning; 1: interrupted; 2: refused; 3: results written but a metric
+  failed);
 - a message that names the offending thing and the fix (the row's ``expect`` fragments, regular expressions);
 - for a refusal: one paragraph (``error: ...`` on one line) and no traceback (``--verbose`` shows it);
 - no partial output that looks complete: no ``metrics.json`` unless the status is 0 or 3 (then it holds a null
@@ -542,6 +543,52 @@ def _disk_full(ctx: Ctx) -> tuple[int, str]:
 
 
 # -- the rows ----------------------------------------------------------------------------------------------------------
+# -- interruption --------------------------------------------------------------------------------------------------
+def _interrupt_after_first_record(ctx: Ctx, sig: int) -> tuple[int, str, int]:
+    """Starts ``test`` (batch 1) in a subprocess and sends ``sig`` once a record is on disk."""
+    import signal
+    import time
+
+    out = ctx.out()
+    cmd = [sys.executable, "-m", "panollava", *ctx.test("--batch_size", "1", "--max_new_tokens", "16",
+                                                         "--progress", "false")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=PROJECT_ROOT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        shards = list((out / "shards").glob("*.jsonl")) if (out / "shards").is_dir() else []
+        if any(p.read_text().count("\n") for p in shards):
+            break
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    text, _ = proc.communicate(timeout=120)
+    saved = sum(p.read_text().count("\n") for p in (out / "shards").glob("*.jsonl"))
+    assert saved >= 1 and not (out / "metrics.json").exists(), (saved, text[-2000:])
+    return proc.returncode, text, saved
+
+
+def _sigint(ctx: Ctx) -> tuple[int, str]:
+    import signal
+
+    status, text, _ = _interrupt_after_first_record(ctx, signal.SIGINT)  # asserts something was saved
+    return status, text  # Lightning exits 1 after a KeyboardInterrupt
+
+
+def _sigkill_then_rerun(ctx: Ctx) -> list[str]:
+    import signal
+
+    status, _, saved = _interrupt_after_first_record(ctx, signal.SIGKILL)
+    assert status == -signal.SIGKILL
+
+    def resumed() -> None:
+        state = json.loads((ctx.output_dir / "eval_state.json").read_text())
+        last = state["attempts"][-1]
+        assert last["resumed"] == saved and last["generated"] == last["remaining"] == state["num_samples"] - saved
+
+    ctx.checks.append(resumed)
+    return ctx.test("--max_new_tokens", "16")
+
+
 RUN = "Run directory"
 META = "Metadata"
 ADAPTER = "LoRA adapter"
@@ -550,6 +597,7 @@ IMAGE = "Image"
 SETTING = "Settings"
 ENV = "Environment"
 METRIC = "Metrics"
+INTERRUPT = "Interruption"
 
 CASES: tuple[Case, ...] = (
     Case("rundir-missing", RUN, "`--ckpt_dir` names a folder that does not exist", 2,
@@ -723,6 +771,14 @@ CASES: tuple[Case, ...] = (
     Case("empty-reference", METRIC, "an empty reference in a predictions file (`score`)", 2,
          (r"empty reference", r"'a'"),
          "an empty cell exported as \"\"", "remove empty references; they are never scored", _empty_reference_score),
+    Case("sigint", INTERRUPT, "Ctrl-C (SIGINT) during `test`", 1,
+         (r"interrupted on rank 0: \d+ sample\(s\) are saved", r"Rerun the same command"),
+         "the user or the scheduler stops the run",
+         "run the same command again (same `--output_dir`): finished samples are skipped", _sigint),
+    Case("sigkill-resume", INTERRUPT, "the job is killed (SIGKILL, pre-emption), then rerun", 0,
+         (r"resuming '.*': \d+ of \d+ samples are done, \d+ remain",),
+         "a pre-empted or killed job", "run the same command again; it continues from the shards",
+         _sigkill_then_rerun),
 )
 
 
@@ -752,7 +808,7 @@ def test_catalogue(case: Case, shared_run: Path, tmp_path: Path, monkeypatch, ca
         assert re.search(fragment, text, re.S), f"{fragment!r} not in:\n{text[-3000:]}"
     assert "Traceback" not in text, text[-3000:]
     errors = [line for line in text.splitlines() if line.startswith("error: ")]
-    if case.exit_code != 0:
+    if case.exit_code in (2, 3):  # a refusal or a failed metric: one paragraph (1 is an interruption)
         assert len(errors) == 1, f"expected one error paragraph, found {errors}"
     if ctx.output_dir is not None and case.exit_code not in (0, 3):
         assert not (ctx.output_dir / "metrics.json").exists(), "a failed run left a metrics.json that looks complete"

@@ -304,25 +304,15 @@ class EvaluationWriter(Callback):
         finish_attempt(self.output_dir, mode=self.mode, attempt=self.attempt, generated=self.generated,
                        write_outputs=write_outputs, metrics_name=name, metrics=metrics)
         self.metrics = metrics
+        self._finished = True
         logger.info("wrote %d predictions%s to '%s' (%d generated now, %d resumed)", len(self.records),
                     " and metrics.json" if self.mode == "test" else "", self.output_dir, self.generated,
                     self._num_done)
-        self._check_metric_failures(scores)
+        if scores is not None:  # a metric that raised (or, strict, one unavailable here): non-zero exit, results kept
+            from panollava.evaluation.state import FINAL_FILES
 
-    def _check_metric_failures(self, scores) -> None:
-        if scores is None:
-            return
-        failed = dict(getattr(scores, "failed", {}) or {})
-        if self.strict_metrics:
-            failed.update({k: f"unavailable: {v}" for k, v in (scores.unavailable or {}).items()})
-        if failed:
-            from panollava import errors
-
-            error_type = getattr(errors, "MetricFailedError", PanoLLaVAError)
-            raise error_type(
-                "metric(s) failed: " + "; ".join(f"{k}: {v}" for k, v in failed.items())
-                + f". The predictions and the other metrics are written to '{self.output_dir}'."
-            )
+            scores.raise_for_failures(strict=self.strict_metrics,
+                                      written=[str(self.output_dir / n) for n in FINAL_FILES[self.mode]])
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.mode == "test":

@@ -47,7 +47,7 @@ _ALPHA_MODES = {
 }
 
 
-def load_panorama(path: str | Path) -> torch.Tensor:
+def load_panorama(path: str | Path, max_width: int = MAX_DECODE_WIDTH_PX) -> torch.Tensor:
     """Decode an equirectangular image file to uint8 ``(3, H, W)`` RGB.
 
     Converts grayscale (L, 1), palette (P), alpha (RGBA, LA, PA: alpha dropped), CMYK, YCbCr/LAB/HSV and
@@ -56,6 +56,8 @@ def load_panorama(path: str | Path) -> torch.Tensor:
 
     Args:
         path: The image file (JPEG, PNG, anything Pillow decodes).
+        max_width: A panorama more than twice this wide is decoded reduced to at least this width (see the
+            module docstring; the report's thumbnails ask for far less than the model's views).
 
     Returns:
         ``(3, H, W)`` uint8 RGB on CPU. Its memory is the decoded ``(H, W, 3)`` buffer seen through a permute
@@ -78,17 +80,17 @@ def load_panorama(path: str | Path) -> torch.Tensor:
             img = Image.open(path)
         with img:
             full_size = img.size
-            reduced = _draft_if_huge(img)
+            reduced = _draft_if_huge(img, max_width)
             if not reduced:
                 for warning in caught:  # decoded at full size: the warning is the user's business
                     logger.warning("panorama image '%s': %s", path, warning.message)
             raw_modes = _raw_modes(img)
             img.load()
-            img = _reduce_if_huge(img)
+            img = _reduce_if_huge(img, max_width)
             if img.size != full_size:
                 logger.info(
                     "panorama image '%s' is %dx%d px: decoded at %dx%d (views need far less; MAX_DECODE_WIDTH_PX=%d)",
-                    path, *full_size, *img.size, MAX_DECODE_WIDTH_PX,
+                    path, *full_size, *img.size, max_width,
                 )
             arr = _to_rgb8(img, path, raw_modes)
     except Image.DecompressionBombError as exc:
@@ -110,19 +112,19 @@ def load_panorama(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1)
 
 
-def _draft_if_huge(img: Image.Image) -> bool:
-    """Ask libjpeg for a DCT-scaled decode of a JPEG more than twice ``MAX_DECODE_WIDTH_PX`` wide."""
+def _draft_if_huge(img: Image.Image, max_width: int = MAX_DECODE_WIDTH_PX) -> bool:
+    """Ask libjpeg for a DCT-scaled decode of a JPEG more than twice ``max_width`` wide."""
     width, height = img.size
-    if img.format != "JPEG" or width < 2 * MAX_DECODE_WIDTH_PX:
+    if img.format != "JPEG" or width < 2 * max_width:
         return False
-    target = (MAX_DECODE_WIDTH_PX, max(1, round(height * MAX_DECODE_WIDTH_PX / width)))
+    target = (max_width, max(1, round(height * max_width / width)))
     img.draft(img.mode if img.mode in ("RGB", "L") else None, target)
     return img.size[0] < width
 
 
-def _reduce_if_huge(img: Image.Image) -> Image.Image:
-    """Integer-factor reduction of a decoded image still more than twice ``MAX_DECODE_WIDTH_PX`` wide."""
-    factor = img.size[0] // MAX_DECODE_WIDTH_PX
+def _reduce_if_huge(img: Image.Image, max_width: int = MAX_DECODE_WIDTH_PX) -> Image.Image:
+    """Integer-factor reduction of a decoded image still more than twice ``max_width`` wide."""
+    factor = img.size[0] // max_width
     if factor < 2 or img.mode not in ("RGB", "RGBA", "L", "LA", "CMYK", "I;16", "I", "F", "1", "P"):
         return img
     if img.mode in ("1", "P"):
