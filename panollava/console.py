@@ -70,7 +70,9 @@ def quiet_third_party() -> None:
         pass
     for pattern in (r".*is_gradient_checkpointing.*", r".*treespec, LeafSpec.*", r".*module\(s\) in eval mode.*",
                     r".*does not have many workers.*", r".*litlogger.*",
-                    r".*args parameter is intended to run from within Python.*"):
+                    r".*args parameter is intended to run from within Python.*",
+                    # evaluation's IterableDataset gives each DataLoader worker its own batches (eval_data.py)
+                    r".*Your `IterableDataset` has `__len__` defined.*"):
         warnings.filterwarnings("ignore", message=pattern)
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         target = logging.getLogger(name)
