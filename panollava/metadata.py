@@ -59,6 +59,37 @@ _PROVENANCE_DEFAULTS: dict[str, Any] = {
     "created_at": None,
     "updated_at": None,
 }
+RECORDED_KEYS: dict[str, frozenset[str]] = {
+    "": frozenset({"schema_version", "experiment_name", "stage", *SECTIONS, *_PROVENANCE_DEFAULTS, "generation"}),
+    "model_config": frozenset({"train_vision", "vision_hidden_size", "lm_hidden_size", "tokens_per_view",
+                               "resampler_hidden_dim", "resampler_depth"}),
+    "training_config": frozenset({"learning_rate", "batch_size", "max_epochs", "seed", "weight_decay",
+                                  "warmup_steps", "trainable_parts", "precision", "world_size"}),
+    "prompt": frozenset(),
+    "dataset": frozenset({"train_csv", "val_csv", "test_csv", "dataset_name"}),
+}
+"""Keys training records besides the schema's settings (sizes, training-only values, provenance); any other key is
+reported once as unknown (kept, never applied)."""
+
+
+def _unknown_keys(data: Mapping[str, Any]) -> list[str]:
+    """Dotted keys of ``data`` that neither the schema nor training's records know."""
+    unknown = [k for k in data if k not in RECORDED_KEYS[""]]
+    for section in SECTIONS:
+        values = data.get(section)
+        if isinstance(values, Mapping):
+            known = RECORDED_KEYS[section] | {name for sec, name in _BY_PATH if sec == section}
+            unknown += [f"{section}.{k}" for k in values if k not in known]
+    return unknown
+
+
+def _finite_or_null(constant: str) -> None:
+    """``json.loads`` hook: NaN and +-Infinity (Python's JSON extension, e.g. a diverged validation loss) read as
+    null, so a metadata file never makes the strict JSON of ``metrics.json`` impossible to write."""
+    logger.warning("checkpoint metadata holds %s (not valid JSON); it is read as null", constant)
+    return None
+
+
 _EXAMPLES = {
     "vision_name": '"vision_name": "google/siglip2-so400m-patch16-256" (hub id or dir)',
     "language_model_name": '"language_model_name": "Qwen/Qwen3-0.6B" (hub id or dir)',
@@ -177,6 +208,10 @@ def normalize_metadata(
     elif version > SCHEMA_VERSION and log:
         logger.warning("%s: schema_version %d is newer than this panollava understands (%d); keys it does not know "
                        "are ignored. Upgrade panollava to read it fully.", where, version, SCHEMA_VERSION)
+    unknown = _unknown_keys(data)
+    if unknown and log:
+        logger.warning("%s: unknown key(s) %s are kept but not applied (a newer panollava, another tool, or a "
+                       "typo: check the spelling if one was meant as a setting)", where, ", ".join(unknown))
     while version in MIGRATIONS:
         data = MIGRATIONS[version](data)
         version += 1
@@ -265,7 +300,7 @@ def read_metadata(path: str | os.PathLike[str]) -> RunMetadata:
             f"Pass the run directory that training wrote (it holds {METADATA_FILENAME})."
         )
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8"), parse_constant=_finite_or_null)
     except UnicodeDecodeError as err:
         raise InvalidInputError(
             f"checkpoint metadata '{path}' is not UTF-8 text ({err.reason} at byte {err.start}). "
