@@ -3,18 +3,22 @@
 For each (image, query) group with at least two reference captions, the first caption (in file order) plays
 the prediction and the others are its references. Its scores are a ceiling-ish yardstick for model numbers on
 the same data (QuIC-360 test: BLEU-4 0.068, METEOR 0.144, ROUGE-L 0.280, CIDEr-D 0.160), and the workload of
-the metric parity tests and benchmark.
+the metric parity tests and benchmark. Empty caption cells (QuIC-360 test.csv has three) are skipped with a
+warning: a caption nobody wrote is neither a prediction nor a reference.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 from collections import defaultdict
 from pathlib import Path
 
 from panollava.errors import InputNotFoundError, InvalidInputError
 
 __all__ = ["human_leave_one_out"]
+
+logger = logging.getLogger(__name__)
 
 
 def human_leave_one_out(
@@ -50,8 +54,15 @@ def human_leave_one_out(
             raise InvalidInputError(
                 f"'{path}' lacks column(s) {', '.join(missing)} (found: {', '.join(reader.fieldnames or [])})"
             )
-        for row in reader:
+        empty = []
+        for line, row in enumerate(reader, start=2):
+            if not (row[caption_column] or "").strip():
+                empty.append(line)  # a caption nobody wrote is neither a prediction nor a reference
+                continue
             groups[(row[image_column], row[query_column])].append(row[caption_column])
+    if empty:
+        logger.warning("'%s': %d empty %s cell(s) skipped (lines %s)", path, len(empty), caption_column,
+                       ", ".join(map(str, empty[:10])))
     predictions: dict[str, str] = {}
     references: dict[str, list[str]] = {}
     for captions in groups.values():
