@@ -122,7 +122,7 @@ def _cmd_demo(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="panollava-cli demo",
         description="Generate a small panorama-captioning dataset, train a tiny model on it, evaluate the run "
-        "directory with 'test --ckpt_dir', and compare with an image-blind baseline. Offline, CPU, a few minutes.",
+        "directory with 'test --ckpt_dir', and compare with an image-blind baseline. Offline, CPU, about 90 s.",
     )
     parser.add_argument("--output_dir", default="panollava_demo", help="folder for the dataset, runs and results")
     parser.add_argument("--max_epochs", type=int, default=None, help="training epochs (default: the demo config's)")
