@@ -184,7 +184,7 @@ class PanoLLaVACLI(LightningCLI):
     def after_instantiate_classes(self) -> None:
         from panollava.callbacks.eval_writer import EvaluationWriter, set_evaluation_timeout
         from panollava.callbacks.run_writer import RunDirectoryWriter
-        from panollava.callbacks.sample_logger import DEFAULT_VAL_SAMPLES, SampleLogger, fit_tensorboard_logger
+        from panollava.callbacks.sample_logger import DEFAULT_VAL_SAMPLES, SampleLogger
 
         cfg = self.config[self.subcommand]
         callbacks = self.trainer.callbacks
@@ -206,16 +206,9 @@ class PanoLLaVACLI(LightningCLI):
                 save_top_k=cfg.get("save_top_k", -1),
                 save_weights_only=bool(cfg.get("save_weights_only")),
                 exist_ok=bool(cfg.get("exist_ok")),
+                tensorboard=cfg["trainer"].get("logger") is None,  # no --trainer.logger: TensorBoard in the run dir
             )
             callbacks.append(self.run_dir_writer)
-            if cfg["trainer"].get("logger") is None:  # no --trainer.logger: TensorBoard inside the run directory
-                from panollava.rundir import run_dir_path
-
-                hp, data = self.model.hparams, self.datamodule.hparams
-                run_dir = run_dir_path(self.run_dir_writer.runs_root, self.run_dir_writer.experiment_name, hp.stage,
-                                       data.get("crop_strategy", "anyres_e2p"),
-                                       hp.model_config.get("resampler_type", "mlp")).resolve()
-                self.trainer.loggers = [fit_tensorboard_logger(run_dir)]
             return
         if self._plan is not None:  # test / predict / validate with a plan (before_instantiate_classes)
             model_kwargs = to_plain(cfg["model"])  # Namespace.items() would flatten nested keys

@@ -10,11 +10,7 @@ missing key that defines the model or its inputs falls back, loudly (one WARNING
 section), to the schema's default. Files of an older ``schema_version`` are migrated (:data:`MIGRATIONS`).
 Malformed files are errors, never guesses.
 
-Layout (``schema_version`` 2, described in ``docs/training.md``): ``schema_version``, ``experiment_name``,
-``stage``; the sections ``model_config``, ``training_config``, ``prompt`` and ``dataset`` hold the schema's
-keys plus recorded-only values (``learning_rate``, ...); then ``generation``, ``checkpoints`` (``best`` and
-``last``: ``{file, val_loss, epoch}`` or null, ``all``: ``[{file, epoch, step, val_loss}, ...]``),
-``checkpoint_contents``, ``lora_weights``, ``library_versions``, ``created_at``, ``updated_at``.
+The file's layout (``schema_version`` 2) is described in ``docs/training.md``.
 """
 
 from __future__ import annotations
@@ -30,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from panollava.errors import InputNotFoundError, InvalidInputError
+from panollava.report import installed_library_versions, write_text_atomic
 from panollava.schema import (  # DEFAULT_PROMPT_TEMPLATE, METADATA_FILENAME, STAGES: also imported from here
     DEFAULT_PROMPT_TEMPLATE,  # noqa: F401
     INPUT_KEYS,
@@ -65,11 +62,9 @@ RECORDED_KEYS: dict[str, frozenset[str]] = {
                                "resampler_hidden_dim", "resampler_depth"}),
     "training_config": frozenset({"learning_rate", "batch_size", "max_epochs", "seed", "weight_decay",
                                   "warmup_steps", "trainable_parts", "precision", "world_size"}),
-    "prompt": frozenset(),
     "dataset": frozenset({"train_csv", "val_csv", "test_csv", "dataset_name"}),
 }
-"""Keys training records besides the schema's settings (sizes, training-only values, provenance); any other key is
-reported once as unknown (kept, never applied)."""
+"""Keys training records besides the schema's settings; any other key is reported once as unknown (kept, not used)."""
 
 
 def _unknown_keys(data: Mapping[str, Any]) -> list[str]:
@@ -78,14 +73,13 @@ def _unknown_keys(data: Mapping[str, Any]) -> list[str]:
     for section in SECTIONS:
         values = data.get(section)
         if isinstance(values, Mapping):
-            known = RECORDED_KEYS[section] | {name for sec, name in _BY_PATH if sec == section}
+            known = RECORDED_KEYS.get(section, frozenset()) | {name for sec, name in _BY_PATH if sec == section}
             unknown += [f"{section}.{k}" for k in values if k not in known]
     return unknown
 
 
 def _finite_or_null(constant: str) -> None:
-    """``json.loads`` hook: NaN and +-Infinity (Python's JSON extension, e.g. a diverged validation loss) read as
-    null, so a metadata file never makes the strict JSON of ``metrics.json`` impossible to write."""
+    """``json.loads`` hook: NaN/Infinity (a diverged loss) read as null, so ``metrics.json`` stays strict JSON."""
     logger.warning("checkpoint metadata holds %s (not valid JSON); it is read as null", constant)
     return None
 
@@ -318,30 +312,6 @@ def read_metadata(path: str | os.PathLike[str]) -> RunMetadata:
     return RunMetadata(path=path, raw=raw, data=data, defaults_used=defaults_used, source_version=version)
 
 
-def installed_library_versions(
-    names: tuple[str, ...] = ("torch", "lightning", "transformers", "peft"),
-) -> dict[str, str | None]:
-    """Versions of installed libraries, read from package metadata (nothing is imported).
-
-    Args:
-        names: the distributions to look up.
-
-    Returns:
-        ``name → version`` (None when not installed) plus ``"python"``.
-    """
-    import platform
-    from importlib import metadata as importlib_metadata
-
-    versions: dict[str, str | None] = {}
-    for name in names:
-        try:
-            versions[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            versions[name] = None
-    versions["python"] = platform.python_version()
-    return versions
-
-
 def _checkpoint_entry(entry: Any, key: str, required: tuple[str, ...]) -> dict[str, Any] | None:
     if entry is None:
         return None
@@ -459,8 +429,6 @@ def write_metadata(path: str | os.PathLike[str], data: Mapping[str, Any]) -> Non
     for key in ("experiment_name", "stage"):
         if normalized.get(key) is None:
             raise InvalidInputError(f"refusing to write '{path}': {key} is missing; training must record it")
-    from panollava.report import write_text_atomic
-
     write_text_atomic(path, json.dumps(normalized, indent=2, ensure_ascii=False) + "\n")
     logger.info("wrote checkpoint metadata '%s'", path)
 

@@ -113,3 +113,27 @@ def format_metrics_table(metrics: Mapping[str, Any]) -> str:
         reason = (metrics.get("unavailable") or {}).get(key)
         rows.append(f"  {key:<8} {shown}" + (f"  ({reason})" if value is None and reason else ""))
     return "\n".join(rows)
+
+
+def installed_library_versions(
+    names: tuple[str, ...] = ("torch", "lightning", "transformers", "peft"),
+) -> dict[str, str | None]:
+    """Versions of installed libraries, read from package metadata (nothing is imported).
+
+    Args:
+        names: the distributions to look up.
+
+    Returns:
+        ``name → version`` (None when not installed) plus ``"python"``.
+    """
+    import platform
+    from importlib import metadata as importlib_metadata
+
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            versions[name] = None
+    versions["python"] = platform.python_version()
+    return versions

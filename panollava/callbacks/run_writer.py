@@ -46,6 +46,8 @@ class RunDirectoryWriter(Callback):
         save_top_k: Keep only the k best checkpoints (best and last are always kept); -1 keeps all.
         save_weights_only: Save weights only (no optimizer state) in checkpoints.
         exist_ok: Allow writing into a run directory that already holds checkpoints.
+        tensorboard: Log to TensorBoard inside the run directory (``fit``'s default when no ``--trainer.logger``
+            is given), replacing the trainer's loggers once the run directory is known.
     """
 
     def __init__(
@@ -56,8 +58,10 @@ class RunDirectoryWriter(Callback):
         save_top_k: int = -1,
         save_weights_only: bool = False,
         exist_ok: bool = False,
+        tensorboard: bool = False,
     ) -> None:
         self.experiment_name = experiment_name
+        self.tensorboard = tensorboard
         self.runs_root = runs_root
         self.dataset_name = dataset_name
         self.save_top_k = save_top_k
@@ -97,6 +101,10 @@ class RunDirectoryWriter(Callback):
         ).resolve()
         self.run_dir = run_dir
         logger.info("run directory: %s", run_dir)
+        if self.tensorboard:
+            from panollava.callbacks.sample_logger import fit_tensorboard_logger
+
+            trainer.loggers = [fit_tensorboard_logger(run_dir)]
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.run_dir is None or not trainer.is_global_zero:

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from panollava.errors import InvalidInputError
-from panollava.metadata import installed_library_versions, metadata_recorded_training, metadata_settings
-from panollava.report import sha256_file
+from panollava.metadata import metadata_recorded_training, metadata_settings
+from panollava.report import installed_library_versions, sha256_file
 from panollava.rundir import ResolvedRun, banner_lines, find_run_dir_from_config, resolve_run_dir
 from panollava.schema import SETTINGS, GenerationSettings
 from panollava.settings import MergedSettings, merge_settings, resolve_csv
