@@ -62,7 +62,7 @@ def test_strip_is_the_views_the_model_saw(evaluations):
     html = write_report_html(real, records, metrics).read_text()
     config, _ = view_config_from_metrics(metrics)
     assert (config.crop_strategy, config.image_size) == ("anyres_e2p", (32, 32))
-    first = Path(metrics["dataset"]["path"]).parent / records[0]["image"]
+    first = (Path(metrics["dataset"]["path"]).parent / records[0]["image"]).resolve()  # records keep image_path resolved
     css_id = re.search(rf'data-group="{re.escape(str(first))}".*?class="pano t(\d+)', html, re.S)
     assert css_id
     strip = np.asarray(_embedded(html, f"s{css_id.group(1)}"), dtype=np.float32)
