@@ -241,3 +241,15 @@ def test_checkpoint_and_metadata_written_before_the_schema_load(tiny_run, tmp_pa
     module = PanoLLaVAModule.load_from_checkpoint(run / "old.ckpt", weights_only=True, lora_dir=str(run / "lora_weights"))
     assert module.hparams.lora["alpha"] == 16 and module.hparams.generation["top_k"] == 0
     assert module.hparams.model_config["image_size"] == [32, 32]
+
+    # ... and evaluates unchanged through test --ckpt_dir: the settings come from the old metadata.
+    from panollava.cli import main
+
+    mini = Path(__file__).resolve().parents[1] / "panollava" / "assets" / "quic360-mini" / "test.csv"
+    out = tmp_path / "eval"
+    assert main(["test", "--ckpt_dir", str(run), "--ckpt_path", str(run / "old.ckpt"), "--csv_input", str(mini),
+                 "--max_samples", "2", "--max_new_tokens", "4", "--output_dir", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_samples"] == 2 and metrics["metadata"]["schema_version"] == 2  # migrated on read
+    for key in ("crop_strategy", "image_size", "vision_name", "lora"):
+        assert metrics["settings"][key]["source"] == "metadata", key
