@@ -34,6 +34,7 @@ from panollava.metrics.bootstrap import (
     bootstrap_interval,
     paired_bootstrap_pvalue,
 )
+from panollava.report import read_json_object
 
 logger = logging.getLogger(__name__)
 
@@ -162,12 +163,7 @@ def load_evaluation(path: str | Path, cwd: str | Path | None = None) -> Evaluati
     """
     folder, picked = find_evaluation(path, cwd)
     metrics_path = folder / "metrics.json"
-    try:
-        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InvalidInputError(f"'{metrics_path}' is not valid JSON: {exc}") from exc
-    if not isinstance(metrics, dict):
-        raise InvalidInputError(f"'{metrics_path}': expected a JSON object, found {type(metrics).__name__}")
+    metrics = read_json_object(metrics_path)
     predictions = next((folder / n for n in _PREDICTION_FILES if (folder / n).is_file()), None)
     if predictions is None:
         raise InputNotFoundError(

@@ -61,6 +61,23 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
 
 
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """A JSON file that must hold an object (``metrics.json``), with errors that name the file.
+
+    Raises:
+        InvalidInputError: the file is not valid JSON or not an object.
+    """
+    from panollava.errors import InvalidInputError
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"'{path}' is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"'{path}': expected a JSON object, found {type(data).__name__}")
+    return data
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file."""
     digest = hashlib.sha256()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from panollava.errors import InputNotFoundError, InvalidInputError
+from panollava.report import read_json_object
 
 logger = logging.getLogger(__name__)
 
@@ -88,12 +89,7 @@ def run_report(
             + ("" if metrics else " (looked beside the predictions file)")
             + ". Pass --metrics with the metrics.json of this evaluation"
         )
-    try:
-        metrics_data = json.loads(metrics_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InvalidInputError(f"'{metrics_path}' is not valid JSON: {exc}") from exc
-    if not isinstance(metrics_data, dict):
-        raise InvalidInputError(f"'{metrics_path}': expected a JSON object, found {type(metrics_data).__name__}")
+    metrics_data = read_json_object(metrics_path)
     out = Path(output_dir).expanduser().resolve() if output_dir else source.parent
     path = write_report_html(out, records, metrics_data, image_root=image_root)
     print(f"📄 Report: {path} ({len(records)} samples, {path.stat().st_size / 1e6:.1f} MB)")
