@@ -116,6 +116,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workdir", default="/tmp/panollava_real_size")
     parser.add_argument("--kinds", nargs="+", default=["siglip", "siglip2"], choices=["siglip", "siglip2"])
     parser.add_argument("--max_new_tokens", type=int, default=4)
+    parser.add_argument("--batch_size", type=int, default=1, help="training batch size")
+    parser.add_argument("--resampler", default="avgpool", choices=["avgpool", "mlp", "identity"],
+                        help="avgpool (default): 576 image tokens per panorama; mlp keeps all 2,304, and on CPU the "
+                        "one training step then needs more than the 24 GiB of this VM (killed for memory, batch 1 "
+                        "and 2: the CPU attention backward materialises the attention matrices)")
     args = parser.parse_args(argv)
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -129,15 +134,15 @@ def main(argv: list[str] | None = None) -> dict:
             "fit", "--experiment_name", name, "--dataset_name", "one",
             "--model.model_config.vision_name", str(folders[kind]),
             "--model.model_config.language_model_name", str(folders["lm"]),
-            "--model.model_config.resampler_type", "mlp", "--model.model_config.latent_dimension", "768",
+            "--model.model_config.resampler_type", args.resampler, "--model.model_config.latent_dimension", "768",
             "--model.stage", "finetune",
             "--data.train_csv", str(data), "--data.val_csv", str(data), "--data.test_csv", str(data),
-            "--data.batch_size", "2", "--trainer.max_steps", "1", "--trainer.max_epochs", "1",
+            "--data.batch_size", str(args.batch_size), "--trainer.limit_train_batches", "1", "--trainer.max_epochs", "1",
             "--trainer.limit_val_batches", "1", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
             "--trainer.enable_progress_bar", "false",
         ]
         figures[f"{kind}_fit"] = run(fit, workdir)
-        run_dir = workdir / "runs" / name / "finetune" / "anyres-e2p_mlp"
+        run_dir = workdir / "runs" / name / "finetune" / f"anyres-e2p_{args.resampler}"
         test = ["test", "--ckpt_dir", str(run_dir), "--csv_input", str(data),
                 "--max_new_tokens", str(args.max_new_tokens), "--output_dir", str(workdir / f"eval-{kind}")]
         figures[f"{kind}_test"] = run(test, workdir)
