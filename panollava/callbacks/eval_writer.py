@@ -242,8 +242,10 @@ class EvaluationWriter(Callback):
 
     def _finish(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._raise_failures(trainer, pl_module)
-        self._close()
         records = self._merge(trainer)
+        if self._bar is not None:  # every rank is done now: the shards rank 0 counted may have lagged behind
+            self._bar.update(max(0, self._num_done + self.generated - self._bar.n))
+        self._close()
         result: tuple[Any, Any, Any] = (None, None, None)
         if trainer.is_global_zero and self.mode == "test":
             result = self._score(records)
