@@ -144,6 +144,12 @@ class EvaluationWriter(Callback):
             else:
                 logger.info("evaluating %d samples on %d process(es) into '%s'", self._total, trainer.world_size,
                             self.output_dir)
+        if trainer.is_global_zero and self.mode == "test" and remaining:
+            import shutil
+
+            from panollava.metrics.meteor import prestart_meteor
+
+            prestart_meteor(shutil.which("java"))  # its 5-6 s JVM start overlaps generation, not the final step
         if trainer.progress_bar_callback is not None:
             trainer.progress_bar_callback.disable()  # counts batches of rank 0 only; ours counts samples
         if trainer.is_global_zero and self.progress and remaining:
