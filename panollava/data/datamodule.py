@@ -68,15 +68,17 @@ class PanoCaptionDataset(Dataset):
         self._cached_bytes = 0
 
     def views(self, image_path: str) -> torch.Tensor:
-        """Normalised views (V, 3, H, W) of one panorama, from the cache when present."""
+        """Normalised views (V, 3, H, W) of one panorama (zeros when image-blind), from the cache when present;
+        cut by :func:`panollava.data.eval_data.cut_views`, the code evaluation uses."""
+        from panollava.data.eval_data import cut_views
         from panollava.data.images import load_panorama
-        from panollava.data.views import normalize_views, render_views
 
         views = self._cache.get(image_path)
         if views is not None:
             self._cache.move_to_end(image_path)
             return views
-        views = normalize_views(render_views(load_panorama(image_path), self.view_config), self.mean, self.std)
+        spec = {"config": self.view_config, "mean": self.mean, "std": self.std, "image_blind": self.image_blind}
+        views = cut_views(load_panorama(image_path), spec)
         size = views.numel() * views.element_size()
         if size <= self.view_cache_bytes:
             self._cache[image_path] = views
@@ -92,8 +94,6 @@ class PanoCaptionDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         s = self.samples[index]
         views = self.views(s.image_path)
-        if self.image_blind:
-            views = torch.zeros_like(views)
         return {
             "index": index,
             "sample_id": s.sample_id,
