@@ -572,7 +572,6 @@ def write_report_html(
 
     with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
         pano_images: list[PanoramaImages | None] = list(pool.map(render, pano_paths))
-    rendered = sum(p is not None for p in pano_paths)
     for position, rec in enumerate(records):
         group = groups[position]
         css_id = pano_ids[group]

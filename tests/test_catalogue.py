@@ -542,11 +542,9 @@ def _disk_full(ctx: Ctx) -> tuple[int, str]:
     return _in_subprocess(code, env={"PATH": str(ctx.tmp)})  # no Java: no JVM to start in a one-off process
 
 
-# -- the rows ----------------------------------------------------------------------------------------------------------
 # -- interruption --------------------------------------------------------------------------------------------------
 def _interrupt_after_first_record(ctx: Ctx, sig: int) -> tuple[int, str, int]:
     """Starts ``test`` (batch 1) in a subprocess and sends ``sig`` once a record is on disk."""
-    import signal
     import time
 
     out = ctx.out()
@@ -589,6 +587,7 @@ def _sigkill_then_rerun(ctx: Ctx) -> list[str]:
     return ctx.test("--max_new_tokens", "16")
 
 
+# -- the rows ----------------------------------------------------------------------------------------------------------
 RUN = "Run directory"
 META = "Metadata"
 ADAPTER = "LoRA adapter"
