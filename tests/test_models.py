@@ -6,7 +6,9 @@ Everything runs on tiny models written to a temporary folder (once per session) 
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ import transformers
 
 from panollava.data.prompts import PromptEncoder
 from panollava.errors import InvalidInputError, ModelUnavailableError
-from panollava.models.build import build_vlm, load_tokenizer
+from panollava.models.build import build_vlm, load_image_preprocessing, load_tokenizer
 from panollava.models.resampler import RESAMPLERS, AvgPoolResampler, IdentityResampler, MLPResampler, build_resampler
 from panollava.models.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS, build_tiny_models
 from panollava.models.vlm import position_ids_from_mask
@@ -81,6 +83,25 @@ def test_tiny_models_are_complete_local_folders(tiny_dirs: dict[str, Path]) -> N
     stamp = (tiny_dirs["tiny-qwen3"] / "model.safetensors").stat().st_mtime_ns
     assert build_tiny_models(tiny_dirs["tiny-qwen3"].parent) == tiny_dirs
     assert (tiny_dirs["tiny-qwen3"] / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_image_mean_and_std_come_from_the_processor_json(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    """Read from ``preprocessor_config.json`` without building an image processor (which needs torchvision on
+    transformers 5.17); a processor without mean/std, or none at all, is an error that says what to record."""
+    folder = tmp_path / "vision"
+    shutil.copytree(tiny_dirs["tiny-siglip"], folder)
+    config = json.loads((folder / "preprocessor_config.json").read_text())
+    config.update(image_mean=[0.1, 0.2, 0.3], image_std=[0.4, 0.5, 0.6])
+    (folder / "preprocessor_config.json").write_text(json.dumps(config))
+    prep = load_image_preprocessing(str(folder), None, True)
+    assert prep.mean == (0.1, 0.2, 0.3) and prep.std == (0.4, 0.5, 0.6) and prep.image_size == (32, 32)
+    del config["image_std"]
+    (folder / "preprocessor_config.json").write_text(json.dumps(config))
+    with pytest.raises(InvalidInputError, match=r"does not record image_std: .*--data.image_std"):
+        load_image_preprocessing(str(folder), None, True)
+    (folder / "preprocessor_config.json").unlink()
+    with pytest.raises(InvalidInputError, match=r"cannot read the image processor.*--data.image_mean"):
+        load_image_preprocessing(str(folder), None, True)
 
 
 def test_tiny_tokenizer_reloads_through_auto_tokenizer(tiny_dirs: dict[str, Path]) -> None:

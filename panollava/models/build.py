@@ -130,7 +130,7 @@ def load_image_preprocessing(name: str, image_size: tuple[int, int] | None, use_
         image_size: (H, W) override; ``None`` takes the processor's / config's size.
         use_vision_processor: ``False`` skips normalisation (mean 0, std 1: views stay in [0, 1]).
     """
-    from transformers import AutoImageProcessor
+    from transformers.image_processing_base import ImageProcessingMixin
 
     src, vision_config = _vision_config(name)
     native = getattr(vision_config, "image_size", None)
@@ -141,10 +141,18 @@ def load_image_preprocessing(name: str, image_size: tuple[int, int] | None, use_
     if not use_vision_processor:
         return ImagePreprocessing(size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     try:
-        processor = AutoImageProcessor.from_pretrained(src)
-        mean = tuple(float(x) for x in processor.image_mean)
-        std = tuple(float(x) for x in processor.image_std)
-    except (OSError, ValueError, AttributeError) as exc:
+        # The processor's JSON, not the processor object: building an image processor needs torchvision on some
+        # transformers releases (5.17 requires it for AutoImageProcessor), and only mean/std are needed here.
+        processor, _ = ImageProcessingMixin.get_image_processor_dict(src)
+        mean = tuple(float(x) for x in processor["image_mean"])
+        std = tuple(float(x) for x in processor["image_std"])
+    except KeyError as exc:
+        raise InvalidInputError(
+            f"the image processor of vision model {name!r} does not record {exc.args[0]}: record "
+            "training_config.image_mean and image_std in the checkpoint metadata, or pass --data.image_mean [m, m, m] "
+            "--data.image_std [s, s, s]"
+        ) from exc
+    except (OSError, ValueError, TypeError) as exc:
         # No guessed mean/std: a wrong normalisation silently changes every view the model sees.
         raise InvalidInputError(
             f"cannot read the image processor of vision model {name!r} ({type(exc).__name__}: {exc}) and no "
