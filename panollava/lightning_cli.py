@@ -194,7 +194,10 @@ class PanoLLaVACLI(LightningCLI):
             callbacks.append(SampleLogger(cfg.get("log_interval"), cfg.get("log_max_samples"), val_samples, log_samples))
         elif log_samples:
             callbacks.append(SampleLogger(cfg.get("log_interval"), cfg.get("log_max_samples")))
-        if cfg["trainer"].get("logger") is None and self.subcommand != "fit":
+        if cfg["trainer"].get("logger") is None:
+            # No --trainer.logger: not Lightning's default TensorBoard logger in ./lightning_logs (Lightning creates
+            # that folder before any callback's setup). fit logs to TensorBoard inside the run directory instead
+            # (RunDirectoryWriter adds that logger once the run directory is known).
             self.trainer.loggers = []
         if self.subcommand == "fit":
             if not cfg.get("experiment_name"):

@@ -85,6 +85,8 @@ def test_fit_with_default_flags_writes_tensorboard_in_the_run_directory(tiny_run
     run_dir: Path = tiny_run["run_dir"]
     tb_dirs = sorted((run_dir / "tensorboard").glob("version_*"))
     assert [d.name for d in tb_dirs] == ["version_0"], tb_dirs
+    # and nothing in the folder it ran from: Lightning's default logger would have made ./lightning_logs
+    assert sorted(p.name for p in tiny_run["workdir"].iterdir()) == ["runs"]
     events = read_tensorboard_events(run_dir / "tensorboard")
     train_loss = [v.simple_value for _, v in events["train/loss"]]
     val_loss = [v.simple_value for _, v in events["val/loss"]]
