@@ -19,6 +19,9 @@ baseline, the speedup of ours over it (> 1 = faster) and whether the captions ar
   synchronised for timing) and peak memory. The baselines run on the first 64 queries and are extrapolated to
   the full set (labelled so). Agreement: plain vs shared path on the same 64 queries.
 * ``--smoke``: the (b) code path with tiny sizes on CPU (seconds), to check it before a GPU is at hand.
+* ``--compile`` (default on with ``--device cuda``): also ``compile_decode`` (``torch.compile`` of the decode step;
+  CUDA graphs on a GPU) against the eager shared path on the same samples: a compiling pass, then a timed one.
+  It runs last and a failure is recorded in the JSON line instead of ending the run.
 
 Run:
 
@@ -103,10 +106,15 @@ def real_configs():
 
 
 # -- data -------------------------------------------------------------------------------------------------------------
-def quic_structure(max_panoramas: int | None = None) -> list[tuple[str, list[str]]]:
+def quic_structure(max_panoramas: int | None = None, csv_path: Path = QUIC_TEST) -> list[tuple[str, list[str]]]:
     """(url, queries) of the QuIC-360 test split in file order (374 panoramas, 1,149 queries)."""
+    if not csv_path.is_file():
+        raise SystemExit(
+            f"error: the QuIC-360 test CSV is not at {csv_path}: pass --quic_csv PATH (on a GPU machine, where "
+            "../shared does not travel, benchmarks/gpu_bench.sh prepare copies it into .gpu_data/)"
+        )
     groups: dict[str, list[str]] = {}
-    with QUIC_TEST.open(newline="") as f:
+    with csv_path.open(newline="") as f:
         for row in csv.DictReader(f):
             queries = groups.setdefault(row["url"], [])
             if row["query"] not in queries:
@@ -192,8 +200,9 @@ def run_baselines(vlm, prompts, tokenizer, samples, views, max_new_tokens: int, 
     return loop_s, loop, time.perf_counter() - start, batched
 
 
-def run_ours(vlm, prompts, samples, views, settings, batch_size: int, share: bool, device: str):
-    gen = CaptionGenerator(vlm, prompts, settings, share_prefix=share, profile=True)
+def run_ours(vlm, prompts, samples, views, settings, batch_size: int, share: bool, device: str,
+             compile_decode: bool = False):
+    gen = CaptionGenerator(vlm, prompts, settings, share_prefix=share, compile_decode=compile_decode, profile=True)
     sync(device)
     start = time.perf_counter()
     captions = []
@@ -225,6 +234,34 @@ def panorama_batches(samples: list[tuple[str, str, str]], batch_size: int) -> It
         yield chunk
 
 
+def run_compiled(vlm, prompts, samples, views, settings, batch_size: int, device: str, eager_s: float,
+                 eager_captions: list[str], eager_gen) -> dict:
+    """``compile_decode`` against the eager shared path on the same samples: a first (compiling) pass, then a timed
+    one. Any failure is recorded, not raised, so the other figures survive."""
+    try:
+        torch._dynamo.reset()
+        start = time.perf_counter()
+        run_ours(vlm, prompts, samples, views, settings, batch_size, True, device, compile_decode=True)
+        sync(device)
+        first_s = time.perf_counter() - start
+        compiled_s, compiled, gen = run_ours(vlm, prompts, samples, views, settings, batch_size, True, device,
+                                             compile_decode=True)
+    except Exception as exc:  # a compiler failure is a finding of the benchmark, not its end
+        return {"error": f"{type(exc).__name__}: {exc}"[:800]}
+    eager_step = 1000 * eager_gen.timings["decode_s"] / max(1, eager_gen.stats["decode_forwards"])
+    step = 1000 * gen.timings["decode_s"] / max(1, gen.stats["decode_forwards"])
+    return {
+        "mode": gen.describe().get("compile_mode"),
+        "first_pass_with_compilation_s": round(first_s, 2),
+        "compiled_s": round(compiled_s, 3),
+        "eager_s": round(eager_s, 3),
+        "speedup_compiled_vs_eager": round(eager_s / compiled_s, 2),
+        "decode_ms_per_step_compiled": round(step, 2),
+        "decode_ms_per_step_eager": round(eager_step, 2),
+        "agreement_compiled_vs_eager": sum(a == b for a, b in zip(compiled, eager_captions)) / len(samples),
+    }
+
+
 # -- (a) CPU ----------------------------------------------------------------------------------------------------------
 def bench_cpu(args) -> dict:
     from panollava.data.views import ViewConfig, normalize_views, render_views
@@ -236,7 +273,7 @@ def bench_cpu(args) -> dict:
     vlm = build_model(vision_config, lm_config, 256, tokenizer, "cpu", torch.float32)
     size = vision_config.image_size
     config = ViewConfig(crop_strategy="anyres_e2p", image_size=(size, size))
-    structure = quic_structure()
+    structure = quic_structure(csv_path=args.quic_csv)
     panoramas = args.panoramas
     samples, views = [], {}
     for p in range(panoramas):
@@ -276,6 +313,10 @@ def bench_cpu(args) -> dict:
         "shared_stages_s": {k: round(v, 3) for k, v in gen.timings.items()},
         "vision_panoramas_encoded": gen.stats["panoramas_encoded"],
     }
+    if args.compile:
+        figures["compile_decode"] = run_compiled(vlm, prompts, samples, views, settings, len(samples), "cpu", ours_s,
+                                                 ours, gen)
+        print(f"compile_decode vs eager shared: {figures['compile_decode']}")
     print(f"per-sample loop (generate, batch 1) : {loop_s:7.2f} s  {n / loop_s:6.2f} samples/s")
     print(f"batched generate (batch {n})        : {batched_s:7.2f} s  {n / batched_s:6.2f} samples/s")
     print(f"ours, plain path                    : {plain_s:7.2f} s  {n / plain_s:6.2f} samples/s")
@@ -313,11 +354,11 @@ def bench_gpu(args) -> dict:
     if args.smoke:
         torch.set_num_threads(args.threads)
         vision_config, lm_config = small_configs(tokenizer, smoke=True)
-        structure, pano_hw, latent, subset = quic_structure(6), (256, 512), 64, 8
+        structure, pano_hw, latent, subset = quic_structure(6, args.quic_csv), (256, 512), 64, 8
         max_new, batch_size, workers = 4, 8, 1
     else:
         vision_config, lm_config = real_configs()
-        structure, pano_hw, latent, subset = quic_structure(), (1024, 2048), 768, 64
+        structure, pano_hw, latent, subset = quic_structure(None, args.quic_csv), (1024, 2048), 768, 64
         max_new, batch_size, workers = args.max_new_tokens, args.batch_size, args.workers
     build_start = time.perf_counter()
     vlm = build_model(vision_config, lm_config, latent, tokenizer, device, dtype)
@@ -423,6 +464,12 @@ def bench_gpu(args) -> dict:
         "agreement_plain_vs_shared_on_subset": sum(a == b for a, b in zip(plain_sub, shared_sub)) / m,
         "plain_samples_per_s_on_subset_model_side": round(m / plain_sub_s, 2),
     }
+    if args.compile:  # last: the other figures stand even if compilation fails
+        shared_again_s, shared_again, shared_gen_sub = run_ours(vlm, prompts, sub, sub_views, settings, subset, True,
+                                                                device)
+        figures["compile_decode_on_subset"] = run_compiled(vlm, prompts, sub, sub_views, settings, subset, device,
+                                                           shared_again_s, shared_again, shared_gen_sub)
+        print(f"compile_decode vs eager shared on the subset: {figures['compile_decode_on_subset']}")
     print(f"ours end to end: {n} samples in {ours_s:.1f} s = {n / ours_s:.1f} samples/s; stages {figures['stages_s']}")
     print(f"subset of {m}: loop {m / loop_s:.2f}/s, batched generate {m / batched_s:.2f}/s, "
           f"ours shared {m / shared_sub_s:.2f}/s, plain {m / plain_sub_s:.2f}/s")
@@ -445,13 +492,23 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max_new_tokens", type=int, default=None, help="default: 16 on CPU, 32 on CUDA")
     parser.add_argument("--batch_size", type=int, default=64, help="(b): samples per batch")
     parser.add_argument("--workers", type=int, default=8, help="(b): DataLoader workers decoding JPEGs")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
+    parser.add_argument("--quic_csv", type=Path, default=QUIC_TEST,
+                        help="the QuIC-360 test CSV whose panorama/query structure the benchmark copies")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="also time compile_decode against the eager shared path (default: on with --device "
+                             "cuda, off on CPU, where it measured slower)")
     args = parser.parse_args(argv)
+    if args.compile is None:
+        args.compile = args.device == "cuda" and not args.smoke
     if args.max_new_tokens is None:
         args.max_new_tokens = 32 if args.device == "cuda" else 16
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda needs a CUDA GPU (use --device cpu --smoke to check the code path)")
     figures = bench_gpu(args) if (args.device == "cuda" or args.smoke) else bench_cpu(args)
     print(json.dumps(figures))
+    if args.json is not None:
+        args.json.write_text(json.dumps(figures, indent=1) + "\n")
     return figures
 
 

@@ -35,6 +35,7 @@ from panollava.metrics.bootstrap import (
     paired_bootstrap_pvalue,
 )
 from panollava.report import read_json_object
+from panollava.schema import GENERATOR_OPTIONS
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ LEADERBOARD_METRICS: dict[str, str] = {"bleu_4": "BLEU-4", "meteor": "METEOR", "
 CI_METRICS: tuple[str, ...] = ("cider", "meteor")
 _PREDICTION_FILES = ("predictions.jsonl", "predictions_scored.jsonl")
 # decoding entries that describe how generation ran, not what it computes
-_NOT_DECODING = frozenset({"path", "kv_cache", "fallback_reason", "share_prefix"})
+_NOT_DECODING = frozenset({"path", "kv_cache", "attention", "fallback_reason", "compile_mode", *GENERATOR_OPTIONS})
 _SEED = 0
 
 

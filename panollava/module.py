@@ -338,7 +338,11 @@ class PanoLLaVAModule(L.LightningModule):
 
             gen = self.hparams.generation
             self._caption_generator = CaptionGenerator(
-                self.vlm, self.prompts, DecodeSettings.from_dict(gen), share_prefix=bool(gen.get("share_prefix", True))
+                self.vlm,
+                self.prompts,
+                DecodeSettings.from_dict(gen),
+                share_prefix=bool(gen.get("share_prefix", True)),
+                compile_decode=bool(gen.get("compile_decode", False)),
             )
         return self._caption_generator
 
@@ -390,6 +394,16 @@ class PanoLLaVAModule(L.LightningModule):
 
     def on_predict_epoch_start(self) -> None:
         self._start_evaluation()
+
+    def _end_evaluation(self) -> None:
+        if self._caption_generator is not None:
+            self._caption_generator.reset()  # releases a KV cache kept for compile_decode
+
+    def on_test_epoch_end(self) -> None:
+        self._end_evaluation()
+
+    def on_predict_epoch_end(self) -> None:
+        self._end_evaluation()
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         return self._evaluation_step(batch)

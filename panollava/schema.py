@@ -4,7 +4,8 @@ The typed dataclasses below are the one declaration. Everything else derives fro
 
 * ``--help``: the groups type the init args of ``PanoLLaVAModule`` (``--model.model_config.image_size``, ...)
   and the data module's view arguments; the evaluation flags (``--max_new_tokens``, ...) come from
-  :data:`SETTINGS`; ``generation.DecodeSettings`` is :class:`GenerationSettings` without ``share_prefix``.
+  :data:`SETTINGS`; ``generation.DecodeSettings`` is :class:`GenerationSettings` without the
+  :data:`GENERATOR_OPTIONS`.
 * validation: :func:`validate_setting` checks a value with jsonargparse's typing (the same types the CLI uses),
   so the metadata reader, the merge, the decode loop and the command line accept and refuse the same values.
 * the flat keys of ``metrics.json`` (``settings.<key>.{value, source}``), where ``checkpoint_metadata.json``
@@ -135,6 +136,8 @@ class GenerationSettings:
         repetition_penalty: Repetition penalty on generated tokens (1: off).
         seed: Seed of sampled decoding (each sample gets its own seed from it).
         share_prefix: Encode each panorama and its image prefix once for all its queries.
+        compile_decode: Compile the decode step with torch.compile (CUDA graphs on a GPU); opt-in: the first
+            batches pay the compilation (see docs/PERFORMANCE.md).
     """
 
     max_new_tokens: PositiveInt = 64
@@ -146,6 +149,13 @@ class GenerationSettings:
     repetition_penalty: PositiveFloat = 1.0
     seed: int = 0
     share_prefix: bool = True
+    compile_decode: bool = False
+
+
+GENERATOR_OPTIONS = ("share_prefix", "compile_decode")
+"""Fields of :class:`GenerationSettings` that choose how the generator computes, not which decoding it runs: kept
+out of ``generation.DecodeSettings`` and of the decoding comparison of ``compare`` (still in the resume
+fingerprint: in bf16 they can change a near-tie)."""
 
 
 @dataclass

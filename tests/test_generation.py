@@ -139,8 +139,10 @@ def eval_batches(items: list[dict], batch_size: int):
         }
 
 
-def caption_all(model, items, settings: DecodeSettings, share_prefix: bool, batch_size: int, prompts=None):
-    generator = CaptionGenerator(model.vlm, prompts or model.prompts, settings, share_prefix=share_prefix)
+def caption_all(model, items, settings: DecodeSettings, share_prefix: bool, batch_size: int, prompts=None,
+                compile_decode: bool = False):
+    generator = CaptionGenerator(model.vlm, prompts or model.prompts, settings, share_prefix=share_prefix,
+                                 compile_decode=compile_decode)
     captions = []
     for batch in eval_batches(items, batch_size):
         captions += generator.generate(batch)
@@ -203,6 +205,57 @@ def test_inverse_cdf_sampling_never_picks_removed_tokens_and_follows_the_distrib
     assert torch.allclose(counts, expected / expected.sum(), atol=0.03)
 
 
+# -- decode-step attention --------------------------------------------------------------------------------------------
+class _Attention(torch.nn.Module):
+    num_key_value_groups = 3
+    is_causal = True
+
+
+@pytest.mark.parametrize("mask_kind", ["bool", "additive", "per_head"])
+def test_gqa_decode_attention_equals_sdpa_over_repeated_key_values(mask_kind):
+    from transformers.integrations.sdpa_attention import repeat_kv
+
+    from panollava.generation.attention import gqa_decode_attention
+
+    g = torch.Generator().manual_seed(0)
+    b, heads, kv_heads, k_len, dim = 3, 6, 2, 17, 8
+    query = torch.randn(b, heads, 1, dim, generator=g)
+    key, value = (torch.randn(b, kv_heads, k_len, dim, generator=g) for _ in range(2))
+    keep = torch.rand(b, 1 if mask_kind != "per_head" else heads, 1, k_len, generator=g) > 0.3
+    keep[..., 0] = True
+    mask = keep if mask_kind != "additive" else torch.zeros(keep.shape).masked_fill(~keep, float("-inf"))
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query, repeat_kv(key, 3), repeat_kv(value, 3), attn_mask=mask, scale=0.3
+    ).transpose(1, 2)
+    out, weights = gqa_decode_attention(_Attention(), query, key, value, mask, scaling=0.3)
+    assert weights is None and out.shape == (b, 1, heads, dim) and out.is_contiguous()
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+
+
+def test_gqa_decode_attention_leaves_everything_but_one_token_steps_to_sdpa():
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from panollava.generation.attention import gqa_decode_attention
+
+    g = torch.Generator().manual_seed(1)
+    query = torch.randn(2, 6, 5, 8, generator=g)  # a prefill of 5 tokens
+    key, value = (torch.randn(2, 2, 5, 8, generator=g) for _ in range(2))
+    for mask in (None, torch.ones(2, 1, 5, 5, dtype=torch.bool).tril()):
+        ours, _ = gqa_decode_attention(_Attention(), query, key, value, mask)
+        theirs, _ = sdpa_attention_forward(_Attention(), query, key, value, mask)
+        assert torch.equal(ours, theirs)
+
+
+def test_decode_steps_use_the_folding_attention_and_restore_the_models_own(model, items):
+    from panollava.generation.attention import GQA_DECODE_ATTENTION
+
+    runner = CaptionGenerator(model.vlm, model.prompts, GREEDY).runner
+    assert runner.config._attn_implementation == "sdpa" and runner.step_attention == GQA_DECODE_ATTENTION
+    _, gen = caption_all(model, items[:3], GREEDY, share_prefix=True, batch_size=3)
+    assert model.vlm.language_model.get_base_model().config._attn_implementation == "sdpa"
+    assert gen.describe()["attention"].startswith(f"sdpa; one-token decode steps: {GQA_DECODE_ATTENTION}")
+
+
 # -- generation on real panoramas -------------------------------------------------------------------------------------
 def test_greedy_captions_identical_across_paths_and_batch_sizes_and_vision_runs_once_per_panorama(model, items):
     reference, plain1 = caption_all(model, items, GREEDY, share_prefix=False, batch_size=1)
@@ -232,6 +285,37 @@ def test_sampled_captions_identical_across_paths_and_batch_sizes(model, items):
     greedy, _ = caption_all(model, items, GREEDY, share_prefix=True, batch_size=len(items))
     other_seed, _ = caption_all(model, items, DecodeSettings(**{**SAMPLED.to_dict(), "seed": 8}), True, len(items))
     assert reference != greedy and other_seed != reference
+
+
+def test_compiled_decode_gives_the_eager_captions_and_compiles_once_per_shape_family(model, items):
+    """``compile_decode``: torch.compile (inductor on CPU) of the decode step, over batches of 4, 4, 4 and 3 samples
+    (a new batch size recompiles once with a dynamic batch dimension, not once per size)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    reference, _ = caption_all(model, items, GREEDY, share_prefix=True, batch_size=4)
+    sampled_reference, _ = caption_all(model, items, SAMPLED, share_prefix=True, batch_size=4)
+    compiled, gen = caption_all(model, items, GREEDY, share_prefix=True, batch_size=4, compile_decode=True)
+    assert compiled == reference
+    info = gen.describe()
+    assert info["compile_decode"] is True and info["compile_mode"] == "default"
+    assert gen.runner.cache_slots(65) == 128 and gen.runner.cache_slots(64) == 64
+    assert gen.runner.caches_reused >= 1  # batches of one shape decode into one cache (CUDA graphs keep addresses)
+    # the same runner, other batches (sizes 2 and 1): recompiles stay bounded (the batch dimension turns dynamic)
+    for batch in eval_batches(items[:3], 2):
+        gen.generate(batch)
+    assert counters["stats"]["unique_graphs"] <= 4, dict(counters["stats"])
+    sampled, _ = caption_all(model, items, SAMPLED, share_prefix=True, batch_size=4, compile_decode=True)
+    assert sampled == sampled_reference
+    torch._dynamo.reset()
+
+
+def test_compile_decode_is_refused_for_beam_search_with_a_warning(model, caplog):
+    with caplog.at_level(logging.WARNING, logger="panollava.generation.generator"):
+        gen = CaptionGenerator(model.vlm, model.prompts, DecodeSettings(num_beams=2), compile_decode=True)
+    assert "compile_decode has no effect with num_beams 2" in caplog.text
+    assert gen.describe()["compile_decode"] is False and "compile_mode" not in gen.describe()
 
 
 def test_greedy_equals_transformers_generate(model, items):

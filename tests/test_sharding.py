@@ -15,6 +15,7 @@ from panollava.evaluation.state import (
     begin_attempt,
     count_shard_lines,
     finish_attempt,
+    fingerprint_changes,
     read_done,
     shard_path,
 )
@@ -94,6 +95,15 @@ def test_shards_resume_and_refuse_other_settings(tmp_path: Path) -> None:
         begin_attempt(out, changed, mode="test", overwrite=False, sample_ids=["s1"], world_size=1)
     _, done = begin_attempt(out, changed, mode="test", overwrite=True, sample_ids=["s1"], world_size=1)
     assert done == {} and not (out / "shards").exists()
+
+
+def test_a_setting_added_after_the_state_was_written_is_a_change_only_off_its_default() -> None:
+    old = {"decoding.max_new_tokens": 8, "setting.share_prefix": True}  # written before compile_decode existed
+    assert fingerprint_changes(old, {**old, "decoding.compile_decode": False, "setting.compile_decode": False}) == []
+    assert fingerprint_changes(old, {**old, "setting.compile_decode": True}) == [("setting.compile_decode", None, True)]
+    assert fingerprint_changes({**old, "setting.compile_decode": False}, old) == [
+        ("setting.compile_decode", False, None)]  # a key that disappeared is a change
+    assert fingerprint_changes(old, {**old, "checkpoint_sha256": "ab"}) == [("checkpoint_sha256", None, "ab")]
 
 
 def test_final_set_and_finished_folder(tmp_path: Path) -> None:

@@ -110,9 +110,34 @@ def evaluation_fingerprint(
     return json.loads(json.dumps(out, default=str))
 
 
+def _schema_default(key: str) -> Any:
+    """The built-in default of a ``setting.<key>`` / ``decoding.<key>`` fingerprint entry (``KeyError``: none)."""
+    from panollava.schema import SETTINGS
+
+    section, _, name = key.partition(".")
+    if section not in ("setting", "decoding"):
+        raise KeyError(key)
+    return SETTINGS[name].default
+
+
 def fingerprint_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
-    """``(key, before, now)`` for every fingerprint entry that differs."""
-    return [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    """``(key, before, now)`` for every fingerprint entry that differs.
+
+    A setting added to the schema after ``old`` was written is not a change while it has its default value (so an
+    evaluation started by an earlier release resumes unless the new setting is used).
+    """
+    changes = []
+    for k in sorted(set(old) | set(new)):
+        if old.get(k) == new.get(k):
+            continue
+        if k not in old:
+            try:
+                if new[k] == _schema_default(k):
+                    continue
+            except KeyError:
+                pass
+        changes.append((k, old.get(k), new.get(k)))
+    return changes
 
 
 def _flag_name(key: str) -> str:

@@ -7,6 +7,13 @@ sets its slot to 1. Position ids count real tokens (``models.vlm.position_ids_fr
 left padding (plain path) and a gap between the image prefix and a shorter query suffix (shared path) give the
 positions an unpadded prompt would have.
 
+Opt-in compilation (``compile_decode``): the one-token decode step runs through ``torch.compile`` of the LM (mode
+``reduce-overhead`` on CUDA, which records CUDA graphs; ``default`` elsewhere), with automatic dynamic shapes so
+that a batch of another size recompiles once, not per size; prefills stay eager (their shapes change every batch).
+The cache length is then rounded up to a multiple of :data:`COMPILED_SLOT_MULTIPLE` so that batches whose prompts
+differ by a few tokens reuse one graph; the extra slots are masked out. The last cache is kept and reused (zeroed)
+by the next batch of the same shape, since CUDA graphs are recorded against its addresses.
+
 Public transformers APIs only, for 5.0 and later: the cache keyword of a causal LM's ``forward`` was renamed from
 ``past_key_values`` to ``cache`` (5.2x); :class:`LanguageModelRunner` reads the signature once and passes the right
 one. A peft ``PeftModel`` is unwrapped to its base model, whose layers carry the LoRA weights.
@@ -25,25 +32,73 @@ from panollava.generation.settings import DecodeSettings
 from panollava.models.vlm import position_ids_from_mask
 
 
+COMPILED_SLOT_MULTIPLE = 64
+"""With ``compile_decode``, KV caches hold a multiple of this many slots (fewer distinct shapes to compile)."""
+
+
+def compile_mode_for(device: torch.device) -> str:
+    """The ``torch.compile`` mode of the decode step on ``device``: CUDA graphs on CUDA, plain inductor elsewhere."""
+    return "reduce-overhead" if device.type == "cuda" else "default"
+
+
 class LanguageModelRunner:
     """Forward passes of a causal LM against an explicit KV cache, across transformers versions.
 
     Args:
         language_model: A transformers causal LM, possibly wrapped by peft.
+        compile_decode: Run the one-token decode steps through ``torch.compile`` (built on the first step).
     """
 
-    def __init__(self, language_model: nn.Module) -> None:
+    def __init__(self, language_model: nn.Module, compile_decode: bool = False) -> None:
         base = language_model.get_base_model() if hasattr(language_model, "get_base_model") else language_model
         self.model = base
         self.config = base.config
         params = inspect.signature(base.forward).parameters
         self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        # one-token steps of an sdpa LM run through the GQA-folding attention (panollava.generation.attention)
+        self.step_attention: str | None = None
+        if getattr(self.config, "_attn_implementation", None) == "sdpa":
+            from panollava.generation.attention import register
 
-    def new_static_cache(self, max_cache_len: int):
-        """A ``StaticCache`` of ``max_cache_len`` slots (tensors allocated on the first write)."""
+            self.step_attention = register()
+        self.compile_decode = bool(compile_decode)
+        self.compile_mode: str | None = None
+        self._compiled: nn.Module | None = None
+        self._kept_cache: tuple[tuple, object] | None = None
+        self.caches_reused = 0
+
+    def cache_slots(self, needed: int) -> int:
+        """Slots to allocate for ``needed`` (rounded up to :data:`COMPILED_SLOT_MULTIPLE` when compiling)."""
+        if not self.compile_decode:
+            return needed
+        return -(-needed // COMPILED_SLOT_MULTIPLE) * COMPILED_SLOT_MULTIPLE
+
+    def new_static_cache(self, max_cache_len: int, batch_size: int):
+        """An empty ``StaticCache`` of ``max_cache_len`` slots for ``batch_size`` rows.
+
+        Eager: a new cache (tensors allocated on the first write). With ``compile_decode`` the last cache is kept
+        and, when the next batch has the same shape, zeroed and reused: CUDA graphs are recorded against the
+        cache's memory addresses, so a new cache per batch would mean recording again every batch.
+        """
         from transformers import StaticCache
 
-        return StaticCache(config=self.config, max_cache_len=max_cache_len)
+        if not self.compile_decode:
+            return StaticCache(config=self.config, max_cache_len=max_cache_len)
+        param = next(self.model.parameters())
+        key = (max_cache_len, batch_size, param.dtype, param.device)
+        if self._kept_cache is not None and self._kept_cache[0] == key:
+            cache = self._kept_cache[1]
+            cache.reset()
+            self.caches_reused += 1
+            return cache
+        self._kept_cache = None  # release the old one before allocating
+        cache = StaticCache(config=self.config, max_cache_len=max_cache_len)
+        self._kept_cache = (key, cache)
+        return cache
+
+    def release_cache(self) -> None:
+        """Drop the kept cache (``compile_decode``), e.g. when generation is over or the weights change."""
+        self._kept_cache = None
 
     def new_dynamic_cache(self):
         """A ``DynamicCache`` for a one-off prefill whose keys/values are then copied elsewhere."""
@@ -82,6 +137,38 @@ class LanguageModelRunner:
             **{self.cache_kwarg: cache},
         )
         return out.logits[:, -1, :].float()
+
+    def step_logits(self, cache, attention_mask: torch.Tensor, position_ids: torch.Tensor, input_ids: torch.Tensor):
+        """One decode step (``input_ids`` (B, 1)): :meth:`logits` with :attr:`step_attention` (an sdpa LM's
+        attention for the step), compiled when ``compile_decode`` is on."""
+        if self.step_attention is None:
+            return self._step_logits(cache, attention_mask, position_ids, input_ids)
+        config = self.config
+        own = config._attn_implementation
+        config._attn_implementation = self.step_attention
+        try:
+            return self._step_logits(cache, attention_mask, position_ids, input_ids)
+        finally:
+            config._attn_implementation = own
+
+    def _step_logits(self, cache, attention_mask: torch.Tensor, position_ids: torch.Tensor, input_ids: torch.Tensor):
+        if not self.compile_decode:
+            return self.logits(cache, attention_mask, position_ids, input_ids=input_ids)
+        if self._compiled is None:
+            self.compile_mode = compile_mode_for(input_ids.device)
+            self._compiled = torch.compile(self.model, mode=self.compile_mode, dynamic=None, fullgraph=False)
+        if input_ids.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
+        out = self._compiled(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self.cache_kwarg: cache},
+        )
+        # a copy: a CUDA graph's outputs are overwritten by its next replay
+        return out.logits[:, -1, :].to(torch.float32, copy=True)
 
 
 def copy_prefix_to_cache(source, target, rows: torch.Tensor) -> None:
@@ -130,10 +217,10 @@ def prefill_plain(
         The prefilled state.
     """
     b, length = attention_mask.shape
-    slots = length + max_new_tokens
+    slots = runner.cache_slots(length + max_new_tokens)
     mask = attention_mask.new_zeros((b, slots))
     mask[:, :length] = attention_mask
-    cache = runner.new_static_cache(slots)
+    cache = runner.new_static_cache(slots, b)
     logits = runner.logits(cache, mask, position_ids_from_mask(attention_mask), inputs_embeds=embeds)
     return Prefilled(cache, mask, length, attention_mask.sum(dim=1), logits)
 
@@ -165,11 +252,11 @@ def prefill_shared(
     """
     p, prefix_len = prefix_embeds.shape[:2]
     b, suffix_len = suffix_mask.shape
-    slots = prefix_len + suffix_len + max_new_tokens
+    slots = runner.cache_slots(prefix_len + suffix_len + max_new_tokens)
     prefix_cache = runner.new_dynamic_cache()
     positions = torch.arange(prefix_len, device=prefix_embeds.device).unsqueeze(0).expand(p, prefix_len)
     runner.logits(prefix_cache, None, positions, inputs_embeds=prefix_embeds)
-    cache = runner.new_static_cache(slots)
+    cache = runner.new_static_cache(slots, b)
     copy_prefix_to_cache(prefix_cache, cache, rows)
     del prefix_cache
     mask = suffix_mask.new_zeros((b, slots))
@@ -230,9 +317,7 @@ def decode(
             return tokens[:, : t + 1], forwards
         slot = state.next_slot
         state.attention_mask[:, slot] = 1
-        logits = runner.logits(
-            state.cache, state.attention_mask, positions.unsqueeze(1), input_ids=token.unsqueeze(1)
-        )
+        logits = runner.step_logits(state.cache, state.attention_mask, positions.unsqueeze(1), token.unsqueeze(1))
         forwards += 1
         state.next_slot = slot + 1
         positions += 1

@@ -12,8 +12,9 @@ An evaluation batch holds the unique panoramas of its samples (``pixel_values`` 
    batch's prompts (a template that puts query text there), the batch falls back to the plain path and the reason
    is logged once.
 3. **Plain path** (``share_prefix=False`` or fallback): full left-padded prompts prefilled per sample.
-4. **Decode** (``panollava.generation.decode``): greedy or seeded sampling in one loop over a preallocated cache;
-   beam search (``num_beams > 1``) goes through Hugging Face ``generate`` on the plain path.
+4. **Decode** (``panollava.generation.decode``): greedy or seeded sampling in one loop over a preallocated cache,
+   optionally compiled (``compile_decode``); beam search (``num_beams > 1``) goes through Hugging Face ``generate``
+   on the plain path (never compiled).
 
 On CPU fp32 the shared and plain paths, and any batch size, give the same captions (tests/test_generation.py).
 """
@@ -29,7 +30,13 @@ from typing import Any
 import torch
 
 from panollava.errors import InvalidInputError
-from panollava.generation.decode import LanguageModelRunner, decode, prefill_plain, prefill_shared
+from panollava.generation.decode import (
+    LanguageModelRunner,
+    compile_mode_for,
+    decode,
+    prefill_plain,
+    prefill_shared,
+)
 from panollava.generation.sampling import row_uniforms
 from panollava.generation.settings import DecodeSettings
 
@@ -51,17 +58,33 @@ class CaptionGenerator:
         settings: Decoding settings.
         share_prefix: Prefill the image prefix once per panorama (falls back to the plain path, with one log line,
             when the prompts' text before the image differs).
+        compile_decode: Run the decode steps through ``torch.compile`` (CUDA graphs on a GPU; see
+            :mod:`panollava.generation.decode`).
         profile: Accumulate per-stage wall times (vision, prefill, decode) in :attr:`timings`, synchronising the
             device at stage boundaries (slower; for benchmarks).
     """
 
-    def __init__(self, vlm, prompts, settings: DecodeSettings, share_prefix: bool = True, profile: bool = False) -> None:
+    def __init__(
+        self,
+        vlm,
+        prompts,
+        settings: DecodeSettings,
+        share_prefix: bool = True,
+        compile_decode: bool = False,
+        profile: bool = False,
+    ) -> None:
         self.vlm = vlm
         self.prompts = prompts
         self.tokenizer = prompts.tokenizer
         self.settings = settings
         self.share_prefix = bool(share_prefix)
-        self.runner = LanguageModelRunner(vlm.language_model)
+        if compile_decode and settings.num_beams > 1:
+            logger.warning(
+                "compile_decode has no effect with num_beams %d: beam search runs through Hugging Face generate, "
+                "uncompiled", settings.num_beams
+            )
+            compile_decode = False
+        self.runner = LanguageModelRunner(vlm.language_model, compile_decode=compile_decode)
         self.eos_token_id = int(self.tokenizer.eos_token_id)
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = int(pad if pad is not None else self.eos_token_id)
@@ -85,8 +108,10 @@ class CaptionGenerator:
         }
 
     def reset(self) -> None:
-        """Forget the carried-over panorama features: call when the weights change (a new validation epoch)."""
+        """Forget the carried-over panorama features (and release a kept KV cache): call when the weights change
+        (a new validation epoch) or when an evaluation is over."""
         self._carry = None
+        self.runner.release_cache()
 
     @contextmanager
     def _stage(self, name: str) -> Iterator[None]:
@@ -116,14 +141,24 @@ class CaptionGenerator:
             **self.settings.to_dict(),
             "path": path,
             "share_prefix": self.share_prefix,
+            "compile_decode": self.runner.compile_decode,
+            "attention": self._attention_description(path),
             "kv_cache": KV_GENERATE if path == PATH_BEAM else KV_STATIC,
             "eos_token_id": self.eos_token_id,
             "pad_token_id": self.pad_token_id,
             "seeding": "per sample: sample_seed(seed, sample_id)" if self.settings.do_sample else "none (deterministic)",
         }
+        if self.runner.compile_decode and path != PATH_BEAM:
+            info["compile_mode"] = self.runner.compile_mode or compile_mode_for(self.vlm.projector.weight.device)
         if self.share_prefix and self._fallback_reason is not None:
             info["fallback_reason"] = self._fallback_reason
         return info
+
+    def _attention_description(self, path: str) -> str:
+        own = str(self.runner.config._attn_implementation)
+        if self.runner.step_attention is None or path == PATH_BEAM:
+            return own
+        return f"{own}; one-token decode steps: {self.runner.step_attention} (grouped-query heads folded, no KV copy)"
 
     # -- vision ---------------------------------------------------------------------------------------------------
     def image_features(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,7 +1,7 @@
 """Decoding settings and the per-sample seed.
 
-:class:`DecodeSettings` is :class:`panollava.schema.GenerationSettings` without ``share_prefix`` (a choice of
-the generator, not of the decoding): its fields, types, defaults and docs are generated from the schema, and its
+:class:`DecodeSettings` is :class:`panollava.schema.GenerationSettings` without its generator options
+(``share_prefix``, ``compile_decode``: choices of the generator, not of the decoding): its fields, types, defaults and docs are generated from the schema, and its
 values are checked with the schema's validation (:func:`panollava.schema.check_settings`), so the decode loop
 accepts exactly what ``--model.generation.*`` accepts. :func:`sample_seed` derives each sample's sampling seed
 from the run's ``seed`` and the sample's own id, so a sampled caption does not depend on the batch size, the
@@ -16,7 +16,7 @@ from dataclasses import asdict, field, fields, make_dataclass
 from typing import Any
 
 from panollava.errors import InvalidInputError
-from panollava.schema import GenerationSettings, args_doc, check_settings
+from panollava.schema import GENERATOR_OPTIONS, GenerationSettings, args_doc, check_settings
 
 
 class _DecodeMethods:
@@ -57,7 +57,7 @@ class _DecodeMethods:
         return asdict(self)
 
 
-_FIELDS = [f for f in fields(GenerationSettings) if f.name != "share_prefix"]
+_FIELDS = [f for f in fields(GenerationSettings) if f.name not in GENERATOR_OPTIONS]
 DecodeSettings = make_dataclass(
     "DecodeSettings",
     [(f.name, f.type, field(default=f.default)) for f in _FIELDS],
