@@ -299,7 +299,7 @@ def test_compiled_decode_gives_the_eager_captions_and_compiles_once_per_shape_fa
     compiled, gen = caption_all(model, items, GREEDY, share_prefix=True, batch_size=4, compile_decode=True)
     assert compiled == reference
     info = gen.describe()
-    assert info["compile_decode"] is True and info["compile_mode"] == "default"
+    assert info["compile_decode"] is True and info["compile_mode"] == "default" and "reused" in info["kv_cache"]
     assert gen.runner.cache_slots(65) == 128 and gen.runner.cache_slots(64) == 64
     assert gen.runner.caches_reused >= 1  # batches of one shape decode into one cache (CUDA graphs keep addresses)
     # the same runner, other batches (sizes 2 and 1): recompiles stay bounded (the batch dimension turns dynamic)

@@ -46,6 +46,7 @@ PATH_SHARED = "shared_prefix"
 PATH_PLAIN = "plain"
 PATH_BEAM = "beam_search"
 KV_STATIC = "static (transformers.StaticCache, preallocated per batch)"
+KV_STATIC_KEPT = "static (transformers.StaticCache, preallocated; reused by the next batch of the same shape)"
 KV_GENERATE = "dynamic (transformers generate)"
 
 
@@ -143,7 +144,7 @@ class CaptionGenerator:
             "share_prefix": self.share_prefix,
             "compile_decode": self.runner.compile_decode,
             "attention": self._attention_description(path),
-            "kv_cache": KV_GENERATE if path == PATH_BEAM else KV_STATIC,
+            "kv_cache": KV_GENERATE if path == PATH_BEAM else (KV_STATIC_KEPT if self.runner.compile_decode else KV_STATIC),
             "eos_token_id": self.eos_token_id,
             "pad_token_id": self.pad_token_id,
             "seeding": "per sample: sample_seed(seed, sample_id)" if self.settings.do_sample else "none (deterministic)",
