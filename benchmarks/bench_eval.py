@@ -422,7 +422,7 @@ def bench_gpu(args) -> dict:
     sub = samples[:subset]
     sub_views = {s[1]: views_of(synthetic_panorama_from_jpeg(paths[int(s[1][4:])])) for s in sub}
     loop_s, loop, batched_s, batched = run_baselines(vlm, prompts, tokenizer, sub, sub_views, max_new, subset, device)
-    shared_sub_s, shared_sub, _ = run_ours(vlm, prompts, sub, sub_views, settings, subset, True, device)
+    shared_sub_s, shared_sub, shared_sub_gen = run_ours(vlm, prompts, sub, sub_views, settings, subset, True, device)
     plain_sub_s, plain_sub, _ = run_ours(vlm, prompts, sub, sub_views, settings, subset, False, device)
     n, m = len(samples), len(sub)
     ours_sub = [captions[s[0]] for s in sub]
@@ -470,10 +470,8 @@ def bench_gpu(args) -> dict:
     if args.compile:  # last: the other figures stand even if compilation fails or runs past the time limit
         if args.json is not None:
             args.json.write_text(json.dumps({**figures, "compile_decode_on_subset": "not finished"}, indent=1) + "\n")
-        shared_again_s, shared_again, shared_gen_sub = run_ours(vlm, prompts, sub, sub_views, settings, subset, True,
-                                                                device)
         figures["compile_decode_on_subset"] = run_compiled(vlm, prompts, sub, sub_views, settings, subset, device,
-                                                           shared_again_s, shared_again, shared_gen_sub)
+                                                           shared_sub_s, shared_sub, shared_sub_gen)
         print(f"compile_decode vs eager shared on the subset: {figures['compile_decode_on_subset']}")
     tmp.cleanup()
     return figures

@@ -36,9 +36,11 @@ run)
         .whl/*.whl || exit 1
     export PYTHONPATH=/tmp/site:$REPO PANOLLAVA_CACHE=/tmp/pcache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
-    "$PYTHON" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())"
-    timeout "${BENCH_TIMEOUT:-480}" "$PYTHON" benchmarks/bench_eval.py --device cuda --quic_csv .gpu_data/quic360_test.csv \
-        --json "$OUT/bench_eval.json" ${BENCH_ARGS:-} 2>&1 | grep -v "Warning\|warnings.warn" | tee "$OUT/bench_eval.log"
+    "$PYTHON" -c "import torch, transformers as t; print('torch', torch.__version__, 'transformers', t.__version__,
+                                                    'cuda', torch.cuda.is_available())"
+    timeout "${BENCH_TIMEOUT:-480}" "$PYTHON" benchmarks/bench_eval.py --device cuda \
+        --quic_csv .gpu_data/quic360_test.csv --json "$OUT/bench_eval.json" ${BENCH_ARGS:-} 2>&1 \
+        | grep -v "Warning\|warnings.warn" | tee "$OUT/bench_eval.log"
     echo "bench rc=${PIPESTATUS[0]}"
     ;;
 *)

@@ -22,6 +22,8 @@ one. A peft ``PeftModel`` is unwrapped to its base model, whose layers carry the
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -113,6 +115,7 @@ class LanguageModelRunner:
         position_ids: torch.Tensor,
         inputs_embeds: torch.Tensor | None = None,
         input_ids: torch.Tensor | None = None,
+        model: Callable | None = None,
     ) -> torch.Tensor:
         """Run the LM on new tokens appended to ``cache``; return the last position's logits.
 
@@ -123,11 +126,13 @@ class LanguageModelRunner:
             position_ids: (B, Q) positions of the new tokens.
             inputs_embeds: (B, Q, hidden) new token embeddings, or
             input_ids: (B, Q) new token ids.
+            model: What runs the forward (default the LM; :meth:`step_logits` passes the compiled LM).
 
         Returns:
-            (B, vocab) float32 logits of the last new position.
+            (B, vocab) float32 logits of the last new position (always a new tensor: a CUDA graph's outputs are
+            overwritten by its next replay).
         """
-        out = self.model(
+        out = (self.model if model is None else model)(
             input_ids=input_ids,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -136,22 +141,25 @@ class LanguageModelRunner:
             logits_to_keep=1,
             **{self.cache_kwarg: cache},
         )
-        return out.logits[:, -1, :].float()
+        return out.logits[:, -1, :].to(torch.float32, copy=model is not None)
 
-    def step_logits(self, cache, attention_mask: torch.Tensor, position_ids: torch.Tensor, input_ids: torch.Tensor):
-        """One decode step (``input_ids`` (B, 1)): :meth:`logits` with :attr:`step_attention` (an sdpa LM's
-        attention for the step), compiled when ``compile_decode`` is on."""
+    @contextmanager
+    def decoding(self) -> Iterator[None]:
+        """The one-token decode steps: an sdpa LM runs :attr:`step_attention` inside, its own attention after."""
         if self.step_attention is None:
-            return self._step_logits(cache, attention_mask, position_ids, input_ids)
+            yield
+            return
         config = self.config
         own = config._attn_implementation
         config._attn_implementation = self.step_attention
         try:
-            return self._step_logits(cache, attention_mask, position_ids, input_ids)
+            yield
         finally:
             config._attn_implementation = own
 
-    def _step_logits(self, cache, attention_mask: torch.Tensor, position_ids: torch.Tensor, input_ids: torch.Tensor):
+    def step_logits(self, cache, attention_mask: torch.Tensor, position_ids: torch.Tensor, input_ids: torch.Tensor):
+        """One decode step (``input_ids`` (B, 1), inside :meth:`decoding`): :meth:`logits`, compiled when
+        ``compile_decode`` is on."""
         if not self.compile_decode:
             return self.logits(cache, attention_mask, position_ids, input_ids=input_ids)
         if self._compiled is None:
@@ -159,16 +167,7 @@ class LanguageModelRunner:
             self._compiled = torch.compile(self.model, mode=self.compile_mode, dynamic=None, fullgraph=False)
         if input_ids.device.type == "cuda":
             torch.compiler.cudagraph_mark_step_begin()
-        out = self._compiled(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=True,
-            logits_to_keep=1,
-            **{self.cache_kwarg: cache},
-        )
-        # a copy: a CUDA graph's outputs are overwritten by its next replay
-        return out.logits[:, -1, :].to(torch.float32, copy=True)
+        return self.logits(cache, attention_mask, position_ids, input_ids=input_ids, model=self._compiled)
 
 
 def copy_prefix_to_cache(source, target, rows: torch.Tensor) -> None:
@@ -298,27 +297,30 @@ def decode(
     seen = torch.zeros((b, vocab), dtype=torch.bool, device=device) if settings.repetition_penalty != 1.0 else None
     positions = state.next_positions.clone()
     forwards = 0
-    for t in range(steps):
-        scores = logits
-        if seen is not None:
-            scores = apply_repetition_penalty(scores, seen, settings.repetition_penalty)
-        if settings.do_sample:
-            if uniforms is None:
-                raise ValueError("sampling needs per-row uniforms")
-            token = sample_from_logits(filter_logits(scores, settings), uniforms[:, t])
-        else:
-            token = scores.argmax(dim=-1)
-        token = torch.where(finished, torch.full_like(token, pad_token_id), token)
-        tokens[:, t] = token
-        finished |= token == eos_token_id
-        if seen is not None:
-            seen.scatter_(1, token.unsqueeze(1), True)
-        if t == steps - 1 or bool(finished.all()):
-            return tokens[:, : t + 1], forwards
-        slot = state.next_slot
-        state.attention_mask[:, slot] = 1
-        logits = runner.step_logits(state.cache, state.attention_mask, positions.unsqueeze(1), token.unsqueeze(1))
-        forwards += 1
-        state.next_slot = slot + 1
-        positions += 1
-    return tokens, forwards
+    with runner.decoding():
+        for t in range(steps):
+            scores = logits
+            if seen is not None:
+                scores = apply_repetition_penalty(scores, seen, settings.repetition_penalty)
+            if settings.do_sample:
+                if uniforms is None:
+                    raise ValueError("sampling needs per-row uniforms")
+                token = sample_from_logits(filter_logits(scores, settings), uniforms[:, t])
+            else:
+                token = scores.argmax(dim=-1)
+            token = torch.where(finished, torch.full_like(token, pad_token_id), token)
+            tokens[:, t] = token
+            finished |= token == eos_token_id
+            if seen is not None:
+                seen.scatter_(1, token.unsqueeze(1), True)
+            if t == steps - 1 or bool(finished.all()):
+                return tokens[:, : t + 1], forwards
+            slot = state.next_slot
+            state.attention_mask[:, slot] = 1
+            logits = runner.step_logits(
+                state.cache, state.attention_mask, positions.unsqueeze(1), token.unsqueeze(1)
+            )
+            forwards += 1
+            state.next_slot = slot + 1
+            positions += 1
+        return tokens, forwards

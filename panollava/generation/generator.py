@@ -144,7 +144,7 @@ class CaptionGenerator:
             "share_prefix": self.share_prefix,
             "compile_decode": self.runner.compile_decode,
             "attention": self._attention_description(path),
-            "kv_cache": KV_GENERATE if path == PATH_BEAM else (KV_STATIC_KEPT if self.runner.compile_decode else KV_STATIC),
+            "kv_cache": self._kv_cache_description(path),
             "eos_token_id": self.eos_token_id,
             "pad_token_id": self.pad_token_id,
             "seeding": "per sample: sample_seed(seed, sample_id)" if self.settings.do_sample else "none (deterministic)",
@@ -154,6 +154,11 @@ class CaptionGenerator:
         if self.share_prefix and self._fallback_reason is not None:
             info["fallback_reason"] = self._fallback_reason
         return info
+
+    def _kv_cache_description(self, path: str) -> str:
+        if path == PATH_BEAM:
+            return KV_GENERATE
+        return KV_STATIC_KEPT if self.runner.compile_decode else KV_STATIC
 
     def _attention_description(self, path: str) -> str:
         own = str(self.runner.config._attn_implementation)

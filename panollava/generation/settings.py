@@ -1,9 +1,10 @@
 """Decoding settings and the per-sample seed.
 
 :class:`DecodeSettings` is :class:`panollava.schema.GenerationSettings` without its generator options
-(``share_prefix``, ``compile_decode``: choices of the generator, not of the decoding): its fields, types, defaults and docs are generated from the schema, and its
-values are checked with the schema's validation (:func:`panollava.schema.check_settings`), so the decode loop
-accepts exactly what ``--model.generation.*`` accepts. :func:`sample_seed` derives each sample's sampling seed
+(``share_prefix``, ``compile_decode``: choices of the generator, not of the decoding): its fields, types, defaults
+and docs are generated from the schema, and its values are checked with the schema's validation
+(:func:`panollava.schema.check_settings`), so the decode loop accepts exactly what ``--model.generation.*``
+accepts. :func:`sample_seed` derives each sample's sampling seed
 from the run's ``seed`` and the sample's own id, so a sampled caption does not depend on the batch size, the
 world size or a resume.
 """
