@@ -1,21 +1,26 @@
-"""``PanoLLaVAModule``: thin Lightning orchestration of the panoramic VLM.
+"""``PanoLLaVAModule``: thin Lightning orchestration of our panoramic VLM (the ``panollava`` family).
 
-What a checkpoint holds: the weights that training can change — resampler and projector always, the vision tower
-when it is trained, the LoRA tensors when LoRA is on — and, under ``checkpoint["panollava"]``, which module
-prefixes are *not* in it because they are reloaded from the named pretrained models. Loading is strict: a key
-missing from a checkpoint must belong to a prefix listed there, whose source model name matches the current model
-config; anything else is an error that names the keys.
+It builds the model (:mod:`panollava.models.build`), trains it, and evaluates it through the family seam
+(:class:`panollava.captioning.CaptioningModule`, with :class:`panollava.families.ours.PanoLLaVACaptionModel`). What
+a checkpoint holds and the strict restore are pure functions in :mod:`panollava.checkpoint_contents`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Any, Literal
 
-import lightning as L
 import torch
 
+from panollava.captioning import CaptioningModule
+from panollava.checkpoint_contents import (
+    CHECKPOINT_KEY,
+    base_fingerprints,
+    pretrained_sources,
+    restore_missing,
+    saved_in_checkpoint,
+    tokenizer_fingerprint,
+)
 from panollava.errors import InvalidInputError
 from panollava.schema import STAGES, GenerationSettings, LoraSettings, ModelSettings, PromptSettings, to_plain
 
@@ -29,10 +34,10 @@ STAGE_TRAINABLE = {
 }
 DEFAULT_GENERATION = to_plain(GenerationSettings())
 DEFAULT_PROMPT = to_plain(PromptSettings())
-CHECKPOINT_KEY = "panollava"
+__all__ = ["CHECKPOINT_KEY", "PanoLLaVAModule"]
 
 
-class PanoLLaVAModule(L.LightningModule):
+class PanoLLaVAModule(CaptioningModule):
     """Panoramic VLM training, validation, test (generation + caption metrics) and predict.
 
     The typed groups (``model_config``, ``lora``, ``prompt``, ``generation``) are declared in
@@ -116,9 +121,7 @@ class PanoLLaVAModule(L.LightningModule):
         self.vlm = None
         self.tokenizer = None
         self.prompts = None
-        self._caption_generator = None
-        self.eval_error: Exception | None = None
-        self.test_scores = None  # CaptionScores of the last test, set by EvaluationWriter
+        self._caption_model = None
 
     # -- building ---------------------------------------------------------------------------------------------------
     @property
@@ -187,124 +190,44 @@ class PanoLLaVAModule(L.LightningModule):
             self.vlm.language_model = self.vlm.language_model.merge_and_unload()
             logger.info("merged the LoRA adapter into the language model")
 
-    # -- checkpoint contents --------------------------------------------------------------------------------------
-    def _saved_in_checkpoint(self, key: str) -> bool:
-        """Whether a state-dict key is stored in checkpoints (else it is reloaded from a named model)."""
-        name = key[len("vlm.") :] if key.startswith("vlm.") else key
-        if "lora_" in name:
-            return True
-        if name.startswith(("resampler.", "projector.")):
-            return True
-        for part in ("vision_tower", "language_model"):
-            if name.startswith(part + "."):
-                return part in self.trainable_parts or part in self._parts_in_checkpoint
-        return False
-
+    # -- checkpoint contents (panollava.checkpoint_contents) ------------------------------------------------------
     _parts_in_checkpoint: frozenset[str] = frozenset()
 
-    def _from_pretrained_sources(self) -> dict[str, str]:
+    def pretrained_sources(self) -> dict[str, str]:
         """Module prefix → model name, for the base weights that checkpoints do not hold."""
-        mc = self.hparams.model_config
-        sources = {}
-        for part, key in (("language_model", "language_model_name"), ("vision_tower", "vision_name")):
-            if part not in self.trainable_parts and part not in self._parts_in_checkpoint:
-                sources[f"vlm.{part}."] = mc[key]
-        return sources
+        return pretrained_sources(self.hparams.model_config, self.trainable_parts, self._parts_in_checkpoint)
 
-    def _base_fingerprints(self, sources: dict[str, str]) -> dict[str, str]:
-        """A cheap fingerprint of the weights reloaded from each named model (not the full data: shapes and a
-        sum of the first values of every tensor), to detect a base model that changed since training."""
-        import hashlib
-
-        digests = {prefix: hashlib.sha256() for prefix in sources}
-        for name, tensor in self.state_dict().items():
-            for prefix, digest in digests.items():
-                if name.startswith(prefix) and not self._saved_in_checkpoint(name):
-                    head = tensor.detach().reshape(-1)[:4096].double()
-                    digest.update(f"{name}{tuple(tensor.shape)}{head.sum().item():.6e}".encode())
-        return {prefix: d.hexdigest()[:16] for prefix, d in digests.items()}
-
-    def _tokenizer_fingerprint(self) -> str:
-        """sha256 (16 hex digits) of the tokenizer's vocabulary: token ids must mean what they meant in training."""
-        import hashlib
-        import json
-
-        vocab = sorted(self.tokenizer.get_vocab().items(), key=lambda item: item[1])
-        return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:16]
+    def _is_saved(self, key: str, held: frozenset[str] | None = None) -> bool:
+        held = self._parts_in_checkpoint if held is None else held
+        return saved_in_checkpoint(key, self.trainable_parts, held)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["state_dict"]
-        for key in [k for k in state if not self._saved_in_checkpoint(k)]:
+        for key in [k for k in state if not self._is_saved(k)]:
             del state[key]
-        sources = self._from_pretrained_sources()
+        sources = self.pretrained_sources()
         checkpoint[CHECKPOINT_KEY] = {
-            "tokenizer_fingerprint": self._tokenizer_fingerprint(),
+            "tokenizer_fingerprint": tokenizer_fingerprint(self.tokenizer),
             "from_pretrained": sources,
-            "base_fingerprints": self._base_fingerprints(sources),
+            "base_fingerprints": base_fingerprints(self.state_dict(), sources, self._is_saved),
             "saved_keys": len(state),
             "trainable_parts": list(self.trainable_parts),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Check the checkpoint against the model and fill the base weights it does not hold (strict loading)."""
-        info = checkpoint.get(CHECKPOINT_KEY)
-        state = checkpoint["state_dict"]
         own = self.state_dict()
-        unexpected = sorted(set(state) - set(own))
-        if unexpected:
-            raise InvalidInputError(
-                f"checkpoint holds {len(unexpected)} weight(s) this model does not have, e.g. {unexpected[:5]}; "
-                "the model settings (metadata model_config / LoRA) do not match the run that wrote it"
-            )
-        expected_tokenizer = (info or {}).get("tokenizer_fingerprint")
-        if expected_tokenizer is not None and expected_tokenizer != self._tokenizer_fingerprint():
-            mc = self.hparams.model_config
-            raise InvalidInputError(
-                f"the tokenizer loaded from {mc.get('tokenizer_name') or mc['language_model_name']!r} has another "
-                f"vocabulary than the one the checkpoint was trained with (fingerprint {self._tokenizer_fingerprint()} "
-                f"!= {expected_tokenizer}); load the same tokenizer"
-            )
-        missing = sorted(set(own) - set(state))
-        if not missing:
-            return
-        if info is None:
-            raise InvalidInputError(
-                f"checkpoint lacks {len(missing)} weight(s), e.g. {missing[:5]}, and does not say where they come "
-                "from (no 'panollava' entry): it was not written by panollava"
-            )
-        sources: dict[str, str] = info["from_pretrained"]
-        # LoRA tensors sit under the LM's prefix but never come from the pretrained LM: a fresh adapter (B = 0) would
-        # silently evaluate the base model. They may be missing only when an adapter folder (lora_dir) supplies them.
-        lora_supplied = self.hparams.lora_dir is not None
-        unexplained = [
-            k for k in missing if ("lora_" in k and not lora_supplied) or not any(k.startswith(p) for p in sources)
-        ]
-        if unexplained:
-            raise InvalidInputError(
-                f"checkpoint lacks {len(unexplained)} weight(s) that are not reloaded from a pretrained model, "
-                f"e.g. {unexplained[:5]}"
-            )
-        mc = self.hparams.model_config
-        current = {"vlm.language_model.": mc["language_model_name"], "vlm.vision_tower.": mc["vision_name"]}
-        for prefix, name in sources.items():
-            if any(k.startswith(prefix) for k in missing) and current.get(prefix) != name:
-                raise InvalidInputError(
-                    f"checkpoint expects the '{prefix[4:-1]}' weights from {name!r} but the model was built from "
-                    f"{current.get(prefix)!r}; use the model names the run was trained with"
-                )
-        self._parts_in_checkpoint = frozenset(
-            part for part in ("vision_tower", "language_model") if f"vlm.{part}." not in sources
+        fills_base_weights = bool(set(own) - set(checkpoint["state_dict"]))
+        held = restore_missing(
+            checkpoint["state_dict"], own, checkpoint.get(CHECKPOINT_KEY),
+            model_config=self.hparams.model_config,
+            tokenizer_print=tokenizer_fingerprint(self.tokenizer),
+            lora_supplied=self.hparams.lora_dir is not None,
+            fingerprints_now=lambda sources, parts: base_fingerprints(
+                own, sources, lambda key: self._is_saved(key, parts)),
         )
-        recorded = info.get("base_fingerprints") or {}
-        current_fp = self._base_fingerprints({p: n for p, n in sources.items() if p in recorded})
-        for prefix, fingerprint in current_fp.items():
-            if fingerprint != recorded[prefix]:
-                raise InvalidInputError(
-                    f"the '{prefix[4:-1]}' weights loaded from {sources[prefix]!r} differ from those the checkpoint "
-                    f"was trained with (fingerprint {fingerprint} != {recorded[prefix]}); load the same base model"
-                )
-        for key in missing:
-            state[key] = own[key]
+        if fills_base_weights:
+            self._parts_in_checkpoint = held
 
     # -- steps ----------------------------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
@@ -330,86 +253,43 @@ class PanoLLaVAModule(L.LightningModule):
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["query"]))
         return loss
 
+    # -- evaluation (panollava.captioning) -------------------------------------------------------------------------
     @property
-    def caption_generator(self):
-        """The one owner of decoding (``panollava.generation.CaptionGenerator``), built on first use."""
-        if self._caption_generator is None and self.vlm is not None:
+    def caption_model(self):
+        """Our family behind the seam (:class:`panollava.families.ours.PanoLLaVACaptionModel`), built on first use."""
+        if self._caption_model is None and self.vlm is not None:
+            from panollava.families.ours import PanoLLaVACaptionModel
             from panollava.generation import CaptionGenerator, DecodeSettings
 
             gen = self.hparams.generation
-            self._caption_generator = CaptionGenerator(
+            generator = CaptionGenerator(
                 self.vlm,
                 self.prompts,
                 DecodeSettings.from_dict(gen),
                 share_prefix=bool(gen.get("share_prefix", True)),
                 compile_decode=bool(gen.get("compile_decode", False)),
             )
-        return self._caption_generator
+            mc = self.hparams.model_config
+            identity = {"vision_name": mc["vision_name"], "language_model_name": mc["language_model_name"]}
+            self._caption_model = PanoLLaVACaptionModel(self.vlm, generator, self.image_preprocessing, identity)
+        return self._caption_model
 
-    @torch.no_grad()
-    def generate_captions(self, batch: dict[str, Any]) -> list[str]:
-        """Captions for a batch, one per sample (see ``panollava.generation``)."""
-        batch = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-        return self.caption_generator.generate(batch)
+    def panorama_transform(self, view_settings):
+        """Normalised views at the vision tower's size; reads only the vision model's config files, so the data
+        module can ask before the model is built (``fit``)."""
+        from panollava.families.ours import stacked_views_for
 
-    def _records(self, batch: dict[str, Any], predictions: Sequence[str]) -> list[dict[str, Any]]:
-        return [
-            {
-                "index": int(batch["index"][i]),
-                "sample_id": batch["sample_id"][i],
-                "image": batch["image"][i],
-                "image_path": batch["image_path"][i],
-                "query": batch["query"][i],
-                "prediction": predictions[i],
-                "references": list(batch["references"][i]),
-            }
-            for i in range(len(predictions))
-        ]
+        return stacked_views_for(view_settings, self.image_preprocessing)
 
-    def _evaluation_step(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
-        """Records of one evaluation batch. A failure is kept on ``eval_error`` (and the rank's remaining batches
-        are skipped) instead of raised, so that the evaluation writer can end every rank with it at the epoch's
-        end; on a single process it is raised at once."""
-        if self.eval_error is not None or not batch["sample_id"]:
-            return []
-        try:
-            if batch.get("error") is not None:
-                raise batch["error"]
-            return self._records(batch, self.generate_captions(batch))
-        except Exception as exc:  # noqa: BLE001 - reported by EvaluationWriter on every rank
-            if self.trainer.world_size == 1:
-                raise
-            logger.error("rank %d: %s: %s", self.global_rank, type(exc).__name__, exc)
-            self.eval_error = exc
-            return []
+    @property
+    def caption_generator(self):
+        """The one owner of decoding (``panollava.generation.CaptionGenerator``), built on first use."""
+        model = self.caption_model
+        return model.generator if model is not None else None
 
-    def _start_evaluation(self) -> None:
-        self.eval_error = None
-        if self._caption_generator is not None:
-            self._caption_generator.reset()  # no features carried over from an earlier run in this process
-
-    def on_test_epoch_start(self) -> None:
-        self._start_evaluation()
-        self.test_scores = None
-
-    def on_predict_epoch_start(self) -> None:
-        self._start_evaluation()
-
-    def _end_evaluation(self) -> None:
-        if self._caption_generator is not None:
-            self._caption_generator.reset()  # releases a KV cache kept for compile_decode
-
-    def on_test_epoch_end(self) -> None:
-        self._end_evaluation()
-
-    def on_predict_epoch_end(self) -> None:
-        self._end_evaluation()
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        return self._evaluation_step(batch)
-
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        return self._evaluation_step(batch)
+    def _reset_caption_model(self) -> None:
+        if self._caption_model is not None:
+            self._caption_model.reset()
 
     # -- optimisation ---------------------------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -105,3 +105,40 @@ def test_no_import_cycle_between_panollava_modules():
     assert "panollava.schema" in graph["panollava.settings"]  # the graph is real
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def external_imports(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """``module → top-level names of the non-panollava packages it imports`` (top-level and lazy imports)."""
+    out: dict[str, set[str]] = {}
+    for path in package.rglob("*.py"):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names.add(node.module.split(".")[0])
+        out[_module_name(path, package)] = names - {"panollava"}
+    return out
+
+
+def test_models_and_families_never_import_lightning():
+    """The layers below the Lightning edge (pure torch + transformers) stay testable without Lightning."""
+    imports = external_imports()
+    assert "lightning" in imports["panollava.captioning"]  # the check reads real imports
+    offenders = sorted(m for m, names in imports.items()
+                       if m.startswith(("panollava.models", "panollava.families", "panollava.checkpoint_contents"))
+                       and names & {"lightning", "pytorch_lightning", "lightning_utilities"})
+    assert not offenders, f"these modules import lightning: {offenders}"
+
+
+def test_engine_layers_never_import_a_family():
+    """The data module, the evaluation engine and the writers serve every family through the seam only
+    (panollava.families.base), never a family's own modules."""
+    graph = import_graph()
+    neutral = ("panollava.data", "panollava.evaluation", "panollava.callbacks.eval_writer", "panollava.captioning",
+               "panollava.generation", "panollava.report")
+    offenders = sorted(
+        f"{m} -> {t}" for m, targets in graph.items() if m.startswith(neutral)
+        for t in targets if t.startswith("panollava.families.") and t != "panollava.families.base"
+    )
+    assert not offenders, "engine layers import a family: " + ", ".join(offenders)

@@ -221,7 +221,7 @@ class RunDirectoryWriter(Callback):
             "saved": "resampler, projector" + (", vision_tower" if "vision_tower" in pl_module.trainable_parts else "")
             + (", language_model" if "language_model" in pl_module.trainable_parts else "")
             + (", LoRA tensors" if hp.lora is not None else ""),
-            "from_pretrained": pl_module._from_pretrained_sources(),
+            "from_pretrained": pl_module.pretrained_sources(),
             "weights_only": self.save_weights_only,
         }
         meta = build_metadata(

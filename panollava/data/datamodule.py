@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -42,43 +43,28 @@ class PanoCaptionDataset(Dataset):
 
     Args:
         samples: The caption samples.
-        view_config: A ``panollava.data.views.ViewConfig`` (crop strategy, view size, fov, overlap).
-        mean: Per-channel mean for normalisation.
-        std: Per-channel std for normalisation.
-        image_blind: Replace every view by zeros (the image-blind baseline).
+        transform: The model's panorama transform (``CaptioningModule.panorama_transform``: for our family a
+            :class:`panollava.families.base.StackedViews`, the code evaluation uses).
         view_cache_mb: Keep up to this many MB of rendered views per process, keyed by image (a panorama usually
             has several queries, so its views are cut once); 0 disables the cache.
     """
 
-    def __init__(
-        self,
-        samples: Sequence[CaptionSample],
-        view_config,
-        mean,
-        std,
-        image_blind: bool = False,
-        view_cache_mb: float = 0.0,
-    ) -> None:
+    def __init__(self, samples: Sequence[CaptionSample], transform, view_cache_mb: float = 0.0) -> None:
         self.samples = list(samples)
-        self.view_config = view_config
-        self.mean, self.std = mean, std
-        self.image_blind = image_blind
+        self.transform = transform
         self.view_cache_bytes = int(view_cache_mb * 2**20)
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._cached_bytes = 0
 
     def views(self, image_path: str) -> torch.Tensor:
-        """Normalised views (V, 3, H, W) of one panorama (zeros when image-blind), from the cache when present;
-        cut by :func:`panollava.data.eval_data.cut_views`, the code evaluation uses."""
-        from panollava.data.eval_data import cut_views
+        """The transformed views of one panorama, from the cache when present."""
         from panollava.data.images import load_panorama
 
         views = self._cache.get(image_path)
         if views is not None:
             self._cache.move_to_end(image_path)
             return views
-        spec = {"config": self.view_config, "mean": self.mean, "std": self.std, "image_blind": self.image_blind}
-        views = cut_views(load_panorama(image_path), spec)
+        views = self.transform(load_panorama(image_path))
         size = views.numel() * views.element_size()
         if size <= self.view_cache_bytes:
             self._cache[image_path] = views
@@ -173,43 +159,18 @@ class PanoDataModule(L.LightningDataModule):
         self.eval_batches: dict[str, list[list[int]]] = {}
 
     # -- helpers --------------------------------------------------------------------------------------------------
-    def view_config(self, image_size: tuple[int, int]):
-        """The ``ViewConfig`` for views of ``image_size`` (H, W)."""
-        from panollava.data.views import ViewConfig
-
+    def view_settings(self) -> ViewSettings:
+        """The view settings of this data module (crop strategy, fov, overlap, normalisation, image-blind)."""
         hp = self.hparams
-        config = ViewConfig(
-            crop_strategy=hp.crop_strategy,
-            image_size=tuple(int(x) for x in image_size),
-            fov_deg=float(hp.fov_deg),
-            overlap_ratio=float(hp.overlap_ratio),
-            num_views=int(hp.num_views),
-        )
-        config.validate()
-        return config
+        return ViewSettings(**{f.name: hp[f.name] for f in fields(ViewSettings) if f.name in hp})
 
-    def image_preprocessing(self):
-        """View size (from the model) and normalisation: ``image_mean``/``image_std`` when given (the run's
-        metadata records them), else the vision processor's; mean 0 / std 1 without ``use_vision_processor``."""
+    def panorama_transform(self):
+        """The attached model's transform of one decoded panorama (``CaptioningModule.panorama_transform``): the
+        model's family decides what it needs of a panorama; this module only says how views are asked for."""
         module = self.trainer.lightning_module if self.trainer is not None else None
-        if module is None or not hasattr(module, "image_preprocessing"):
-            raise RuntimeError("PanoDataModule needs a PanoLLaVAModule attached through the Trainer")
-        hp = self.hparams
-        if not hp.use_vision_processor or (hp.image_mean is None) != (hp.image_std is None):
-            if (hp.image_mean is None) != (hp.image_std is None):
-                raise InvalidInputError(
-                    f"image_mean {hp.image_mean} and image_std {hp.image_std}: give both or neither "
-                    "(--data.image_mean / --data.image_std, or training_config.image_mean/image_std in the metadata)"
-                )
-            return module.image_preprocessing(False)
-        if hp.image_mean is not None:
-            from dataclasses import replace
-
-            size_only = module.image_preprocessing(False)  # reads only the vision config
-            return replace(size_only, mean=tuple(map(float, hp.image_mean)), std=tuple(map(float, hp.image_std)))
-        return module.image_preprocessing(True)
-
-    _preprocessing = image_preprocessing
+        if module is None or not hasattr(module, "panorama_transform"):
+            raise RuntimeError("PanoDataModule needs a CaptioningModule attached through the Trainer")
+        return module.panorama_transform(self.view_settings())
 
     def _dataset(self, csv: str | None, split: str) -> PanoCaptionDataset:
         if csv is None:
@@ -222,12 +183,10 @@ class PanoDataModule(L.LightningDataModule):
             samples = group_samples(rows, self.hparams.reference_mode)
         if self.hparams.max_samples is not None:
             samples = samples[: self.hparams.max_samples]
-        prep = self._preprocessing()
-        config = self.view_config(prep.image_size)
-        logger.info("%s: %d samples from %s (%s)", split, len(samples), Path(csv).resolve(), config.crop_strategy)
-        return PanoCaptionDataset(
-            samples, config, prep.mean, prep.std, self.hparams.image_blind, self.hparams.view_cache_mb
-        )
+        transform = self.panorama_transform()
+        logger.info("%s: %d samples from %s (%s)", split, len(samples), Path(csv).resolve(),
+                    self.hparams.crop_strategy)
+        return PanoCaptionDataset(samples, transform, self.hparams.view_cache_mb)
 
     # -- Lightning hooks ------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -284,8 +243,8 @@ class PanoDataModule(L.LightningDataModule):
         self.eval_batches[split] = batches
         on_gpu = trainer is not None and trainer.strategy.root_device.type == "cuda"
         on_device = hp.view_device == "model" or (hp.view_device == "auto" and on_gpu)
-        batches_ds = PanoramaBatches(dataset.samples, batches, dataset.view_config, dataset.mean, dataset.std,
-                                     dataset.image_blind, views_on_device=on_device)
+        batches_ds = PanoramaBatches(dataset.samples, batches, dataset.transform,
+                                     views_on_device=on_device and bool(getattr(dataset.transform, "on_device", False)))
         logger.info("%s: rank %d of %d evaluates %d samples in %d batches", split, rank, world,
                     batches_ds.num_samples, len(batches))
         return DataLoader(

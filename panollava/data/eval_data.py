@@ -35,11 +35,11 @@ def identity_collate(item: Any) -> Any:
     return item
 
 
-class ViewSpecBox:
-    """Carries a view spec through Lightning's device transfer untouched (it is not a tensor collection)."""
+class TransformBox:
+    """Carries a panorama transform through Lightning's device transfer untouched (not a tensor collection)."""
 
-    def __init__(self, spec: dict[str, Any]) -> None:
-        self.spec = spec
+    def __init__(self, transform) -> None:
+        self.transform = transform
 
 
 def cut_views(panorama: torch.Tensor, spec: dict[str, Any]) -> torch.Tensor:
@@ -52,14 +52,14 @@ def cut_views(panorama: torch.Tensor, spec: dict[str, Any]) -> torch.Tensor:
 
 
 def attach_views(batch: dict[str, Any]) -> dict[str, Any]:
-    """Cuts the views of a ``views_on_device`` batch where its panoramas are (after the upload): sets
-    ``pixel_values`` (P, V, 3, H, W) and drops the decoded panoramas. A failure becomes ``batch["error"]``, reported
-    by the rank like any other (see the module docstring)."""
+    """Applies the panorama transform of a ``views_on_device`` batch where its panoramas are (after the upload):
+    sets ``pixel_values`` and drops the decoded panoramas. A failure becomes ``batch["error"]``, reported by the
+    rank like any other (see the module docstring)."""
     panoramas = batch.pop("panoramas")
-    spec = batch.pop("view_spec").spec
+    transform = batch.pop("transform").transform
     if batch.get("error") is None:
         try:
-            batch["pixel_values"] = torch.stack([cut_views(p, spec) for p in panoramas])
+            batch["pixel_values"] = transform.collate([transform(p) for p in panoramas])
         except Exception as exc:  # noqa: BLE001 - reported by the rank at the end of the epoch
             batch["error"] = exc
     return batch
@@ -72,17 +72,14 @@ def empty_batch() -> dict[str, Any]:
 
 
 class PanoramaBatches(IterableDataset):
-    """Batches of evaluation samples with each panorama's views cut once.
+    """Batches of evaluation samples with each panorama decoded and transformed once.
 
     Args:
         samples: The dataset's samples (indexed by dataset index).
         batches: Dataset indices of each batch this process evaluates, in order.
-        view_config: A ``panollava.data.views.ViewConfig``.
-        mean: Per-channel normalisation mean.
-        std: Per-channel normalisation std.
-        image_blind: Replace every view by zeros (the image-blind baseline).
-        views_on_device: Only decode each panorama (uint8 ``panoramas``, one per unique image) and leave the view
-            cutting to :func:`attach_views` after the batch reached the model's device (a GPU projects far faster
+        transform: The model's panorama transform (``panollava.families.base.PanoramaTransform``).
+        views_on_device: Only decode each panorama (uint8 ``panoramas``, one per unique image) and leave the
+            transform to :func:`attach_views` after the batch reached the model's device (a GPU projects far faster
             than the loader's CPU).
     """
 
@@ -90,20 +87,15 @@ class PanoramaBatches(IterableDataset):
         self,
         samples: Sequence[CaptionSample],
         batches: Sequence[Sequence[int]],
-        view_config,
-        mean,
-        std,
-        image_blind: bool = False,
+        transform,
         views_on_device: bool = False,
     ) -> None:
         super().__init__()
         self.samples = samples
         self.batches = [list(b) for b in batches]
-        self.view_config = view_config
-        self.mean, self.std = mean, std
-        self.image_blind = image_blind
+        self.transform = transform
         self.views_on_device = views_on_device
-        self._last: tuple[str, torch.Tensor] | None = None
+        self._last: tuple[str, Any] | None = None
 
     @property
     def num_samples(self) -> int:
@@ -113,8 +105,8 @@ class PanoramaBatches(IterableDataset):
     def __len__(self) -> int:
         return max(1, len(self.batches))
 
-    def views(self, image_path: str) -> torch.Tensor:
-        """Normalised views (V, 3, H, W) of one panorama (zeros when image-blind).
+    def views(self, image_path: str) -> Any:
+        """The transformed panorama (for our family: normalised views (V, 3, H, W)).
 
         The last panorama's views are kept: a panorama with more queries than a batch holds continues in the next
         batch, which this worker builds next when it is the only one.
@@ -123,13 +115,9 @@ class PanoramaBatches(IterableDataset):
 
         if self._last is not None and self._last[0] == image_path:
             return self._last[1]
-        views = cut_views(load_panorama(image_path), self.view_spec())
+        views = self.transform(load_panorama(image_path))
         self._last = (image_path, views)
         return views
-
-    def view_spec(self) -> dict[str, Any]:
-        """How views are cut and normalised (travels with ``views_on_device`` batches)."""
-        return {"config": self.view_config, "mean": self.mean, "std": self.std, "image_blind": self.image_blind}
 
     def build(self, indices: Sequence[int]) -> dict[str, Any]:
         """The batch of the given dataset indices (see the module docstring)."""
@@ -153,9 +141,9 @@ class PanoramaBatches(IterableDataset):
                 from panollava.data.images import load_panorama
 
                 batch["panoramas"] = [load_panorama(key) for key in keys]
-                batch["view_spec"] = ViewSpecBox(self.view_spec())
+                batch["transform"] = TransformBox(self.transform)
             else:
-                batch["pixel_values"] = torch.stack([self.views(key) for key in keys])
+                batch["pixel_values"] = self.transform.collate([self.views(key) for key in keys])
             batch["panorama_index"] = torch.tensor([rows[s.image_path] for s in samples], dtype=torch.long)
             batch["panorama_key"] = keys
         except Exception as exc:  # noqa: BLE001 - reported by the rank at the end of the epoch, never swallowed
