@@ -364,23 +364,31 @@ def find_lora_dir(run_dir: Path) -> Path | None:
 
 def resolve_model_path(name: str, base_dir: Path) -> str:
     """A model name as the original resolved it: a folder relative to its working directory (``base_dir``), an
-    absolute folder, or a Hugging Face hub id (offline cache).
+    absolute folder, or a Hugging Face hub id (cache; the hub itself unless ``HF_HUB_OFFLINE`` is set).
 
     Raises:
-        ModelUnavailableError: a path-like name that is no folder (the message says what was tried).
+        ModelUnavailableError: no such folder and not a loadable hub id (the message says what was tried).
     """
+    import os as _os
+
     candidate = Path(os.path.expanduser(name))
     if not candidate.is_absolute():
         candidate = base_dir / candidate
     if candidate.is_dir():
         return str(candidate)
+    hint = (f"tried the folder '{candidate}': the original resolved model paths against its working directory, "
+            "so pass that directory as base_dir (or run from it)")
     looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~"))
-    if looks_like_hub_id:
-        return name
-    raise ModelUnavailableError(
-        f"model {name!r} of the original run is not a folder (tried '{candidate}') nor a hub id; the original "
-        "resolved model paths against its working directory: pass that directory as base_dir (or run from it)"
-    )
+    if not looks_like_hub_id:
+        raise ModelUnavailableError(f"model {name!r} of the original run is not a folder nor a hub id; {hint}")
+    if _os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            raise ModelUnavailableError(
+                f"model {name!r} of the original run is not in the Hugging Face cache (HF_HUB_OFFLINE is set); {hint}"
+            )
+    return name
 
 
 def _from_config(loader, name: str, **kwargs):
@@ -389,7 +397,8 @@ def _from_config(loader, name: str, **kwargs):
     except OSError as exc:
         raise ModelUnavailableError(
             f"cannot load {name!r} ({str(exc).splitlines()[0][:200]}); it must be a local folder or in the offline "
-            "Hugging Face cache (config and tokenizer files are enough: the weights come from the checkpoint)"
+            "Hugging Face cache (config and tokenizer files are enough: the weights come from the checkpoint); a "
+            "relative model path is resolved against base_dir (the original's working directory)"
         ) from exc
 
 
@@ -400,7 +409,7 @@ def build_vision_encoder(vision_path: str) -> tuple[torch.nn.Module, int, int]:
 
     config = _from_config(AutoConfig.from_pretrained, vision_path)
     vision_config = getattr(config, "vision_config", None) or config
-    model = AutoModel.from_config(vision_config)
+    model = AutoModel.from_config(vision_config, dtype=torch.float32)  # fp32 as the original: not the config's dtype
     encoder = model.vision_model if hasattr(model, "vision_model") else model
     hidden = next(getattr(vision_config, k) for k in ("hidden_size", "vision_hidden_size", "hidden_dim", "embed_dim")
                   if hasattr(vision_config, k))
@@ -440,7 +449,7 @@ def build_language_model(lm_path: str, embedding_rows: int, settings) -> torch.n
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = _from_config(AutoConfig.from_pretrained, lm_path)
-    lm = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    lm = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
     if lm.get_input_embeddings().weight.shape[0] != embedding_rows:
         lm.resize_token_embeddings(embedding_rows, mean_resizing=False)
     if not settings.use_lora:
