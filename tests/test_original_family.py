@@ -104,6 +104,16 @@ def test_recognised_with_reasons(tmp_path):
     assert rec is not None and not any("checkpoint_metadata" in r for r in rec.reasons)
 
 
+def test_runs_of_panollava_itself_are_not_recognised(tmp_path):
+    """Our own layout (``vlm.*`` weights, ``model_config`` hyper-parameters, metadata with schema_version)."""
+    torch.save({"state_dict": {"vlm.projector.weight": torch.zeros(2, 2)},
+                "hyper_parameters": {"model_config": {"vision_name": "v", "language_model_name": "l"}}},
+               tmp_path / "tiny-siglip_mlp_anyres-e2p_quic360_epoch00_loss1.0000.ckpt")
+    (tmp_path / "checkpoint_metadata.json").write_text(json.dumps(
+        {"schema_version": 2, "experiment_name": "x", "stage": "finetune", "model_config": {}}))
+    assert recognise(tmp_path) is None
+
+
 def test_checkpoint_rule_messages():
     chosen = choose_checkpoint(FIXTURE / RUN)
     assert chosen.path.name == LOSS_CKPT
@@ -433,21 +443,31 @@ def _build_original_run(root: Path, *, hidden: int, depth: int, rank: int, alpha
     sd[f"model.resampler_module.resampler.mlp.{index}.bias"] = torch.randn(latent, generator=gen) * 0.1
     for key in [k for k in sd if k.startswith("model.resampler_module.resampler.")]:
         sd["model.resampler." + key[len("model.resampler_module.resampler."):]] = sd[key]
-    run = root / "runs" / "knobs" / "finetune" / "anyres-e2p_mlp"
+    stage = "finetune" if targets else "resampler"
+    run = root / "runs" / "knobs" / stage / "anyres-e2p_mlp"
     (run / "lora_weights").mkdir(parents=True)
-    hp = {**base["hyper_parameters"], "lora_rank": rank, "lora_alpha": alpha}
+    hp = {**base["hyper_parameters"], "lora_rank": rank, "lora_alpha": alpha, "stage": stage}
+    if not targets:  # no LoRA (the resampler stage): the LM is not wrapped by peft, no lora_weights/
+        sd = {("model.language_model." + k[len(lm_prefix):] if k.startswith(lm_prefix) else k): v for k, v in sd.items()}
+        hp.update(use_lora=False, lora_rank=None, lora_alpha=None)
     name = f"siglip_mlp_anyres-e2p_train_epoch01_loss{3.0 + seed:.4f}.ckpt"
     torch.save({"epoch": 1, "global_step": 4, "state_dict": sd, "hyper_parameters": hp,
                 "datamodule_hyper_parameters": base["datamodule_hyper_parameters"]}, run / name)
     shutil.copy(run / name, run / "last.ckpt")  # save_last: a copy, not a link
-    torch.save(adapter, run / "lora_weights" / "adapter_model.bin")
-    (run / "lora_weights" / "adapter_config.json").write_text(json.dumps(
-        {"peft_type": "LORA", "r": rank, "lora_alpha": alpha, "target_modules": list(targets),
-         "base_model_name_or_path": "models/Qwen3-tiny", "task_type": "CAUSAL_LM"}))
+    if targets:
+        torch.save(adapter, run / "lora_weights" / "adapter_model.bin")
+    else:
+        (run / "lora_weights").rmdir()
+    if targets:
+        (run / "lora_weights" / "adapter_config.json").write_text(json.dumps(
+            {"peft_type": "LORA", "r": rank, "lora_alpha": alpha, "target_modules": list(targets),
+             "base_model_name_or_path": "models/Qwen3-tiny", "task_type": "CAUSAL_LM"}))
     metadata = json.loads((FIXTURE / RUN / "checkpoint_metadata.json").read_text())
     metadata["model_config"]["resampler_config"].update(hidden_dim=metadata_hidden or hidden, depth=depth)
     metadata["model_config"]["resampler_hidden_dim"] = metadata_hidden or hidden
-    metadata["training_config"].update(lora_rank=rank, lora_alpha=alpha)
+    metadata["training_config"].update(lora_rank=rank, lora_alpha=alpha, use_lora=bool(targets))
+    if not targets:
+        metadata["training_config"].update(lora_rank=None, lora_alpha=None)
     metadata["dataset"]["train_csv"] = "['data/quic360/train.csv', 'data/extra.csv']"
     (run / "checkpoint_metadata.json").write_text(json.dumps(metadata))
     models = {"vision_name": "models/siglip-tiny-patch8-32", "language_model_name": "models/Qwen3-tiny",
@@ -461,7 +481,7 @@ def _build_original_run(root: Path, *, hidden: int, depth: int, rank: int, alpha
     (run / "config.yaml").write_text(yaml.safe_dump({
         "models": models, "image_processing": {"crop_strategy": "anyres_e2p", "fov_deg": 90.0, "overlap_ratio": 0.5,
                                                "use_vision_processor": True},
-        "lora": {"use_lora": True, "rank": rank, "alpha": alpha, "target_modules": list(targets)},
+        "lora": {"use_lora": bool(targets), "rank": rank, "alpha": alpha, "target_modules": list(targets)},
         "system_messages": {"default": "You are a helpful assistant. Describe the panorama image."}}))
     return run
 
@@ -472,10 +492,12 @@ KNOBS = [
     ("drop_overlap", True, 96, 2, 8, 8, ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
      False, 80),
     (None, None, 40, 4, 1, 2, ("o_proj", "down_proj"), True, 80),
+    ("stride_views", True, 32, 1, None, None, (), True, 80),  # resampler stage: no LoRA; depth 1 = one Linear
 ]
 
 
-@pytest.mark.parametrize("knobs", KNOBS, ids=["concat-noPE-h64-r2", "drop-PE-h96d2-r8-nonorm", "defaults-h40d4-r1"])
+@pytest.mark.parametrize("knobs", KNOBS, ids=["concat-noPE-h64-r2", "drop-PE-h96d2-r8-nonorm", "defaults-h40d4-r1",
+                                               "stride-views-depth1-noLoRA"])
 def test_configurations_load_strictly_and_generate_deterministically(tmp_path, pixels, knobs):
     stitching, pe, hidden, depth, rank, alpha, targets, norm, tokens = knobs
     run = _build_original_run(tmp_path, hidden=hidden, depth=depth, rank=rank, alpha=alpha, targets=targets,
@@ -484,15 +506,19 @@ def test_configurations_load_strictly_and_generate_deterministically(tmp_path, p
     model = load_original_run(run, decode=DECODE, base_dir=FIXTURE, min_new_tokens=5)
     s, vlm = model.resolved.settings, model.module
     assert (s.stitching_mode, s.use_projection_pe) == (stitching or "drop_overlap", bool(pe))
-    assert (s.resampler_hidden_dim, s.resampler_depth, s.lora_rank, s.use_vicreg_norm) == (hidden, depth, rank, norm)
-    assert set(s.lora_target_modules) == set(targets)
+    assert (s.resampler_depth, s.lora_rank, s.use_vicreg_norm, s.use_lora) == (depth, rank, norm, bool(targets))
+    assert s.resampler_hidden_dim == hidden  # with depth 1 (no hidden layer) the recorded value, unused
+    if targets:
+        assert set(s.lora_target_modules) == set(targets)
+        assert "equal to the checkpoint's own" in model.load_report.adapter
+    else:
+        assert model.load_report.adapter is None and not hasattr(vlm.language_model, "peft_config")
     assert (vlm.positional is not None) == bool(pe) and vlm.num_image_tokens(9, (32, 32)) == tokens
     assert vlm.resampler.mlp[0].out_features == (hidden if depth > 1 else 48)
     lora_layer = vlm.language_model.base_model.model.model.layers[0].self_attn.q_proj if "q_proj" in targets else None
     if lora_layer is not None:
         assert lora_layer.scaling["default"] == alpha / rank
     assert model.load_report.loaded == len(vlm.state_dict())
-    assert "equal to the checkpoint's own" in model.load_report.adapter
     assert model.resolved.dataset["train_csv"] == ["data/quic360/train.csv", "data/extra.csv"]
     batch = _batch(model, [0, 1, 2], pixels)
     first = model.generate(batch)

@@ -16,11 +16,11 @@ What is built: the ``mlp`` resampler path with the vision LayerNorm, projection 
 processor. Other resamplers, crop strategies and stitching modes raise a clear error (see docs/original-runs.md).
 """
 
-from .caption import OriginalCaptionModel, OriginalPromptEncoder, load_original_run
-from .loading import ChosenCheckpoint, LoadReport, Recognition, choose_checkpoint, recognise
-from .model import OriginalPanoramaVLM
-from .settings import FAMILY, OriginalSettings, ResolvedSettings, resolve_settings, settings_from_weights
-from .views import OriginalViewTransform
+from panollava.families.original.caption import OriginalCaptionModel, OriginalPromptEncoder, load_original_run
+from panollava.families.original.loading import ChosenCheckpoint, LoadReport, Recognition, choose_checkpoint, recognise
+from panollava.families.original.model import OriginalPanoramaVLM
+from panollava.families.original.settings import FAMILY, OriginalSettings, ResolvedSettings, resolve_settings, settings_from_weights
+from panollava.families.original.views import OriginalViewTransform
 
 __all__ = [
     "FAMILY",

@@ -41,7 +41,7 @@ from panollava.generation.generator import CaptionGenerator
 from panollava.generation.settings import DecodeSettings
 from panollava.schema import DEFAULT_PROMPT_TEMPLATE
 
-from .loading import (
+from panollava.families.original.loading import (
     RUN_CONFIG_FILENAME,
     VISION_TOKEN,
     ChosenCheckpoint,
@@ -60,9 +60,9 @@ from .loading import (
     recognise,
     resolve_model_path,
 )
-from .model import MLPResampler, OriginalPanoramaVLM, ProjectionPositionalEncoding, VisionBackbone
-from .settings import FAMILY, ResolvedSettings, resolve_settings
-from .views import OriginalViewTransform, view_transform_from_processor
+from panollava.families.original.model import MLPResampler, OriginalPanoramaVLM, ProjectionPositionalEncoding, VisionBackbone
+from panollava.families.original.settings import FAMILY, ResolvedSettings, resolve_settings
+from panollava.families.original.views import OriginalViewTransform, view_transform_from_processor
 
 logger = logging.getLogger(__name__)
 

@@ -276,7 +276,8 @@ def settings_from_weights(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, An
         linears = sorted(i for i, p in layers.items() if len(p.get("weight", ())) == 2)
         norms = sorted(i for i, p in layers.items() if len(p.get("weight", ())) == 1)
         out["resampler_depth"] = len(linears)
-        out["resampler_use_ln"] = bool(norms)
+        # LayerNorms only follow hidden layers: with depth 1 the weights say nothing about use_ln
+        out["resampler_use_ln"] = bool(norms) if len(linears) > 1 else None
         out["latent_dimension"] = layers[linears[-1]]["weight"][0]
         out["vision_hidden"] = layers[linears[0]]["weight"][1]
         # with depth 1 there is no hidden layer: the hidden size is then unused
