@@ -307,6 +307,7 @@ def test_settings_resolution_alone():
     assert s.use_projection_pe is True and s.stitching_mode == "drop_overlap"  # image_processing.* not read
     assert s.system_msg == "You are a helpful assistant. Describe the panorama image."
     text = " ".join(resolved.warnings)
+    assert "no usable checkpoint_metadata.json" in text and "vision 'models/siglip-tiny-patch8-32'" in text
     assert "use_projection_pe: run config.yaml True vs --config False" in text
     assert "models.pe_magic are not read" in text and "Supported keys: generation.length_penalty" in text
     assert "experiment.anything" not in text

@@ -353,14 +353,6 @@ def load_original_run(
             raise InputNotFoundError(f"config '{config_path}' does not exist")
         user_config, user_name = read_yaml(config_path), f"--config {config_path}"
     hparams = ckpt.get("hyper_parameters") or {}
-    if metadata is None:
-        message = (
-            f"no usable checkpoint_metadata.json in '{run_path}' (the original trainer never wrote it: its metadata "
-            f"callback is skipped for weights-only checkpoints); model names from the .ckpt hyper-parameters: "
-            f"vision {hparams.get('vision_name')!r}, language {hparams.get('language_model_name')!r}"
-        )
-        warnings.append(message)
-        logger.warning("%s", message)
     resolved = resolve_settings(
         hparams=hparams, datamodule_hparams=ckpt.get("datamodule_hyper_parameters"), shapes=shapes,
         metadata=metadata, run_config=run_config, user_config=user_config, user_config_name=user_name,

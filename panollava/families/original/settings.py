@@ -426,6 +426,12 @@ def resolve_settings(
         warnings.append(message)
         logger.warning("%s", message)
 
+    if metadata is None:
+        warn(
+            "no usable checkpoint_metadata.json (the original trainer never wrote it: its metadata callback is "
+            "skipped for weights-only checkpoints); model names from the .ckpt hyper-parameters: vision "
+            f"{hparams.get('vision_name')!r}, language {hparams.get('language_model_name')!r}"
+        )
     sources: dict[str, str] = {}
     values: dict[str, Any] = {}
     disagreements: list[str] = []
