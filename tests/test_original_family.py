@@ -87,7 +87,7 @@ def pixels(fixture_model):
     return {u: fixture_model.panorama_inputs(load_panorama(FIXTURE / u)) for u in urls}
 
 
-# -- recognition and checkpoint --------------------------------------------------------------------------------------
+# -- recognition and checkpoint ------------------------------------------------------------------------------
 
 
 def test_recognised_with_reasons(tmp_path):
@@ -126,8 +126,9 @@ def test_checkpoint_rule_messages():
 
 
 def test_checkpoint_rule_lowest_loss_and_failures(tmp_path):
-    for name in ("siglip_mlp_anyres-e2p_train_epoch00_loss2.5000.ckpt", "siglip_mlp_anyres-e2p_train_epoch01_loss1.2500.ckpt",
-                 "siglip_mlp_anyres-e2p_train_epoch02_lossnan.ckpt", "last.ckpt"):
+    stem = "siglip_mlp_anyres-e2p_train"
+    for name in (f"{stem}_epoch00_loss2.5000.ckpt", f"{stem}_epoch01_loss1.2500.ckpt", f"{stem}_epoch02_lossnan.ckpt",
+                 "last.ckpt"):
         (tmp_path / name).write_bytes(b"")
     chosen = choose_checkpoint(tmp_path)
     assert chosen.path.name.endswith("epoch01_loss1.2500.ckpt")
@@ -146,7 +147,7 @@ def _empty(path: Path) -> Path:
     return path
 
 
-# -- outputs of the original model -------------------------------------------------------------------------------------
+# -- outputs of the original model ---------------------------------------------------------------------------
 
 
 def test_load_report_and_banner_facts(fixture_model):
@@ -250,7 +251,7 @@ def test_transform_is_picklable(fixture_model):
     assert transform == fixture_model.input_transform()
 
 
-# -- settings sources ---------------------------------------------------------------------------------------------------
+# -- settings sources ----------------------------------------------------------------------------------------
 
 
 def test_without_metadata_and_config_given_yaml(tmp_path, pixels, caplog):
@@ -300,8 +301,9 @@ def test_settings_resolution_alone():
     assert weights["use_vicreg_norm"] is True and len(weights["lora_target_modules"]) == 7
     run_config = {"models": {"use_projection_positional_encoding": True, "pe_magic": 1},
                   "image_processing": {"stitching_mode": "concat"}, "experiment": {"anything": 1}}
-    resolved = resolve_settings(hparams=ckpt["hyper_parameters"], datamodule_hparams=ckpt["datamodule_hyper_parameters"],
-                                shapes=shapes, run_config=run_config,
+    resolved = resolve_settings(hparams=ckpt["hyper_parameters"],
+                                datamodule_hparams=ckpt["datamodule_hyper_parameters"], shapes=shapes,
+                                run_config=run_config,
                                 user_config={"models": {"use_projection_positional_encoding": False}})
     s = resolved.settings
     assert s.use_projection_pe is True and s.stitching_mode == "drop_overlap"  # image_processing.* not read
@@ -338,13 +340,15 @@ def test_metadata_keys_and_stringified_csv_lists():
     assert resolved.settings.crop_strategy == "anyres_e2p" and resolved.settings.fov_deg == 90.0
 
 
-@pytest.mark.parametrize("rtype,needs", [("bimamba", "mamba-ssm"), ("qformer", "Q-Former"), ("perceiver", "Perceiver")])
+@pytest.mark.parametrize("rtype,needs", [("bimamba", "mamba-ssm"), ("qformer", "Q-Former"),
+                                         ("perceiver", "Perceiver")])
 def test_unsupported_resampler_named(rtype, needs):
     ckpt = _fixture_ckpt()
     shapes = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items() if "resampler" not in k}
     shapes["model.resampler_module.resampler.layers.0.mixer.A_log"] = (8, 4)
     hp = {**ckpt["hyper_parameters"], "resampler_type": rtype}
-    with pytest.raises(InvalidInputError, match=f"resampler_type '{rtype}' .* builds only the 'mlp' resampler.*{needs}"):
+    match = f"resampler_type '{rtype}' .* builds only the 'mlp' resampler.*{needs}"
+    with pytest.raises(InvalidInputError, match=match):
         resolve_settings(hparams=hp, datamodule_hparams=ckpt["datamodule_hyper_parameters"], shapes=shapes)
 
 
@@ -357,7 +361,7 @@ def test_bimamba_run_that_fell_back_to_mlp_loads_as_mlp():
     assert any("fell back to an MLP" in w for w in resolved.warnings)
 
 
-# -- failure modes of files --------------------------------------------------------------------------------------------
+# -- failure modes of files ----------------------------------------------------------------------------------
 
 
 class _RunsCode:
@@ -368,7 +372,8 @@ class _RunsCode:
 def test_code_running_adapter_is_refused(tmp_path):
     run = _copy_run(tmp_path, drop=("checkpoint_metadata.json",))
     torch.save({"base_model.model.x": _RunsCode()}, run / "lora_weights" / "adapter_model.bin")
-    with pytest.raises(InvalidInputError, match=r"refused to load LoRA adapter .*adapter_model.bin.*import or run code"):
+    match = r"refused to load LoRA adapter .*adapter_model.bin.*import or run code"
+    with pytest.raises(InvalidInputError, match=match):
         load_original_run(run, decode=DECODE, base_dir=FIXTURE)
 
 
@@ -400,7 +405,7 @@ def test_missing_model_folder_names_the_fix(tmp_path, monkeypatch):
         load_original_run(run, decode=DECODE, base_dir=tmp_path)
 
 
-# -- other configurations, laid out like the original trainer ------------------------------------------------------------
+# -- other configurations, laid out like the original trainer ------------------------------------------------
 
 
 def _build_original_run(root: Path, *, hidden: int, depth: int, rank: int, alpha: int, targets: tuple[str, ...],
@@ -435,12 +440,14 @@ def _build_original_run(root: Path, *, hidden: int, depth: int, rank: int, alpha
         sd["model.vision_backbone.norm.bias"] = torch.zeros(32)
     latent, width, index = 48, 32, 0
     for _ in range(depth - 1):
-        sd[f"model.resampler_module.resampler.mlp.{index}.weight"] = torch.randn(hidden, width, generator=gen) / width ** 0.5
+        sd[f"model.resampler_module.resampler.mlp.{index}.weight"] = (
+            torch.randn(hidden, width, generator=gen) / width ** 0.5)
         sd[f"model.resampler_module.resampler.mlp.{index}.bias"] = torch.randn(hidden, generator=gen) * 0.1
         sd[f"model.resampler_module.resampler.mlp.{index + 1}.weight"] = 1 + 0.1 * torch.randn(hidden, generator=gen)
         sd[f"model.resampler_module.resampler.mlp.{index + 1}.bias"] = 0.1 * torch.randn(hidden, generator=gen)
         index, width = index + 3, hidden
-    sd[f"model.resampler_module.resampler.mlp.{index}.weight"] = torch.randn(latent, width, generator=gen) / width ** 0.5
+    sd[f"model.resampler_module.resampler.mlp.{index}.weight"] = (
+        torch.randn(latent, width, generator=gen) / width ** 0.5)
     sd[f"model.resampler_module.resampler.mlp.{index}.bias"] = torch.randn(latent, generator=gen) * 0.1
     for key in [k for k in sd if k.startswith("model.resampler_module.resampler.")]:
         sd["model.resampler." + key[len("model.resampler_module.resampler."):]] = sd[key]
@@ -449,7 +456,8 @@ def _build_original_run(root: Path, *, hidden: int, depth: int, rank: int, alpha
     (run / "lora_weights").mkdir(parents=True)
     hp = {**base["hyper_parameters"], "lora_rank": rank, "lora_alpha": alpha, "stage": stage}
     if not targets:  # no LoRA (the resampler stage): the LM is not wrapped by peft, no lora_weights/
-        sd = {("model.language_model." + k[len(lm_prefix):] if k.startswith(lm_prefix) else k): v for k, v in sd.items()}
+        plain = "model.language_model."
+        sd = {(plain + k[len(lm_prefix):] if k.startswith(lm_prefix) else k): v for k, v in sd.items()}
         hp.update(use_lora=False, lora_rank=None, lora_alpha=None)
     name = f"siglip_mlp_anyres-e2p_train_epoch01_loss{3.0 + seed:.4f}.ckpt"
     torch.save({"epoch": 1, "global_step": 4, "state_dict": sd, "hyper_parameters": hp,
@@ -559,11 +567,12 @@ def test_configuration_settings_change_the_outputs(tmp_path):
 def test_wrong_hidden_size_in_metadata_is_detected(tmp_path):
     run = _build_original_run(tmp_path, hidden=64, depth=3, rank=2, alpha=4, targets=("q_proj",), stitching=None,
                               pe=None, metadata_hidden=1536)
-    with pytest.raises(InvalidInputError, match="resampler_hidden_dim is 1536 in checkpoint_metadata.json but .* weights say 64"):
+    match = "resampler_hidden_dim is 1536 in checkpoint_metadata.json but .* weights say 64"
+    with pytest.raises(InvalidInputError, match=match):
         load_original_run(run, decode=DECODE, base_dir=FIXTURE)
 
 
-# -- geometry and arithmetic of the original, from its facts -------------------------------------------------------
+# -- geometry and arithmetic of the original, from its facts -------------------------------------------------
 
 
 def test_view_geometry_facts():

@@ -17,9 +17,21 @@ processor. Other resamplers, crop strategies and stitching modes raise a clear e
 """
 
 from panollava.families.original.caption import OriginalCaptionModel, OriginalPromptEncoder, load_original_run
-from panollava.families.original.loading import ChosenCheckpoint, LoadReport, Recognition, choose_checkpoint, recognise
+from panollava.families.original.loading import (
+    ChosenCheckpoint,
+    LoadReport,
+    Recognition,
+    choose_checkpoint,
+    recognise,
+)
 from panollava.families.original.model import OriginalPanoramaVLM
-from panollava.families.original.settings import FAMILY, OriginalSettings, ResolvedSettings, resolve_settings, settings_from_weights
+from panollava.families.original.settings import (
+    FAMILY,
+    OriginalSettings,
+    ResolvedSettings,
+    resolve_settings,
+    settings_from_weights,
+)
 from panollava.families.original.views import OriginalViewTransform
 
 __all__ = [

@@ -60,7 +60,12 @@ from panollava.families.original.loading import (
     recognise,
     resolve_model_path,
 )
-from panollava.families.original.model import MLPResampler, OriginalPanoramaVLM, ProjectionPositionalEncoding, VisionBackbone
+from panollava.families.original.model import (
+    MLPResampler,
+    OriginalPanoramaVLM,
+    ProjectionPositionalEncoding,
+    VisionBackbone,
+)
 from panollava.families.original.settings import FAMILY, ResolvedSettings, resolve_settings
 from panollava.families.original.views import OriginalViewTransform, view_transform_from_processor
 

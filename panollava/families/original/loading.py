@@ -257,7 +257,8 @@ def recognise(run_dir: str | os.PathLike[str]) -> Recognition | None:
     if metadata is not None:
         found = [k for k in ORIGINAL_METADATA_KEYS if k in metadata]
         train = metadata.get("training_config") or {}
-        found += [f"training_config.{k}" for k in ("lora_rank", "lora_alpha") if isinstance(train, dict) and k in train]
+        if isinstance(train, dict):
+            found += [f"training_config.{k}" for k in ("lora_rank", "lora_alpha") if k in train]
         if found and "schema_version" not in metadata:
             reasons.append(f"{METADATA_FILENAME} has the original trainer's keys ({', '.join(found)}) and no "
                            "schema_version")
@@ -284,8 +285,10 @@ def recognise(run_dir: str | os.PathLike[str]) -> Recognition | None:
                                f"({', '.join(p.rstrip('.') for p in prefixes)})")
     if not reasons:
         return None
-    if not (run_dir / BEST_LINK).is_symlink() and (run_dir / LAST_LINK).is_file() and not (run_dir / LAST_LINK).is_symlink():
-        reasons.append(f"{LAST_LINK} is a regular file (the original's save_last copy) and there is no {BEST_LINK} link")
+    last = run_dir / LAST_LINK
+    if not (run_dir / BEST_LINK).is_symlink() and last.is_file() and not last.is_symlink():
+        reasons.append(f"{LAST_LINK} is a regular file (the original's save_last copy) and there is no {BEST_LINK} "
+                       "link")
     return Recognition("panollava-v1", reasons)
 
 
@@ -305,7 +308,8 @@ def choose_checkpoint(run_dir: Path, checkpoint: str | os.PathLike[str] | None =
         tried = [given] if given.is_absolute() else [Path.cwd() / given, run_dir / given]
         for candidate in tried:
             if candidate.is_file():
-                return ChosenCheckpoint(Path(os.path.realpath(candidate)), RULE_GIVEN, f"checkpoint given: {checkpoint}")
+                real = Path(os.path.realpath(candidate))
+                return ChosenCheckpoint(real, RULE_GIVEN, f"checkpoint given: {os.fspath(checkpoint)}")
         raise InputNotFoundError(
             f"checkpoint {os.fspath(checkpoint)!r} not found (tried {', '.join(repr(str(p)) for p in tried)}); the "
             f"run directory holds: {listing}. Pass an existing .ckpt file, 'best', 'last', or nothing"
@@ -314,7 +318,8 @@ def choose_checkpoint(run_dir: Path, checkpoint: str | os.PathLike[str] | None =
         last = run_dir / LAST_LINK
         if last.is_file():
             kind = "a link" if last.is_symlink() else "a regular file: the original's save_last copy, not a link"
-            return ChosenCheckpoint(Path(os.path.realpath(last)), RULE_LAST_FILE, f"{LAST_LINK} requested ({kind}) → used")
+            reason = f"{LAST_LINK} requested ({kind}) → used"
+            return ChosenCheckpoint(Path(os.path.realpath(last)), RULE_LAST_FILE, reason)
         raise InputNotFoundError(
             f"'last' was requested but there is no {LAST_LINK} in '{run_dir}' (found: {listing}); ask for 'best' or "
             "pass a checkpoint file"
@@ -331,9 +336,8 @@ def choose_checkpoint(run_dir: Path, checkpoint: str | os.PathLike[str] | None =
     if scored:
         loss, _, name, path = min(scored)
         others = f" (lowest of {len(scored)})" if len(scored) > 1 else ""
-        return ChosenCheckpoint(
-            path, RULE_LOWEST_LOSS, f"no {BEST_LINK} link; {name} has the lowest loss in its name ({loss:g}){others} → used"
-        )
+        reason = f"no {BEST_LINK} link; {name} has the lowest loss in its name ({loss:g}){others} → used"
+        return ChosenCheckpoint(path, RULE_LOWEST_LOSS, reason)
     if checkpoint == "best":
         raise InputNotFoundError(
             f"'best' was requested but '{run_dir}' has no {BEST_LINK} link and no checkpoint whose name carries a "
@@ -519,7 +523,9 @@ def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], ch
             if a in own and b in own and own[a].data_ptr() == own[b].data_ptr()]
     for a, b in tied:
         if not torch.equal(target[a], target[b]):
-            raise InvalidInputError(f"'{checkpoint}': the LM ties {a} and {b} but the checkpoint holds different values")
+            raise InvalidInputError(
+                f"'{checkpoint}': the LM ties {a} and {b} but the checkpoint holds different values"
+            )
     model.load_state_dict(target, strict=True)
     report.loaded = len(target)
     return report
@@ -566,9 +572,10 @@ def check_adapter(lora_dir: Path, state_dict: dict[str, torch.Tensor], settings,
         report.adapter = (f"{path.relative_to(lora_dir.parent)}: {len(diffs)} tensors{emb}, read with "
                           "weights_only=True, equal to the checkpoint's own (which are used)")
         return
-    message = (f"{path}: differs from the checkpoint's LoRA/embedding tensors (max |Δ| {worst:.3g} over {len(diffs)} "
-               f"tensors; {len(unmatched)} without a counterpart{'; adapter_config ' + ', '.join(config_notes) if config_notes else ''}). "
-               "The trainer writes lora_weights/ at the end of training; the checkpoint's own tensors are used")
+    notes = f"; adapter_config {', '.join(config_notes)}" if config_notes else ""
+    message = (f"{path}: differs from the checkpoint's LoRA/embedding tensors (max |Δ| {worst:.3g} over "
+               f"{len(diffs)} tensors; {len(unmatched)} without a counterpart{notes}). The trainer writes "
+               "lora_weights/ at the end of training; the checkpoint's own tensors are used")
     report.adapter = message
     report.warnings.append(message)
     logger.warning("%s", message)

@@ -381,7 +381,8 @@ def resolve_settings(
     weights = settings_from_weights(shapes)
     meta_model = dict(_get(metadata, "model_config") or {})
     meta_train = dict(_get(metadata, "training_config") or {})
-    meta_rc = dict(meta_model.get("resampler_config") or {}) if isinstance(meta_model.get("resampler_config"), Mapping) else {}
+    rc = meta_model.get("resampler_config")
+    meta_rc = dict(rc) if isinstance(rc, Mapping) else {}
 
     layers: list[tuple[str, dict[str, Any]]] = [
         (_HPARAMS, {

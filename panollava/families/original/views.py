@@ -198,7 +198,7 @@ def view_transform_from_processor(vision_name: str, fov_deg: float, overlap_rati
         raise InvalidInputError(
             f"the image processor of '{vision_name}' uses resample {resample}; supported: 3 (bicubic), 2 (bilinear)"
         )
-    if not (getattr(proc, "do_rescale", True) and getattr(proc, "do_normalize", True) and getattr(proc, "do_resize", True)):
+    if not all(getattr(proc, k, True) for k in ("do_rescale", "do_normalize", "do_resize")):
         raise InvalidInputError(
             f"the image processor of '{vision_name}' does not resize, rescale and normalise; only processors that do "
             "all three are supported"
