@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from panollava.data.prompts import PromptEncoder, format_user_text
-from panollava.errors import InvalidInputError
+from panollava.errors import InputNotFoundError, InvalidInputError
 from panollava.generation.decode import LanguageModelRunner
 from panollava.generation.generator import CaptionGenerator
 from panollava.generation.settings import DecodeSettings
@@ -329,8 +329,6 @@ def load_original_run(
             crop strategy or stitching mode, or weights that do not fit.
         ModelUnavailableError: a model name cannot be found.
     """
-    from panollava.errors import InputNotFoundError
-
     run_path = Path(os.path.abspath(os.fspath(run_dir)))
     if not run_path.is_dir():
         raise InputNotFoundError(f"run directory '{run_path}' does not exist or is not a directory")

@@ -373,8 +373,6 @@ def resolve_model_path(name: str, base_dir: Path) -> str:
     Raises:
         ModelUnavailableError: no such folder and not a loadable hub id (the message says what was tried).
     """
-    import os as _os
-
     candidate = Path(os.path.expanduser(name))
     if not candidate.is_absolute():
         candidate = base_dir / candidate
@@ -385,7 +383,7 @@ def resolve_model_path(name: str, base_dir: Path) -> str:
     looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~"))
     if not looks_like_hub_id:
         raise ModelUnavailableError(f"model {name!r} of the original run is not a folder nor a hub id; {hint}")
-    if _os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         from huggingface_hub import try_to_load_from_cache
 
         if not isinstance(try_to_load_from_cache(name, "config.json"), str):
