@@ -104,6 +104,19 @@ def test_recognised_with_reasons(tmp_path):
     assert rec is not None and not any("checkpoint_metadata" in r for r in rec.reasons)
 
 
+def test_truncated_metadata_of_the_original_is_recognised_and_set_aside(tmp_path, pixels, caplog):
+    """What the original's metadata callback leaves when run by hand: JSON cut at the pydantic value."""
+    run = _copy_run(tmp_path)
+    truncated = json.loads((FIXTURE / "expected" / "build_info.json").read_text())["metadata_truncated_by_original"]
+    (run / "checkpoint_metadata.json").write_text(truncated)
+    rec = recognise(run)
+    assert any("truncated metadata" in r for r in rec.reasons)
+    with caplog.at_level(logging.WARNING):
+        model = load_original_run(run, decode=DECODE, base_dir=FIXTURE, min_new_tokens=5)
+    assert "is not valid JSON" in caplog.text and "truncated file; it is not used" in caplog.text
+    assert model.generate(_batch(model, [2], pixels)) == [_sample(2)[1]["prediction"]]
+
+
 def test_runs_of_panollava_itself_are_not_recognised(tmp_path):
     """Our own layout (``vlm.*`` weights, ``model_config`` hyper-parameters, metadata with schema_version)."""
     torch.save({"state_dict": {"vlm.projector.weight": torch.zeros(2, 2)},
