@@ -296,6 +296,9 @@ def test_without_yaml_assumes_code_defaults_like_eval_py(tmp_path, pixels, caplo
         ids = model.prompts.prompt_ids(prompt["query"], 80)
         logits = model.module.first_logits(torch.tensor([ids]), pv)[0].numpy()
         assert np.abs(logits - np.load(literal / f"sample_{k}" / "first_logits.npy")).max() <= 1e-4
+        with torch.no_grad():
+            tokens = model.module.get_image_features(pv)[0].numpy()
+        assert np.abs(tokens - np.load(literal / f"sample_{k}" / "vision_tokens.npy")).max() <= 1e-5
     captions = model.generate(_batch(model, [0, 1, 2, 3], pixels))
     expected = [json.loads((literal / f"sample_{k}" / "generation.json").read_text())["prediction"] for k in range(4)]
     assert captions == expected
