@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from panollava.errors import InputNotFoundError, InvalidInputError, ModelUnavailableError
+from panollava.families.base import FAMILY_ORIGINAL, Recognition
 from panollava.rundir import BEST_LINK, LAST_LINK, LORA_DIRNAME, parse_checkpoint_filename
 from panollava.schema import METADATA_FILENAME
 
@@ -78,19 +79,6 @@ IGNORED = (
     ("model.vicreg_projector.", "the vision stage's VICReg projector head (training loss only)"),
     ("model.text_projection.", "the resampler stage's text projection (applied in that stage's training only)"),
 )
-
-
-@dataclass
-class Recognition:
-    """Why a run directory belongs to a family (for the start-up banner).
-
-    Attributes:
-        family: ``"panollava-v1"``.
-        reasons: One sentence per piece of evidence.
-    """
-
-    family: str
-    reasons: list[str]
 
 
 @dataclass
@@ -289,7 +277,7 @@ def recognise(run_dir: str | os.PathLike[str]) -> Recognition | None:
     if not (run_dir / BEST_LINK).is_symlink() and last.is_file() and not last.is_symlink():
         reasons.append(f"{LAST_LINK} is a regular file (the original's save_last copy) and there is no {BEST_LINK} "
                        "link")
-    return Recognition("panollava-v1", reasons)
+    return Recognition(FAMILY_ORIGINAL, tuple(reasons))
 
 
 def choose_checkpoint(run_dir: Path, checkpoint: str | os.PathLike[str] | None = None) -> ChosenCheckpoint:

@@ -34,11 +34,12 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from panollava.families.base import FAMILY_ORIGINAL
 from panollava.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
 
-FAMILY = "panollava-v1"
+FAMILY = FAMILY_ORIGINAL
 
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 """The original's LoRA targets when the YAML gives none."""
