@@ -34,8 +34,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from panollava.families.base import FAMILY_ORIGINAL
 from panollava.errors import InvalidInputError
+from panollava.families.base import FAMILY_ORIGINAL
 
 logger = logging.getLogger(__name__)
 
