@@ -34,6 +34,9 @@ def model():
               "latent_dimension": 64, "image_size": [32, 32]}
     lora = {"r": 8, "alpha": 16, "dropout": 0.0,
             "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+    from panollava.models.tiny import build_tiny_models
+
+    build_tiny_models()  # first use writes them, reseeding torch: do it before the seed below
     torch.manual_seed(0)
     vlm, tokenizer = build_vlm(config, lora, lora_trainable=False)
     with torch.no_grad():
@@ -392,9 +395,10 @@ def test_bf16_autocast_keeps_the_kv_cache_in_one_dtype_read_in_place_by_the_deco
     """Under bf16-mixed (autocast) Qwen3's keys come out float32 and its values bfloat16: the cache stores both in
     bfloat16, and each one-token step's attention gets the cache tensors themselves (same storage every step, already
     in autocast's dtype, so nothing casts or copies them); the captions are those of a plain StaticCache."""
-    from transformers import AttentionInterface, StaticCache
+    from transformers import AttentionInterface
 
     from panollava.generation.attention import GQA_DECODE_ATTENTION, gqa_decode_attention
+    from panollava.generation.decode import one_dtype_static_cache
 
     batch = next(eval_batches(items[:3], 3))
     calls: list[tuple] = []
@@ -418,14 +422,13 @@ def test_bf16_autocast_keeps_the_kv_cache_in_one_dtype_read_in_place_by_the_deco
     for layer_idx, key_ptr, value_ptr, key_dtype, value_dtype in calls:
         assert (key_ptr, value_ptr) == storage[layer_idx]  # the cache itself, no per-step copy
         assert key_dtype == value_dtype == torch.bfloat16  # autocast's dtype: SDPA does not cast it
-    # the same numbers as transformers' own StaticCache (keys float32, cast by autocast in every attention call)
-    plain = CaptionGenerator(model.vlm, model.prompts, GREEDY)
-    old = _spy_cache(monkeypatch, plain.runner)
-    monkeypatch.setattr(plain.runner, "new_static_cache", lambda slots, b: old.append(
-        StaticCache(config=plain.runner.config, max_cache_len=slots)) or old[-1])
+    # the same numbers as a float32 cache, whose keys autocast casts to bfloat16 in every attention call (what
+    # transformers 5.24's StaticCache did for the keys; 5.17's cannot even store the bfloat16 values beside them)
+    wide = CaptionGenerator(model.vlm, model.prompts, GREEDY)
+    monkeypatch.setattr(wide.runner, "new_static_cache",
+                        lambda slots, b: one_dtype_static_cache(wide.runner.config, slots, torch.float32))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert plain.generate(batch) == captions
-    assert old[0].layers[0].keys.dtype == torch.float32 and old[0].layers[0].values.dtype == torch.bfloat16
+        assert wide.generate(batch) == captions
 
 
 def _greedy_ids(model, batch, **kwargs) -> torch.Tensor:
