@@ -417,6 +417,7 @@ def test_bf16_autocast_keeps_the_kv_cache_in_one_dtype_read_in_place_by_the_deco
         AttentionInterface.register(GQA_DECODE_ATTENTION, gqa_decode_attention)
     (cache,) = caches
     assert all(layer.keys.dtype == layer.values.dtype == torch.bfloat16 for layer in cache.layers)
+    assert gen.describe()["kv_cache_dtype"] == "bfloat16"
     storage = {i: (layer.keys.data_ptr(), layer.values.data_ptr()) for i, layer in enumerate(cache.layers)}
     assert gen.stats["decode_forwards"] >= 3 and len(calls) == gen.stats["decode_forwards"] * len(storage)
     for layer_idx, key_ptr, value_ptr, key_dtype, value_dtype in calls:

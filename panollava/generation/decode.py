@@ -136,6 +136,7 @@ class LanguageModelRunner:
         self._compiled: nn.Module | None = None
         self._kept_cache: tuple[tuple, object] | None = None
         self.caches_reused = 0
+        self.last_cache_dtype: torch.dtype | None = None
 
     def cache_slots(self, needed: int) -> int:
         """Slots to allocate for ``needed`` (rounded up to :data:`COMPILED_SLOT_MULTIPLE` when compiling)."""
@@ -153,6 +154,7 @@ class LanguageModelRunner:
         """
         device = next(self.model.parameters()).device
         dtype = cache_dtype(self.model, device)
+        self.last_cache_dtype = dtype
         if not self.compile_decode:
             return one_dtype_static_cache(self.config, max_cache_len, dtype)
         key = (max_cache_len, batch_size, dtype, device)

@@ -55,6 +55,10 @@ KV_STATIC_KEPT = "static (transformers.StaticCache, preallocated; reused by the 
 KV_GENERATE = "dynamic (transformers generate)"
 
 
+def _dtype_name(dtype: torch.dtype | None) -> str | None:
+    return str(dtype).removeprefix("torch.") if dtype is not None else None
+
+
 def stop_token_ids(language_model, tokenizer) -> tuple[int, ...]:
     """Every id that ends a caption: the ``eos_token_id`` (one or a list) of the LM's generation config and the
     tokenizer's eos (Qwen3's generation config: ``<|im_end|>`` and ``<|endoftext|>``).
@@ -189,6 +193,7 @@ class CaptionGenerator:
             "compile_decode": self.runner.compile_decode,
             "attention": self._attention_description(path),
             "kv_cache": self._kv_cache_description(path),
+            "kv_cache_dtype": _dtype_name(self.runner.last_cache_dtype) if path != PATH_BEAM else None,
             "eos_token_id": self.eos_token_id,
             "eos_token_ids": list(self.eos_token_ids),
             "pad_token_id": self.pad_token_id,
@@ -339,12 +344,14 @@ class CaptionGenerator:
         self, batch: dict[str, Any], queries: list[str], features: torch.Tensor, index: torch.Tensor,
         num_image_tokens: int,
     ) -> torch.Tensor:
+        """The new token ids (B, T) of the batch, on the beam, shared-prefix or plain path."""
         self.stats["batches"] += 1
         self.stats["samples"] += len(queries)
         if self.settings.num_beams > 1:
             with self._stage("decode_s"):
                 tokens = self._beam_search(queries, features, index, num_image_tokens)
             self._paths.add(PATH_BEAM)
+            self.stats["beam_batches"] += 1
         else:
             split = self._split_prompts(queries, num_image_tokens) if self.share_prefix else None
             if isinstance(split, str):
