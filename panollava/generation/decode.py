@@ -16,8 +16,9 @@ by the next batch of the same shape, since CUDA graphs are recorded against its 
 
 One dtype in the cache. Under ``--trainer.precision bf16-mixed`` (autocast) Qwen3's keys leave ``k_norm`` and the
 rotary embedding in float32 while its values leave ``v_proj`` in bfloat16; a plain ``StaticCache`` would store them
-so, and every decode step's attention would cast the whole float32 key cache to bfloat16 (a copy per layer per
-step, undoing the no-copy attention of ``attention.py``). The cache here (:func:`one_dtype_static_cache`) stores
+so (transformers 5.24), and every decode step's attention would cast the whole float32 key cache to bfloat16 (a
+copy per layer per step, undoing the no-copy attention of ``attention.py``); 5.17's allocates both in the keys'
+dtype and fails on the first bfloat16 value. The cache here (:func:`one_dtype_static_cache`) stores
 keys and values in one dtype, the autocast dtype when autocast is on (else the LM's): only the new token's
 keys/values are cast when written, and the attention reads the cache tensors themselves. The numbers do not
 change: autocast's attention cast the keys to that dtype anyway.
