@@ -127,13 +127,17 @@ class GenerationSettings:
     """How captions are decoded (run-time: never taken from the metadata).
 
     Args:
-        max_new_tokens: Longest caption, in tokens.
+        max_new_tokens: Longest caption, in tokens (prompt + max_new_tokens must fit the language model's
+            max_position_embeddings).
+        min_new_tokens: Shortest caption, in tokens: end-of-sequence tokens are suppressed until this many are
+            generated (0: off; at most max_new_tokens).
         num_beams: Beam search width (1: greedy or sampling).
         do_sample: Sample (seeded per sample) instead of greedy decoding.
         temperature: Sampling temperature.
         top_p: Nucleus sampling mass, in (0, 1] (1: off).
         top_k: Keep only the k most likely tokens when sampling (0: off).
-        repetition_penalty: Repetition penalty on generated tokens (1: off).
+        repetition_penalty: Repetition penalty on the tokens generated so far, not the prompt (as Hugging Face
+            generate with inputs_embeds; 1: off).
         seed: Seed of sampled decoding (each sample gets its own seed from it).
         share_prefix: Encode each panorama and its image prefix once for all its queries.
         compile_decode: Compile the decode step with torch.compile (CUDA graphs on a GPU); opt-in: the first
@@ -141,6 +145,7 @@ class GenerationSettings:
     """
 
     max_new_tokens: PositiveInt = 64
+    min_new_tokens: NonNegativeInt = 0
     num_beams: PositiveInt = 1
     do_sample: bool = False
     temperature: PositiveFloat = 1.0

@@ -34,6 +34,9 @@ def model():
               "latent_dimension": 64, "image_size": [32, 32]}
     lora = {"r": 8, "alpha": 16, "dropout": 0.0,
             "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+    from panollava.models.tiny import build_tiny_models
+
+    build_tiny_models()  # first use writes them, reseeding torch: do it before the seed below
     torch.manual_seed(0)
     vlm, tokenizer = build_vlm(config, lora, lora_trainable=False)
     with torch.no_grad():
@@ -159,7 +162,7 @@ SAMPLED = DecodeSettings(max_new_tokens=12, do_sample=True, temperature=1.3, top
 def test_settings_from_dict_ignores_unknown_keys_and_checks_values():
     s = DecodeSettings.from_dict({"max_new_tokens": "16", "do_sample": 1, "top_k": 5, "unknown": 3, "top_p": None})
     assert (s.max_new_tokens, s.do_sample, s.top_k, s.top_p) == (16, True, 5, 1.0)
-    assert set(s.to_dict()) == {"max_new_tokens", "num_beams", "do_sample", "temperature", "top_p", "top_k",
+    assert set(s.to_dict()) == {"max_new_tokens", "min_new_tokens", "num_beams", "do_sample", "temperature", "top_p", "top_k",
                                 "repetition_penalty", "seed"}
     with pytest.raises(InvalidInputError, match=r"--model\.generation\.top_p = 0\.0 is not valid"):
         DecodeSettings(top_p=0.0)
@@ -373,3 +376,254 @@ def test_training_batches_without_panorama_index_are_captioned_per_sample(model,
     gen = CaptionGenerator(model.vlm, model.prompts, GREEDY)
     assert gen.generate(per_sample) == CaptionGenerator(model.vlm, model.prompts, GREEDY).generate(batch)
     assert gen.stats["panoramas_encoded"] == 4
+
+
+# -- nothing silently wrong: cache dtype, stop ids, non-finite logits, positions, prompt cache, min_new_tokens -------
+def _spy_cache(monkeypatch, runner) -> list:
+    """Record the static caches ``runner`` allocates."""
+    caches: list = []
+    allocate = runner.new_static_cache
+
+    def recording(*args, **kwargs):
+        caches.append(allocate(*args, **kwargs))
+        return caches[-1]
+
+    monkeypatch.setattr(runner, "new_static_cache", recording)
+    return caches
+
+
+def test_bf16_autocast_keeps_the_kv_cache_in_one_dtype_read_in_place_by_the_decode_steps(model, items, monkeypatch):
+    """Under bf16-mixed (autocast) Qwen3's keys come out float32 and its values bfloat16: the cache stores both in
+    bfloat16, and each one-token step's attention gets the cache tensors themselves (same storage every step, already
+    in autocast's dtype, so nothing casts or copies them); the captions are those of a plain StaticCache."""
+    from transformers import AttentionInterface
+
+    from panollava.generation.attention import GQA_DECODE_ATTENTION, gqa_decode_attention
+    from panollava.generation.decode import one_dtype_static_cache
+
+    batch = next(eval_batches(items[:3], 3))
+    calls: list[tuple] = []
+
+    def spy(module, query, key, value, attention_mask, **kwargs):
+        calls.append((module.layer_idx, key.data_ptr(), value.data_ptr(), key.dtype, value.dtype))
+        return gqa_decode_attention(module, query, key, value, attention_mask, **kwargs)
+
+    gen = CaptionGenerator(model.vlm, model.prompts, GREEDY)
+    caches = _spy_cache(monkeypatch, gen.runner)
+    AttentionInterface.register(GQA_DECODE_ATTENTION, spy)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            captions = gen.generate(batch)
+    finally:
+        AttentionInterface.register(GQA_DECODE_ATTENTION, gqa_decode_attention)
+    (cache,) = caches
+    assert all(layer.keys.dtype == layer.values.dtype == torch.bfloat16 for layer in cache.layers)
+    assert gen.describe()["kv_cache_dtype"] == "bfloat16"
+    storage = {i: (layer.keys.data_ptr(), layer.values.data_ptr()) for i, layer in enumerate(cache.layers)}
+    assert gen.stats["decode_forwards"] >= 3 and len(calls) == gen.stats["decode_forwards"] * len(storage)
+    for layer_idx, key_ptr, value_ptr, key_dtype, value_dtype in calls:
+        assert (key_ptr, value_ptr) == storage[layer_idx]  # the cache itself, no per-step copy
+        assert key_dtype == value_dtype == torch.bfloat16  # autocast's dtype: SDPA does not cast it
+    # the same numbers as a float32 cache, whose keys autocast casts to bfloat16 in every attention call (what
+    # transformers 5.24's StaticCache did for the keys; 5.17's cannot even store the bfloat16 values beside them)
+    wide = CaptionGenerator(model.vlm, model.prompts, GREEDY)
+    monkeypatch.setattr(wide.runner, "new_static_cache",
+                        lambda slots, b: one_dtype_static_cache(wide.runner.config, slots, torch.float32))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert wide.generate(batch) == captions
+
+
+def _greedy_ids(model, batch, **kwargs) -> torch.Tensor:
+    """transformers ``generate`` on the batch's plain prompts (inputs_embeds only, as the beam path)."""
+    vlm, tok = model.vlm, model.tokenizer
+    pv = batch["pixel_values"][batch["panorama_index"]]
+    enc = model.prompts.encode(batch["query"], vlm.num_image_tokens(pv.shape[1], tuple(pv.shape[-2:])))
+    kwargs = {"max_new_tokens": GREEDY.max_new_tokens, "do_sample": False, "eos_token_id": tok.eos_token_id,
+              "pad_token_id": tok.pad_token_id, **kwargs}
+    return vlm.generate(pixel_values=pv, **enc, **kwargs)
+
+
+def _texts(tok, ids) -> list[str]:
+    return [t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True)]
+
+
+def test_every_eos_id_of_the_generation_config_stops_a_caption(model, items, monkeypatch):
+    tok = model.tokenizer
+    batch = next(eval_batches(items[:6], 6))
+    reference = _greedy_ids(model, batch)
+    stop = int(reference[0, 2])  # an ordinary word token that the captions emit
+    assert stop != tok.eos_token_id and not tok.convert_ids_to_tokens(stop).startswith("<|")
+    endoftext = tok.convert_tokens_to_ids("<|endoftext|>")
+    config = model.vlm.language_model.get_base_model().generation_config
+    monkeypatch.setattr(config, "eos_token_id", [tok.eos_token_id, endoftext, stop])  # Qwen3's: a list
+    expected_ids = sorted({tok.eos_token_id, endoftext, stop})
+    expected = _texts(tok, _greedy_ids(model, batch, eos_token_id=expected_ids))
+    assert expected != _texts(tok, reference)  # the extra stop id shortens some captions
+    for share in (True, False):
+        captions, gen = caption_all(model, items[:6], GREEDY, share_prefix=share, batch_size=6)
+        assert captions == expected, share
+        assert gen.describe()["eos_token_ids"] == expected_ids and gen.describe()["eos_token_id"] == tok.eos_token_id
+    beams, _ = caption_all(model, items[:6], DecodeSettings(max_new_tokens=6, num_beams=2), True, 6)
+    assert beams == _texts(tok, _greedy_ids(model, batch, max_new_tokens=6, num_beams=2, eos_token_id=expected_ids))
+
+
+def test_stop_ids_are_the_generation_configs_and_the_tokenizers():
+    from transformers import GenerationConfig
+
+    from panollava.generation.generator import stop_token_ids
+
+    qwen3 = SimpleNamespace(generation_config=GenerationConfig(eos_token_id=[151645, 151643]))
+    assert stop_token_ids(qwen3, SimpleNamespace(eos_token_id=151645)) == (151643, 151645)
+    single = SimpleNamespace(generation_config=GenerationConfig(eos_token_id=7))
+    assert stop_token_ids(single, SimpleNamespace(eos_token_id=9)) == (7, 9)
+    with pytest.raises(InvalidInputError, match="end-of-sequence"):
+        stop_token_ids(SimpleNamespace(generation_config=GenerationConfig()), SimpleNamespace(eos_token_id=None))
+
+
+def _poison_logits(model, row: int, at_call: int):
+    """NaN logits for one batch row from the LM's ``at_call``-th forward on (0 = the prefill)."""
+    head = model.vlm.language_model.get_base_model().lm_head
+    calls = {"n": 0}
+
+    def hook(module, args, output):
+        calls["n"] += 1
+        if calls["n"] > at_call:
+            output = output.clone()
+            output[row] = float("nan")
+            return output
+        return None
+
+    return head.register_forward_hook(hook)
+
+
+@pytest.mark.parametrize("share_prefix, at_call", [(True, 0), (False, 3)])
+def test_non_finite_logits_are_an_error_naming_the_sample_never_a_token(model, items, share_prefix, at_call):
+    batch = next(eval_batches(items[:4], 4))
+    gen = CaptionGenerator(model.vlm, model.prompts, GREEDY, share_prefix=share_prefix)
+    calls = at_call + (1 if share_prefix else 0)  # the shared path runs the prefix prefill first
+    handle = _poison_logits(model, row=2, at_call=calls)
+    try:
+        with pytest.raises(InvalidInputError, match="non-finite logits") as info:
+            gen.generate(batch)
+    finally:
+        handle.remove()
+    message = str(info.value)
+    assert f"sample {batch['sample_id'][2]!r}" in message and repr(batch["query"][2]) in message
+    assert batch["image_path"][2] in message and f"at new token {at_call}" in message
+    assert all(f"sample {batch['sample_id'][r]!r}" not in message for r in (0, 1, 3))
+
+
+def test_non_finite_beam_scores_are_an_error_naming_the_sample(model, items):
+    batch = next(eval_batches(items[:3], 3))
+    poisoned = dict(batch, pixel_values=batch["pixel_values"].clone())
+    poisoned["pixel_values"][1] = float("nan")  # the second panorama: samples 1 and 2
+    gen = CaptionGenerator(model.vlm, model.prompts, DecodeSettings(max_new_tokens=4, num_beams=2))
+    with pytest.raises(InvalidInputError, match="non-finite logits") as info:
+        gen.generate(poisoned)
+    message = str(info.value)
+    assert all(f"sample {batch['sample_id'][r]!r}" in message for r in (1, 2))
+    assert f"sample {batch['sample_id'][0]!r}" not in message
+
+
+def test_check_positions_says_how_many_new_tokens_fit():
+    from panollava.generation.settings import check_positions
+
+    check_positions(96, 4000, 4096)  # exactly full
+    check_positions(10**9, 10, None)  # unknown: nothing to check
+    with pytest.raises(InvalidInputError, match=r"--max_new_tokens: the prompt \(4000 tokens\) \+ max_new_tokens 97 = "
+                                                r"4097 positions.*max_position_embeddings 4096; lower --max_new_tokens "
+                                                r"to at most 96"):
+        check_positions(97, 4000, 4096, where="--max_new_tokens")
+    with pytest.raises(InvalidInputError, match="the prompt alone is too long"):
+        check_positions(1, 5000, 4096)
+
+
+def test_max_new_tokens_beyond_the_models_positions_fails_before_anything_runs(model, items, monkeypatch):
+    from panollava.models.build import check_max_new_tokens, language_model_max_positions
+
+    assert language_model_max_positions("tiny:qwen3") == 4096 == model.vlm.language_model.config.max_position_embeddings
+    with pytest.raises(InvalidInputError, match="max_position_embeddings 4096; lower --max_new_tokens to at most 4095"):
+        check_max_new_tokens({"language_model_name": "tiny:qwen3"}, 1_000_000)
+    check_max_new_tokens({"language_model_name": "tiny:qwen3"}, 64)
+    # the generator: at construction with the shortest prompt, ...
+    with pytest.raises(InvalidInputError, match=r"shortest prompt.*max_new_tokens 1000000 .*max_position_embeddings"):
+        CaptionGenerator(model.vlm, model.prompts, DecodeSettings(max_new_tokens=1_000_000))
+    # ... and per batch with its longest prompt (image tokens included), before the vision tower or any cache
+    floor = model.prompts.min_prompt_tokens()
+    gen = CaptionGenerator(model.vlm, model.prompts, DecodeSettings(max_new_tokens=4096 - floor))
+    caches = _spy_cache(monkeypatch, gen.runner)
+    batch = next(eval_batches(items[:3], 3))
+    n = gen.vlm.num_image_tokens(batch["pixel_values"].shape[1], tuple(batch["pixel_values"].shape[-2:]))
+    longest = max(range(3), key=lambda r: len(model.prompts.prompt_ids(batch["query"][r], n)))
+    with pytest.raises(InvalidInputError, match=rf"sample {batch['sample_id'][longest]!r}.*image tokens\): the prompt"):
+        gen.generate(batch)
+    assert caches == [] and gen.stats["vision_calls"] == 0
+
+
+def test_the_prompt_cache_is_a_bounded_lru(model):
+    from panollava.data.prompts import PROMPT_CACHE_SIZE, PromptEncoder
+
+    assert PromptEncoder(model.tokenizer, "<|image_pad|>").prompt_cache_size == PROMPT_CACHE_SIZE == 4096
+    prompts = PromptEncoder(model.tokenizer, "<|image_pad|>", prompt_cache_size=3)
+    first = prompts.prompt_ids("query 0", 4)
+    for i in range(1, 10):
+        prompts.prompt_ids(f"query {i}", 4)
+        prompts.prompt_ids("query 0", 2)  # used again: kept
+    assert list(prompts._prompt_cache) == ["query 8", "query 9", "query 0"]
+    assert prompts.prompt_ids("query 0", 4) == first  # the placeholder is expanded per call, not cached
+    assert prompts.prompt_ids("query 0", 2).count(prompts.image_token_id) == 2
+
+
+def test_min_new_tokens_suppresses_every_stop_id_like_transformers(model, items, monkeypatch):
+    from panollava.generation import generator as generator_module
+    from panollava.schema import SETTINGS
+
+    assert SETTINGS["min_new_tokens"].flag == "min_new_tokens" and SETTINGS["min_new_tokens"].default == 0
+    with pytest.raises(InvalidInputError, match="min_new_tokens 13 is above max_new_tokens 12"):
+        DecodeSettings(max_new_tokens=12, min_new_tokens=13)
+    tok = model.tokenizer
+    batch = next(eval_batches(items[:6], 6))
+    settings = DecodeSettings(max_new_tokens=12, min_new_tokens=9)
+    ours, gen = caption_all(model, items[:6], settings, share_prefix=True, batch_size=6)
+    assert ours == _texts(tok, _greedy_ids(model, batch, min_new_tokens=9))
+    assert ours != caption_all(model, items[:6], GREEDY, share_prefix=True, batch_size=6)[0]  # some ended early
+    assert gen.describe()["min_new_tokens"] == 9
+    beam = DecodeSettings(max_new_tokens=10, min_new_tokens=8, num_beams=2)
+    assert caption_all(model, items[:6], beam, True, 6)[0] == _texts(
+        tok, _greedy_ids(model, batch, max_new_tokens=10, min_new_tokens=8, num_beams=2))
+    # sampling: no stop id among the first min_new_tokens tokens of any row
+    recorded = []
+    real_decode = generator_module.decode
+
+    def recording(*args, **kwargs):
+        out = real_decode(*args, **kwargs)
+        recorded.append(out[0])
+        return out
+
+    monkeypatch.setattr(generator_module, "decode", recording)
+    sampled = DecodeSettings(**{**SAMPLED.to_dict(), "min_new_tokens": 10})
+    caption_all(model, items, sampled, share_prefix=True, batch_size=len(items))
+    (tokens,) = recorded
+    assert tokens.shape[1] >= 10 and not bool((tokens[:, :10] == tok.eos_token_id).any())
+
+
+def test_repetition_penalty_covers_the_generated_ids_as_generate_with_inputs_embeds(model, items):
+    """The penalty counts each row's tokens generated so far, not the prompt: what ``generate`` given
+    ``inputs_embeds`` only (as panollava's prompts enter) does for an unpadded prompt. (transformers 5.24's batched
+    ``generate`` also skips a row's first generated tokens, as many as its prompt has left padding
+    (``prompt_ignore_length``): the beam path passes the penalty as its own processor to avoid that.)
+    min_new_tokens makes the captions run on past their end, where the tiny model repeats itself."""
+    kwargs = {"max_new_tokens": 14, "min_new_tokens": 12, "repetition_penalty": 1.8}
+    ours, _ = caption_all(model, items[:6], DecodeSettings(**kwargs), share_prefix=True, batch_size=6)
+    theirs = []
+    with pytest.warns(UserWarning, match="only to newly generated tokens"):
+        for batch in eval_batches(items[:6], 1):  # one prompt per call: no padding
+            theirs += _texts(model.tokenizer, _greedy_ids(model, batch, **kwargs))
+    unpenalised = DecodeSettings(max_new_tokens=14, min_new_tokens=12)
+    assert ours == theirs and ours != caption_all(model, items[:6], unpenalised, True, 6)[0]
+    beam = {**kwargs, "num_beams": 2}
+    ours_beam, _ = caption_all(model, items[:6], DecodeSettings(**beam), share_prefix=True, batch_size=6)
+    with pytest.warns(UserWarning, match="only to newly generated tokens"):
+        theirs_beam = [t for b in eval_batches(items[:6], 1) for t in _texts(model.tokenizer,
+                                                                             _greedy_ids(model, b, **beam))]
+    assert ours_beam == theirs_beam

@@ -155,3 +155,28 @@ def test_missing_file_and_directory(tmp_path, monkeypatch):
         load_panorama(tmp_path)
     with pytest.raises(FileNotFoundError):  # the built-in class still catches it
         load_panorama(tmp_path / "missing.jpg")
+
+
+@pytest.mark.parametrize("url", ["https://example.org/p.jpg", "http://example.org/a/b.png", "s3://bucket/p.jpg"])
+def test_a_url_is_refused_as_a_url_not_as_a_missing_file(tmp_path, url):
+    from panollava.data.dataset import read_caption_csv
+
+    with pytest.raises(InvalidInputError, match=rf"url '{url}' is a URL; panollava reads local image files and does "
+                                                r"not download urls: download the panoramas.*--data\.image_root"):
+        load_panorama(url)
+    # joined to an image root, pathlib collapses "//": still recognised as the url it was
+    with pytest.raises(InvalidInputError, match=rf"url '{url}' is a URL"):
+        load_panorama(tmp_path / url)
+    csv_path = tmp_path / "test.csv"
+    csv_path.write_text(f"url,query,annotation\nlocal.jpg,sky,a sky\n{url},floor,a floor\n")
+    for check_images in (True, False):
+        with pytest.raises(InvalidInputError, match=rf"caption CSV '{csv_path}' line 3: url '{url}' is a URL"):
+            read_caption_csv(csv_path, check_images=check_images)
+
+
+def test_local_paths_are_not_urls(tmp_path):
+    from panollava.data.images import remote_url_error
+
+    assert remote_url_error(tmp_path / "pano.jpg") is None
+    assert remote_url_error("images/https_mirror/p.jpg") is None and remote_url_error("C://x/p.jpg") is None
+    assert "without file://" in str(remote_url_error("file:///data/p.jpg"))

@@ -27,7 +27,7 @@ SAMPLES = {
     "crop_strategy": "cubemap", "fov_deg": 100.0, "overlap_ratio": 0.25, "num_views": 4,
     "use_vision_processor": False, "image_mean": [0.1, 0.2, 0.3], "image_std": [0.4, 0.5, 0.6],
     "image_blind": True, "max_answer_tokens": 16, "image_root": "/images",
-    "max_new_tokens": 5, "num_beams": 2, "do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 5,
+    "max_new_tokens": 5, "min_new_tokens": 2, "num_beams": 2, "do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 5,
     "repetition_penalty": 1.2, "seed": 3, "share_prefix": False, "compile_decode": True,
     "batch_size": 2, "max_samples": 7, "num_workers": 1, "reference_mode": "per_row",
     "csv_input": "/data/x.csv", "output_dir": "/out", "overwrite": True, "strict_metrics": True, "progress": False,

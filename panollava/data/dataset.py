@@ -181,6 +181,12 @@ def read_caption_csv(
         for column in wanted:
             if not values[column] or values[column] in MISSING_CELL_VALUES:
                 empty.setdefault(column, []).append(line)
+        if "://" in values["url"]:  # urls are not downloaded: say so, not "file does not exist"
+            from panollava.data.images import remote_url_error
+
+            remote = remote_url_error(values["url"], f"caption CSV '{path}' line {line}")
+            if remote is not None:
+                raise remote
         image = Path(values["url"]).expanduser()
         image = image if image.is_absolute() else root / image
         rows.append(

@@ -12,11 +12,16 @@ through libjpeg's DCT scaling (``Image.draft``, 1/2, 1/4 or 1/8) to the smallest
 whole and then reduced by an integer factor (``Image.reduce``). Views of 90 degrees at up to 1024 px need under
 3300 px of panorama width, so nothing a view can show is lost. Pillow's decompression-bomb limit
 (``Image.MAX_IMAGE_PIXELS``) still applies: above twice that limit the file is refused with a clear error.
+
+Images are local files only: a URL (``https://...``, also after being joined to an image root, which turns it into
+``.../https:/host/...``) is refused with :func:`remote_url_error`'s message (urls are not downloaded; download the
+panoramas and point the CSV at the local files) instead of being reported as a missing file.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from pathlib import Path
 
@@ -28,7 +33,9 @@ from panollava.errors import InputNotFoundError, InvalidInputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EQUIRECT_RATIO_TOLERANCE", "MAX_DECODE_WIDTH_PX", "MIN_PANORAMA_SIDE_PX", "load_panorama"]
+__all__ = [
+    "EQUIRECT_RATIO_TOLERANCE", "MAX_DECODE_WIDTH_PX", "MIN_PANORAMA_SIDE_PX", "load_panorama", "remote_url_error",
+]
 
 #: Panoramas more than twice this wide are decoded reduced to at least this width (see the module docstring).
 MAX_DECODE_WIDTH_PX = 4096
@@ -38,6 +45,43 @@ MIN_PANORAMA_SIDE_PX = 64
 
 #: Relative deviation of W / H from 2 above which a panorama is reported as not equirectangular.
 EQUIRECT_RATIO_TOLERANCE = 0.01
+
+# "scheme://" at the start of a CSV url (two letters at least: "C://x" stays a Windows-style path)
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
+# a URL joined to a folder: pathlib collapses "//", so ".../https:/host/p.jpg"
+_JOINED_URL = re.compile(r"(?:^|/)((?:https?|ftps?|s3|gs|hf):)/+(.*)$", re.IGNORECASE)
+
+
+def remote_url_error(url: str | Path, where: str = "panorama image") -> InvalidInputError | None:
+    """The error for an image given as a URL (panollava reads local files only), or None for a local path.
+
+    Args:
+        url: The CSV's ``url`` value, or a path built from it (``/root/https:/host/p.jpg`` is recognised).
+        where: What holds it, for the message (``caption CSV '/abs/test.csv' line 7``).
+
+    Returns:
+        An :class:`InvalidInputError` saying that URLs are not downloaded and how to point the CSV at local files,
+        or None when ``url`` is not a URL.
+    """
+    text = str(url)
+    match = _URL.match(text)
+    if match is not None:
+        shown = text
+    else:
+        joined = _JOINED_URL.search(text.replace("\\", "/"))
+        if joined is None:
+            return None
+        shown = f"{joined.group(1)}//{joined.group(2)}"
+    if shown.lower().startswith("file:"):
+        fix = "write the local path itself (without file://)"
+    else:
+        fix = (
+            "download the panoramas, then point the CSV's url column at the local files (absolute paths, or paths "
+            "relative to --data.image_root, which defaults to the CSV's folder)"
+        )
+    return InvalidInputError(f"{where}: url '{shown}' is a URL; panollava reads local image files and does not "
+                             f"download urls: {fix}")
+
 
 # modes that PIL converts to RGB losslessly (up to replicating gray into three channels)
 _LOSSLESS_MODES = {"L": "8-bit grayscale", "1": "1-bit black and white", "P": "palette"}
@@ -66,9 +110,12 @@ def load_panorama(path: str | Path, max_width: int = MAX_DECODE_WIDTH_PX) -> tor
 
     Raises:
         InputNotFoundError: If ``path`` does not exist or is a directory.
-        InvalidInputError: For a file that cannot be decoded (corrupt, truncated, not an image), a portrait
+        InvalidInputError: For a URL (see :func:`remote_url_error`), a file that cannot be decoded (corrupt, truncated, not an image), a portrait
             image (H > W), or an image smaller than ``MIN_PANORAMA_SIDE_PX`` on either side.
     """
+    remote = remote_url_error(path)
+    if remote is not None:
+        raise remote
     path = Path(path).expanduser().absolute()
     if not path.exists():
         raise InputNotFoundError(f"panorama image '{path}' does not exist; check the path (or the CSV's url)")

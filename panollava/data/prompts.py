@@ -5,10 +5,15 @@ through the tokenizer's chat template with ``add_generation_prompt=True`` (and `
 Qwen3's official template). The single placeholder is then expanded, in token-id space, to one placeholder per
 image feature vector. Training appends the reference caption and the end-of-turn token; generation starts right
 after the prompt, so both see the image tokens at the same positions.
+
+Rendering and tokenising a prompt is cached per query text in a least-recently-used cache of
+:data:`PROMPT_CACHE_SIZE` queries (the tokens with the single placeholder: a few dozen ids each), so free-form queries
+cannot grow it without bound; the placeholder is expanded on every call.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,6 +23,9 @@ from panollava.errors import InvalidInputError
 from panollava.metadata import DEFAULT_PROMPT_TEMPLATE
 
 IGNORE_INDEX = -100
+
+PROMPT_CACHE_SIZE = 4096
+"""Queries whose tokenised prompt :class:`PromptEncoder` keeps (least recently used dropped first)."""
 
 
 def format_user_text(template: str, query: str) -> str:
@@ -39,6 +47,7 @@ class PromptEncoder:
         enable_thinking: Passed to the chat template (Qwen3's official template adds an empty think block when
             False); ignored by templates that do not use it.
         max_answer_tokens: Training answers are truncated to this many tokens (the end-of-turn token kept).
+        prompt_cache_size: Queries whose tokenised prompt is kept (least recently used dropped first).
     """
 
     tokenizer: object
@@ -47,10 +56,11 @@ class PromptEncoder:
     system_prompt: str | None = None
     enable_thinking: bool = False
     max_answer_tokens: int = 128
+    prompt_cache_size: int = PROMPT_CACHE_SIZE
 
     def __post_init__(self) -> None:
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
-        self._prompt_cache: dict[tuple[str, int], list[int]] = {}
+        self._prompt_cache: OrderedDict[str, tuple[list[int], int]] = OrderedDict()
 
     def render(self, query: str) -> str:
         """The prompt text (one placeholder) for ``query``."""
@@ -63,20 +73,33 @@ class PromptEncoder:
             messages, tokenize=False, add_generation_prompt=True, enable_thinking=self.enable_thinking
         )
 
+    def _tokenised(self, query: str) -> tuple[list[int], int]:
+        """(prompt ids with the one placeholder, the placeholder's index), through the LRU cache."""
+        cached = self._prompt_cache.get(query)
+        if cached is not None:
+            self._prompt_cache.move_to_end(query)
+            return cached
+        ids = self.tokenizer(self.render(query), add_special_tokens=False)["input_ids"]
+        where = [i for i, t in enumerate(ids) if t == self.image_token_id]
+        if len(where) != 1:
+            raise InvalidInputError(
+                f"the rendered prompt for query {query!r} holds {len(where)} image tokens {self.image_token!r}; "
+                "expected exactly 1 (remove the image token from the query / template)"
+            )
+        self._prompt_cache[query] = cached = (ids, where[0])
+        while len(self._prompt_cache) > max(1, self.prompt_cache_size):
+            self._prompt_cache.popitem(last=False)
+        return cached
+
     def prompt_ids(self, query: str, num_image_tokens: int) -> list[int]:
-        """Token ids of the prompt with the placeholder expanded to ``num_image_tokens`` copies."""
-        key = (query, num_image_tokens)
-        if key not in self._prompt_cache:
-            ids = self.tokenizer(self.render(query), add_special_tokens=False)["input_ids"]
-            where = [i for i, t in enumerate(ids) if t == self.image_token_id]
-            if len(where) != 1:
-                raise InvalidInputError(
-                    f"the rendered prompt for query {query!r} holds {len(where)} image tokens {self.image_token!r}; "
-                    "expected exactly 1 (remove the image token from the query / template)"
-                )
-            i = where[0]
-            self._prompt_cache[key] = ids[:i] + [self.image_token_id] * num_image_tokens + ids[i + 1 :]
-        return self._prompt_cache[key]
+        """Token ids of the prompt with the placeholder expanded to ``num_image_tokens`` copies (a new list)."""
+        ids, i = self._tokenised(query)
+        return ids[:i] + [self.image_token_id] * num_image_tokens + ids[i + 1 :]
+
+    def min_prompt_tokens(self) -> int:
+        """A lower bound on any prompt's length: the empty query's prompt without image tokens (not cached)."""
+        ids = self.tokenizer(self.render(""), add_special_tokens=False)["input_ids"]
+        return len(ids) - sum(1 for t in ids if t == self.image_token_id)
 
     def answer_ids(self, answer: str) -> list[int]:
         """Token ids of the answer followed by the end-of-turn (eos) token."""

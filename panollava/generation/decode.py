@@ -14,6 +14,21 @@ The cache length is then rounded up to a multiple of :data:`COMPILED_SLOT_MULTIP
 differ by a few tokens reuse one graph; the extra slots are masked out. The last cache is kept and reused (zeroed)
 by the next batch of the same shape, since CUDA graphs are recorded against its addresses.
 
+One dtype in the cache. Under ``--trainer.precision bf16-mixed`` (autocast) Qwen3's keys leave ``k_norm`` and the
+rotary embedding in float32 while its values leave ``v_proj`` in bfloat16; a plain ``StaticCache`` would store them
+so (transformers 5.24), and every decode step's attention would cast the whole float32 key cache to bfloat16 (a
+copy per layer per step, undoing the no-copy attention of ``attention.py``); 5.17's allocates both in the keys'
+dtype and fails on the first bfloat16 value. The cache here (:func:`one_dtype_static_cache`) stores
+keys and values in one dtype, the autocast dtype when autocast is on (else the LM's): only the new token's
+keys/values are cast when written, and the attention reads the cache tensors themselves. The numbers do not
+change: autocast's attention cast the keys to that dtype anyway.
+
+Stopping and failures. A row stops at any of the stop ids it is given (every ``eos_token_id`` of the LM's
+generation config and the tokenizer's eos: Qwen3 ends on ``<|im_end|>`` and ``<|endoftext|>``). Those ids are
+suppressed until ``min_new_tokens`` tokens are generated (Hugging Face's ``MinNewTokensLengthLogitsProcessor``).
+Non-finite logits (NaN, inf) of a row still decoding raise :class:`NonFiniteLogitsError` naming its rows; they never
+become a token.
+
 Public transformers APIs only, for 5.0 and later: the cache keyword of a causal LM's ``forward`` was renamed from
 ``past_key_values`` to ``cache`` (5.2x); :class:`LanguageModelRunner` reads the signature once and passes the right
 one. A peft ``PeftModel`` is unwrapped to its base model, whose layers carry the LoRA weights.
@@ -21,14 +36,16 @@ one. A peft ``PeftModel`` is unwrapped to its base model, whose layers carry the
 
 from __future__ import annotations
 
+import functools
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from panollava.errors import InvalidInputError
 from panollava.generation.sampling import apply_repetition_penalty, filter_logits, sample_from_logits
 from panollava.generation.settings import DecodeSettings
 from panollava.models.vlm import position_ids_from_mask
@@ -36,6 +53,58 @@ from panollava.models.vlm import position_ids_from_mask
 
 COMPILED_SLOT_MULTIPLE = 64
 """With ``compile_decode``, KV caches hold a multiple of this many slots (fewer distinct shapes to compile)."""
+
+
+class NonFiniteLogitsError(InvalidInputError):
+    """The language model gave non-finite logits (NaN or inf) for rows still decoding.
+
+    Attributes:
+        rows: The batch rows (samples) concerned.
+        step: The new token being chosen when it happened (0 = the first).
+    """
+
+    def __init__(self, message: str, rows: Sequence[int], step: int) -> None:
+        super().__init__(message)
+        self.rows = [int(r) for r in rows]
+        self.step = int(step)
+
+
+def cache_dtype(model: nn.Module, device: torch.device) -> torch.dtype:
+    """The one dtype of a KV cache on ``device``: autocast's when autocast is on there (``bf16-mixed``), else the
+    model's parameters'."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return next(model.parameters()).dtype
+
+
+@functools.cache
+def _one_dtype_static_cache_class() -> type:
+    from transformers import StaticCache
+
+    class OneDtypeStaticCache(StaticCache):
+        """A ``StaticCache`` that stores keys and values in one dtype (:attr:`storage_dtype`): what is written is
+        cast first (one token per decode step), so the attention never has to cast the whole cache."""
+
+        storage_dtype: torch.dtype
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            dtype = self.storage_dtype
+            return super().update(key_states.to(dtype), value_states.to(dtype), *args, **kwargs)
+
+    return OneDtypeStaticCache
+
+
+def one_dtype_static_cache(config, max_cache_len: int, dtype: torch.dtype):
+    """An empty ``transformers.StaticCache`` of ``max_cache_len`` slots whose keys and values are stored in ``dtype``.
+
+    Args:
+        config: The LM's config.
+        max_cache_len: Slots per row.
+        dtype: The storage dtype (:func:`cache_dtype`).
+    """
+    cache = _one_dtype_static_cache_class()(config=config, max_cache_len=max_cache_len)
+    cache.storage_dtype = dtype
+    return cache
 
 
 def compile_mode_for(device: torch.device) -> str:
@@ -68,6 +137,7 @@ class LanguageModelRunner:
         self._compiled: nn.Module | None = None
         self._kept_cache: tuple[tuple, object] | None = None
         self.caches_reused = 0
+        self.last_cache_dtype: torch.dtype | None = None
 
     def cache_slots(self, needed: int) -> int:
         """Slots to allocate for ``needed`` (rounded up to :data:`COMPILED_SLOT_MULTIPLE` when compiling)."""
@@ -76,25 +146,26 @@ class LanguageModelRunner:
         return -(-needed // COMPILED_SLOT_MULTIPLE) * COMPILED_SLOT_MULTIPLE
 
     def new_static_cache(self, max_cache_len: int, batch_size: int):
-        """An empty ``StaticCache`` of ``max_cache_len`` slots for ``batch_size`` rows.
+        """An empty ``StaticCache`` of ``max_cache_len`` slots for ``batch_size`` rows, in one dtype
+        (:func:`cache_dtype`: call it inside the autocast that the forwards will run in).
 
         Eager: a new cache (tensors allocated on the first write). With ``compile_decode`` the last cache is kept
         and, when the next batch has the same shape, zeroed and reused: CUDA graphs are recorded against the
         cache's memory addresses, so a new cache per batch would mean recording again every batch.
         """
-        from transformers import StaticCache
-
+        device = next(self.model.parameters()).device
+        dtype = cache_dtype(self.model, device)
+        self.last_cache_dtype = dtype
         if not self.compile_decode:
-            return StaticCache(config=self.config, max_cache_len=max_cache_len)
-        param = next(self.model.parameters())
-        key = (max_cache_len, batch_size, param.dtype, param.device)
+            return one_dtype_static_cache(self.config, max_cache_len, dtype)
+        key = (max_cache_len, batch_size, dtype, device)
         if self._kept_cache is not None and self._kept_cache[0] == key:
             cache = self._kept_cache[1]
             cache.reset()
             self.caches_reused += 1
             return cache
         self._kept_cache = None  # release the old one before allocating
-        cache = StaticCache(config=self.config, max_cache_len=max_cache_len)
+        cache = one_dtype_static_cache(self.config, max_cache_len, dtype)
         self._kept_cache = (key, cache)
         return cache
 
@@ -271,27 +342,35 @@ def decode(
     runner: LanguageModelRunner,
     state: Prefilled,
     settings: DecodeSettings,
-    eos_token_id: int,
+    eos_token_ids: int | Sequence[int],
     pad_token_id: int,
     uniforms: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Greedy or sampled decoding of all rows together, until every row has emitted eos or the limit is reached.
 
+    Per step, as ``generate`` orders its processors: repetition penalty (tokens generated so far), the stop ids
+    set to -inf while fewer than ``min_new_tokens`` tokens exist, then temperature / top-k / top-p when sampling.
+
     Args:
         runner: The LM runner.
         state: The prefilled state (updated in place).
-        settings: Decoding settings (``do_sample``, processors, ``max_new_tokens``).
-        eos_token_id: The end-of-turn token; a row stops after emitting it.
+        settings: Decoding settings (``do_sample``, processors, ``min_new_tokens``, ``max_new_tokens``).
+        eos_token_ids: The stop id(s); a row stops after emitting any of them.
         pad_token_id: Written after a row's eos (as ``generate`` does).
         uniforms: (B, max_new_tokens) float64 per-row uniforms, required when sampling.
 
     Returns:
         (new tokens (B, T) long, T ≤ max_new_tokens; number of decode forward passes run).
+
+    Raises:
+        NonFiniteLogitsError: a row still decoding got NaN or inf logits (its rows and the step are attached).
     """
     logits = state.logits
     b, vocab = logits.shape
     device = logits.device
     steps = settings.max_new_tokens
+    ids = [int(eos_token_ids)] if isinstance(eos_token_ids, int) else sorted({int(i) for i in eos_token_ids})
+    stop_ids = torch.tensor(ids, dtype=torch.long, device=device)
     tokens = torch.full((b, steps), pad_token_id, dtype=torch.long, device=device)
     finished = torch.zeros(b, dtype=torch.bool, device=device)
     seen = torch.zeros((b, vocab), dtype=torch.bool, device=device) if settings.repetition_penalty != 1.0 else None
@@ -299,9 +378,12 @@ def decode(
     forwards = 0
     with runner.decoding():
         for t in range(steps):
+            broken = ~torch.isfinite(logits).all(dim=-1) & ~finished
             scores = logits
             if seen is not None:
                 scores = apply_repetition_penalty(scores, seen, settings.repetition_penalty)
+            if t < settings.min_new_tokens:
+                scores = scores.index_fill(1, stop_ids, float("-inf"))
             if settings.do_sample:
                 if uniforms is None:
                     raise ValueError("sampling needs per-row uniforms")
@@ -310,10 +392,16 @@ def decode(
                 token = scores.argmax(dim=-1)
             token = torch.where(finished, torch.full_like(token, pad_token_id), token)
             tokens[:, t] = token
-            finished |= token == eos_token_id
+            finished |= torch.isin(token, stop_ids)
             if seen is not None:
                 seen.scatter_(1, token.unsqueeze(1), True)
-            if t == steps - 1 or bool(finished.all()):
+            all_finished, any_broken = torch.stack((finished.all(), broken.any())).tolist()  # one sync per step
+            if any_broken:
+                rows = broken.nonzero().flatten().tolist()
+                raise NonFiniteLogitsError(
+                    f"non-finite logits (NaN or inf) for batch row(s) {rows} at new token {t}", rows, t
+                )
+            if t == steps - 1 or all_finished:
                 return tokens[:, : t + 1], forwards
             slot = state.next_slot
             state.attention_mask[:, slot] = 1

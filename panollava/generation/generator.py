@@ -16,6 +16,10 @@ An evaluation batch holds the unique panoramas of its samples (``pixel_values`` 
    optionally compiled (``compile_decode``); beam search (``num_beams > 1``) goes through Hugging Face ``generate``
    on the plain path (never compiled).
 
+Before anything is computed, prompt + ``max_new_tokens`` is checked against the LM's ``max_position_embeddings``
+(:func:`~panollava.generation.settings.check_positions`): at construction with the shortest possible prompt, per
+batch with its longest. A sample whose logits turn NaN or inf is an error that names it, never a caption.
+
 On CPU fp32 the shared and plain paths, and any batch size, give the same captions (tests/test_generation.py).
 """
 
@@ -32,13 +36,14 @@ import torch
 from panollava.errors import InvalidInputError
 from panollava.generation.decode import (
     LanguageModelRunner,
+    NonFiniteLogitsError,
     compile_mode_for,
     decode,
     prefill_plain,
     prefill_shared,
 )
 from panollava.generation.sampling import row_uniforms
-from panollava.generation.settings import DecodeSettings
+from panollava.generation.settings import DecodeSettings, check_positions
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +53,41 @@ PATH_BEAM = "beam_search"
 KV_STATIC = "static (transformers.StaticCache, preallocated per batch)"
 KV_STATIC_KEPT = "static (transformers.StaticCache, preallocated; reused by the next batch of the same shape)"
 KV_GENERATE = "dynamic (transformers generate)"
+
+
+def _dtype_name(dtype: torch.dtype | None) -> str | None:
+    return str(dtype).removeprefix("torch.") if dtype is not None else None
+
+
+def stop_token_ids(language_model, tokenizer) -> tuple[int, ...]:
+    """Every id that ends a caption: the ``eos_token_id`` (one or a list) of the LM's generation config and the
+    tokenizer's eos (Qwen3's generation config: ``<|im_end|>`` and ``<|endoftext|>``).
+
+    Args:
+        language_model: The causal LM (peft-wrapped or not).
+        tokenizer: Its tokenizer.
+
+    Returns:
+        The sorted distinct ids.
+
+    Raises:
+        InvalidInputError: neither names an end-of-sequence token.
+    """
+    config = getattr(language_model, "generation_config", None)
+    configured = getattr(config, "eos_token_id", None) if config is not None else None
+    if configured is None:
+        configured = []
+    elif isinstance(configured, int):
+        configured = [configured]
+    ids = {int(i) for i in configured}
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    if not ids:
+        raise InvalidInputError(
+            "neither the language model's generation config nor the tokenizer names an end-of-sequence token "
+            "(eos_token_id): captions could never end; use a tokenizer with an eos token"
+        )
+    return tuple(sorted(ids))
 
 
 class CaptionGenerator:
@@ -86,9 +126,17 @@ class CaptionGenerator:
             )
             compile_decode = False
         self.runner = LanguageModelRunner(vlm.language_model, compile_decode=compile_decode)
-        self.eos_token_id = int(self.tokenizer.eos_token_id)
+        self.eos_token_ids = stop_token_ids(self.runner.model, self.tokenizer)
+        eos = self.tokenizer.eos_token_id
+        self.eos_token_id = int(eos if eos is not None else self.eos_token_ids[0])
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = int(pad if pad is not None else self.eos_token_id)
+        positions = getattr(self.runner.config, "max_position_embeddings", None)
+        self.max_positions = int(positions) if positions is not None else None
+        check_positions(
+            settings.max_new_tokens, prompts.min_prompt_tokens(), self.max_positions,
+            where="--max_new_tokens (with the shortest prompt this template makes)",
+        )
         self._carry: tuple[str, torch.Tensor] | None = None
         self._fallback_reason: str | None = None
         self._paths: set[str] = set()
@@ -145,8 +193,11 @@ class CaptionGenerator:
             "compile_decode": self.runner.compile_decode,
             "attention": self._attention_description(path),
             "kv_cache": self._kv_cache_description(path),
+            "kv_cache_dtype": _dtype_name(self.runner.last_cache_dtype) if path != PATH_BEAM else None,
             "eos_token_id": self.eos_token_id,
+            "eos_token_ids": list(self.eos_token_ids),
             "pad_token_id": self.pad_token_id,
+            "max_position_embeddings": self.max_positions,
             "seeding": "per sample: sample_seed(seed, sample_id)" if self.settings.do_sample else "none (deterministic)",
         }
         if self.runner.compile_decode and path != PATH_BEAM:
@@ -247,16 +298,60 @@ class CaptionGenerator:
         queries = list(batch["query"])
         if not queries:
             return []
-        with self._stage("vision_s"):
-            features, index = self.image_features(batch)
         pv = batch["pixel_values"]
         num_image_tokens = self.vlm.num_image_tokens(pv.shape[1], tuple(pv.shape[-2:]))
+        self._check_positions(batch, queries, num_image_tokens)
+        with self._stage("vision_s"):
+            features, index = self.image_features(batch)
+        try:
+            tokens = self._generate_tokens(batch, queries, features, index, num_image_tokens)
+        except NonFiniteLogitsError as exc:
+            raise NonFiniteLogitsError(self._non_finite_message(batch, exc), exc.rows, exc.step) from None
+        return [t.strip() for t in self.tokenizer.batch_decode(tokens.cpu(), skip_special_tokens=True)]
+
+    def _check_positions(self, batch: dict[str, Any], queries: list[str], num_image_tokens: int) -> None:
+        """The batch's longest prompt + ``max_new_tokens`` against the LM's positions, before any prefill."""
+        if self.max_positions is None:
+            return
+        lengths = [len(self.prompts.prompt_ids(q, num_image_tokens)) for q in queries]
+        row = max(range(len(lengths)), key=lengths.__getitem__)
+        check_positions(
+            self.settings.max_new_tokens, lengths[row], self.max_positions,
+            where=f"{self._sample_name(batch, row)} ({num_image_tokens} image tokens)",
+        )
+
+    @staticmethod
+    def _sample_name(batch: dict[str, Any], row: int) -> str:
+        parts = []
+        if batch.get("sample_id") is not None:
+            parts.append(f"sample {batch['sample_id'][row]!r}")
+        parts.append(f"query {batch['query'][row]!r}")
+        if batch.get("image_path") is not None:
+            parts.append(f"image '{batch['image_path'][row]}'")
+        return ", ".join(parts)
+
+    def _non_finite_message(self, batch: dict[str, Any], exc: NonFiniteLogitsError) -> str:
+        shown = "; ".join(self._sample_name(batch, r) for r in exc.rows[:5])
+        more = f" and {len(exc.rows) - 5} more" if len(exc.rows) > 5 else ""
+        return (
+            f"the language model gave non-finite logits (NaN or inf) at new token {exc.step} for {len(exc.rows)} "
+            f"sample(s): {shown}{more}; no caption is made from them. Usual causes: NaN/inf in the checkpoint's "
+            "weights or in the image, or an overflow in reduced precision (--trainer.precision 16-mixed: try "
+            "bf16-mixed or 32-true)"
+        )
+
+    def _generate_tokens(
+        self, batch: dict[str, Any], queries: list[str], features: torch.Tensor, index: torch.Tensor,
+        num_image_tokens: int,
+    ) -> torch.Tensor:
+        """The new token ids (B, T) of the batch, on the beam, shared-prefix or plain path."""
         self.stats["batches"] += 1
         self.stats["samples"] += len(queries)
         if self.settings.num_beams > 1:
             with self._stage("decode_s"):
                 tokens = self._beam_search(queries, features, index, num_image_tokens)
             self._paths.add(PATH_BEAM)
+            self.stats["beam_batches"] += 1
         else:
             split = self._split_prompts(queries, num_image_tokens) if self.share_prefix else None
             if isinstance(split, str):
@@ -278,10 +373,10 @@ class CaptionGenerator:
                 )
             with self._stage("decode_s"):
                 tokens, forwards = decode(
-                    self.runner, state, self.settings, self.eos_token_id, self.pad_token_id, uniforms
+                    self.runner, state, self.settings, self.eos_token_ids, self.pad_token_id, uniforms
                 )
             self.stats["decode_forwards"] += forwards
-        return [t.strip() for t in self.tokenizer.batch_decode(tokens.cpu(), skip_special_tokens=True)]
+        return tokens
 
     def _embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         return self.vlm.language_model.get_input_embeddings()(ids)
@@ -327,12 +422,43 @@ class CaptionGenerator:
             inputs_embeds=embeds,
             attention_mask=mask,
             max_new_tokens=s.max_new_tokens,
+            min_new_tokens=s.min_new_tokens or None,
             num_beams=s.num_beams,
             do_sample=False,
-            repetition_penalty=s.repetition_penalty,
             temperature=None,
             top_p=None,
             top_k=None,
-            eos_token_id=self.eos_token_id,
+            eos_token_id=list(self.eos_token_ids),
             pad_token_id=self.pad_token_id,
+            logits_processor=beam_processors(s.num_beams, s.repetition_penalty),
         )
+
+
+def beam_processors(num_beams: int, repetition_penalty: float):
+    """The ``logits_processor`` list that beam search gets from panollava.
+
+    - The repetition penalty, as transformers' ``RepetitionPenaltyLogitsProcessor`` over all the tokens each beam
+      generated (passed here rather than as ``repetition_penalty=``: transformers 5.24's ``generate`` then also
+      skips a row's first generated tokens, as many as its prompt has left padding, when the prompt came as
+      ``inputs_embeds``; the decode loop and an unpadded ``generate`` count them all).
+    - A check that raises :class:`NonFiniteLogitsError` when a beam's scores hold NaN (beam search takes the
+      log-softmax first: NaN or +inf logits become NaN scores; the -inf that ``min_new_tokens`` sets are not NaN).
+
+    Args:
+        num_beams: Beams per sample (rows of the scores per sample).
+        repetition_penalty: The penalty (1.0: none).
+    """
+    from transformers import LogitsProcessor, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
+    class _NonFiniteScoresCheck(LogitsProcessor):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            broken = torch.isnan(scores).any(dim=-1) | torch.isposinf(scores).any(dim=-1)
+            if bool(broken.any()):
+                rows = sorted({int(r) // num_beams for r in broken.nonzero().flatten().tolist()})
+                raise NonFiniteLogitsError(f"non-finite beam scores for batch row(s) {rows}", rows, input_ids.shape[-1])
+            return scores
+
+    processors = [_NonFiniteScoresCheck()]
+    if repetition_penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(float(repetition_penalty)))
+    return LogitsProcessorList(processors)

@@ -6,7 +6,8 @@ and docs are generated from the schema, and its values are checked with the sche
 (:func:`panollava.schema.check_settings`), so the decode loop accepts exactly what ``--model.generation.*``
 accepts. :func:`sample_seed` derives each sample's sampling seed
 from the run's ``seed`` and the sample's own id, so a sampled caption does not depend on the batch size, the
-world size or a resume.
+world size or a resume. :func:`check_positions` refuses a prompt + ``max_new_tokens`` that the language model has no
+positions for.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ class _DecodeMethods:
         checked = check_settings(asdict(self), "decoding settings", describe=lambda k: f"--model.generation.{k}")
         for name, value in checked.items():
             object.__setattr__(self, name, value)  # normalised: 1 → 1.0 where the schema says float
+        if self.min_new_tokens > self.max_new_tokens:
+            raise InvalidInputError(
+                f"min_new_tokens {self.min_new_tokens} is above max_new_tokens {self.max_new_tokens}: no caption "
+                "could end before the limit; lower --min_new_tokens or raise --max_new_tokens"
+            )
         if self.num_beams > 1 and self.do_sample:
             raise InvalidInputError(
                 f"num_beams {self.num_beams} with do_sample true is not supported: sampled captions are seeded per "
@@ -83,3 +89,39 @@ def sample_seed(seed: int, sample_id: str) -> int:
     """
     digest = hashlib.sha256(f"{int(seed)}\x1f{sample_id}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def check_positions(
+    max_new_tokens: int, longest_prompt_tokens: int, max_positions: int | None, where: str = "decoding"
+) -> None:
+    """Refuse a decoding whose prompt and new tokens need more positions than the language model has.
+
+    A prompt of ``L`` tokens followed by ``max_new_tokens`` new ones occupies positions ``0 .. L + max_new_tokens
+    - 1``; the KV cache is allocated for all of them up front. Beyond the LM's ``max_position_embeddings`` the
+    rotary positions were never trained (and a huge ``max_new_tokens`` allocates a huge cache), so this is an
+    error, raised before anything is allocated.
+
+    Args:
+        max_new_tokens: The decoding's ``max_new_tokens``.
+        longest_prompt_tokens: The longest prompt in tokens (a lower bound when the prompts are not known yet).
+        max_positions: The LM config's ``max_position_embeddings`` (None: unknown, nothing is checked).
+        where: What is checked, for the message (``sample 'abc' (query ...)``, ``--max_new_tokens``).
+
+    Raises:
+        InvalidInputError: ``longest_prompt_tokens + max_new_tokens > max_positions``; the message gives the
+            largest ``max_new_tokens`` that fits.
+    """
+    if max_positions is None:
+        return
+    needed = int(longest_prompt_tokens) + int(max_new_tokens)
+    if needed <= int(max_positions):
+        return
+    room = int(max_positions) - int(longest_prompt_tokens)
+    fix = (
+        f"lower --max_new_tokens to at most {room}" if room > 0
+        else "the prompt alone is too long: use fewer views or a shorter query / prompt template"
+    )
+    raise InvalidInputError(
+        f"{where}: the prompt ({longest_prompt_tokens} tokens) + max_new_tokens {max_new_tokens} = {needed} "
+        f"positions, but the language model has max_position_embeddings {max_positions}; {fix}"
+    )

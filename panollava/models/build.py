@@ -207,6 +207,47 @@ def load_language_model(name: str):
         raise _wrap_load_error(exc, "language model", name, flag) from exc
 
 
+def language_model_max_positions(name: str) -> int | None:
+    """The LM config's ``max_position_embeddings``, read with ``AutoConfig`` (no weights are loaded).
+
+    Args:
+        name: Hub id, local folder or ``tiny:qwen3`` (``model_config.language_model_name``).
+
+    Returns:
+        The number of positions, or None when the config does not say.
+    """
+    from transformers import AutoConfig
+
+    flag = "--model.model_config.language_model_name"
+    src = _source(name, "language model", flag)
+    try:
+        config = AutoConfig.from_pretrained(src)
+    except OSError as exc:
+        raise _wrap_load_error(exc, "language model", name, flag) from exc
+    config = getattr(config, "text_config", None) or config
+    positions = getattr(config, "max_position_embeddings", None)
+    return int(positions) if positions is not None else None
+
+
+def check_max_new_tokens(model_config: dict[str, Any], max_new_tokens: int, where: str = "--max_new_tokens") -> None:
+    """Refuse a ``max_new_tokens`` that cannot fit the LM's positions, before any weights load.
+
+    Reads only the LM's config (:func:`language_model_max_positions`); the prompt counts as one token here (its
+    exact length is checked per batch by the caption generator, before the cache is allocated).
+
+    Args:
+        model_config: The merged ``model_config`` (``language_model_name``).
+        max_new_tokens: The decoding's ``max_new_tokens``.
+        where: The setting as the user gave it, for the message.
+
+    Raises:
+        InvalidInputError: ``1 + max_new_tokens`` exceeds ``max_position_embeddings``.
+    """
+    from panollava.generation.settings import check_positions
+
+    check_positions(max_new_tokens, 1, language_model_max_positions(model_config["language_model_name"]), where)
+
+
 def lora_settings(lora: dict[str, Any] | None) -> dict[str, Any] | None:
     """Fill a LoRA dict with defaults (r 32, α 64, dropout 0.05, q/k/v/o/gate/up/down)."""
     if lora is None:
