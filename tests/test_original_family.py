@@ -39,7 +39,7 @@ from panollava.generation import DecodeSettings
 FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "panollava-v1"
 RUN = "runs/only_finetune/finetune/anyres-e2p_mlp"
 LOSS_CKPT = "siglip_mlp_anyres-e2p_train_epoch00_loss8.9649.ckpt"
-DECODE = DecodeSettings(max_new_tokens=12, repetition_penalty=1.1)  # greedy; eval.py's min_new_tokens 5 below
+DECODE = DecodeSettings(max_new_tokens=12, repetition_penalty=1.1, min_new_tokens=5)  # greedy, as eval.py decoded
 
 pytestmark = pytest.mark.skipif(not (FIXTURE / RUN).is_dir(), reason=f"fixture not found at {FIXTURE}")
 
@@ -55,7 +55,7 @@ def _batch(model, samples: list[int], pixels: dict[str, torch.Tensor]) -> dict:
     return {
         "query": [p["query"] for p in prompts],
         "sample_id": [str(k) for k in samples],
-        "pixel_values": model.collate_panoramas([pixels[u] for u in urls]),
+        "pixel_values": model.panorama_transform().collate([pixels[u] for u in urls]),
         "panorama_index": torch.tensor([urls.index(p["url"]) for p in prompts]),
         "panorama_key": urls,
     }
@@ -76,7 +76,7 @@ def _copy_run(tmp_path: Path, *, drop: tuple[str, ...] = ()) -> Path:
 
 @pytest.fixture(scope="module")
 def fixture_model():
-    return load_original_run(FIXTURE / RUN, decode=DECODE, base_dir=FIXTURE, min_new_tokens=5)
+    return load_original_run(FIXTURE / RUN, decode=DECODE, base_dir=FIXTURE)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def pixels(fixture_model):
     from panollava.data.images import load_panorama
 
     urls = {_sample(k)[0]["url"] for k in range(4)}
-    return {u: fixture_model.panorama_inputs(load_panorama(FIXTURE / u)) for u in urls}
+    return {u: fixture_model.panorama_transform()(load_panorama(FIXTURE / u)) for u in urls}
 
 
 # -- recognition and checkpoint ------------------------------------------------------------------------------
@@ -112,7 +112,7 @@ def test_truncated_metadata_of_the_original_is_recognised_and_set_aside(tmp_path
     rec = recognise(run)
     assert any("truncated metadata" in r for r in rec.reasons)
     with caplog.at_level(logging.WARNING):
-        model = load_original_run(run, decode=DECODE, base_dir=FIXTURE, min_new_tokens=5)
+        model = load_original_run(run, decode=DECODE, base_dir=FIXTURE)
     assert "is not valid JSON" in caplog.text and "truncated file; it is not used" in caplog.text
     assert model.generate(_batch(model, [2], pixels)) == [_sample(2)[1]["prediction"]]
 
@@ -222,31 +222,6 @@ def test_captions_equal_expected(fixture_model, pixels, share):
         fixture_model._generator = None
 
 
-def test_min_new_tokens_suppresses_end_of_turn(fixture_model, pixels):
-    """The original's min_new_tokens: with eos made the best token, it still cannot come before token 5."""
-    from panollava.families.original.caption import OriginalCaptionGenerator
-
-    lm_head = fixture_model.module.language_model.get_output_embeddings()
-    eos = fixture_model.tokenizer.eos_token_id
-    saved = lm_head.weight[eos].clone()
-    try:
-        with torch.no_grad():
-            lm_head.weight[eos] = torch.full_like(saved, 5.0)  # makes eos the best token (checked: floor 0 → first)
-        batch = _batch(fixture_model, [0], pixels)
-        for floor, expected_len in ((0, 1), (5, 6)):
-            gen = OriginalCaptionGenerator(fixture_model.module, fixture_model.prompts, DECODE, min_new_tokens=floor)
-            features, index = gen.image_features(batch)
-            state = gen._prefill_plain(batch["query"], features, index, 80)
-            from panollava.generation.decode import decode
-
-            tokens, _ = decode(gen.runner, state, DECODE, gen.eos_token_id, gen.pad_token_id)
-            row = tokens[0].tolist()
-            assert row.index(eos) + 1 == expected_len, (floor, row)
-    finally:
-        with torch.no_grad():
-            lm_head.weight[eos] = saved
-
-
 def test_fingerprint_and_provenance(fixture_model):
     fp = fixture_model.fingerprint()
     assert len(fp["checkpoint_sha256"]) == 64 and fp["settings"]["use_projection_pe"] is True
@@ -260,8 +235,8 @@ def test_fingerprint_and_provenance(fixture_model):
 def test_transform_is_picklable(fixture_model):
     import pickle
 
-    transform = pickle.loads(pickle.dumps(fixture_model.input_transform()))
-    assert transform == fixture_model.input_transform()
+    transform = pickle.loads(pickle.dumps(fixture_model.panorama_transform()))
+    assert transform == fixture_model.panorama_transform()
 
 
 # -- settings sources ----------------------------------------------------------------------------------------
@@ -271,7 +246,7 @@ def test_without_metadata_and_config_given_yaml(tmp_path, pixels, caplog):
     run = _copy_run(tmp_path, drop=("checkpoint_metadata.json", "config.yaml"))
     with caplog.at_level(logging.WARNING):
         model = load_original_run(run, config_yaml=FIXTURE / "configs" / "default.yaml", decode=DECODE,
-                                  base_dir=FIXTURE, min_new_tokens=5)
+                                  base_dir=FIXTURE)
     assert "no usable checkpoint_metadata.json" in caplog.text and "'models/siglip-tiny-patch8-32'" in caplog.text
     assert model.resolved.sources["use_projection_pe"].startswith("--config ")
     captions = model.generate(_batch(model, [0, 1, 2, 3], pixels))
@@ -282,7 +257,7 @@ def test_without_yaml_assumes_code_defaults_like_eval_py(tmp_path, pixels, caplo
     """No metadata, no config.yaml, no --config: PE off by the code default — what the original eval.py built."""
     run = _copy_run(tmp_path, drop=("checkpoint_metadata.json", "config.yaml"))
     with caplog.at_level(logging.WARNING):
-        model = load_original_run(run, decode=DECODE, base_dir=FIXTURE, min_new_tokens=5)
+        model = load_original_run(run, decode=DECODE, base_dir=FIXTURE)
     assumed = model.resolved.assumed
     assert assumed["use_projection_pe"] is False and assumed["stitching_mode"] == "drop_overlap"
     warning = next(w for w in model.resolved.warnings if "original code's defaults" in w)
@@ -528,7 +503,7 @@ def test_configurations_load_strictly_and_generate_deterministically(tmp_path, p
     run = _build_original_run(tmp_path, hidden=hidden, depth=depth, rank=rank, alpha=alpha, targets=targets,
                               stitching=stitching, pe=pe, vicreg_norm=norm)
     assert recognise(run) is not None
-    model = load_original_run(run, decode=DECODE, base_dir=FIXTURE, min_new_tokens=5)
+    model = load_original_run(run, decode=DECODE, base_dir=FIXTURE)
     s, vlm = model.resolved.settings, model.module
     assert (s.stitching_mode, s.use_projection_pe) == (stitching or "drop_overlap", bool(pe))
     assert (s.resampler_depth, s.lora_rank, s.use_vicreg_norm, s.use_lora) == (depth, rank, norm, bool(targets))

@@ -14,10 +14,8 @@ panorama, prefix sharing, the preallocated-KV decode loop. Why that reproduces t
   and falls back to the plain path (with one log line) when it does not hold.
 - **Decoding.** The original's ``eval.py`` ran Hugging Face ``generate`` with its defaults ``min_new_tokens=5`` and
   ``repetition_penalty=1.1`` (greedy when ``generation.temperature`` ≤ 0.1). The engine's repetition penalty acts
-  on generated ids only, as ``generate`` did with a prompt given as embeddings. ``min_new_tokens`` (end-of-turn
-  suppressed until that many new tokens exist) is applied by this family's generator whatever the engine's
-  :class:`~panollava.generation.DecodeSettings` holds: from ``decode.min_new_tokens`` when that field exists,
-  else from :func:`load_original_run`'s ``min_new_tokens`` argument (suppressing twice is the same as once).
+  on generated ids only, as ``generate`` did with a prompt given as embeddings; ``min_new_tokens`` (every stop id
+  suppressed until that many new tokens exist) is the engine's own (``--min_new_tokens 5`` for eval.py's value).
 - **Captions** are ``batch_decode(skip_special_tokens=True).strip()`` of the new tokens, as the original model
   returned them. ``eval.py``'s clean-up that replaced a caption without letters or digits by "I can see a
   panoramic view." is NOT applied (a placeholder never stands in for a model's output here).
@@ -28,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +34,6 @@ import torch
 
 from panollava.data.prompts import PromptEncoder, format_user_text
 from panollava.errors import InputNotFoundError, InvalidInputError
-from panollava.generation.decode import LanguageModelRunner
 from panollava.generation.generator import CaptionGenerator
 from panollava.generation.settings import DecodeSettings
 from panollava.schema import DEFAULT_PROMPT_TEMPLATE
@@ -115,69 +112,6 @@ class OriginalPromptEncoder(PromptEncoder):
         return self._prompt_cache[key]
 
 
-class _EosFloorRunner(LanguageModelRunner):
-    """A runner whose decode steps suppress end-of-turn until ``min_new_tokens`` tokens exist.
-
-    Step k (1-based, counted from :meth:`start`) gives the logits of new token k; the prefill's logits (token 0)
-    are floored by :meth:`floor` before the loop starts.
-    """
-
-    def __init__(self, language_model, *, compile_decode: bool, min_new_tokens: int, eos_token_id: int) -> None:
-        super().__init__(language_model, compile_decode=compile_decode)
-        self.min_new_tokens = int(min_new_tokens)
-        self.eos_token_id = int(eos_token_id)
-        self._step = 0
-
-    def floor(self, logits: torch.Tensor, index: int) -> None:
-        if index < self.min_new_tokens:
-            logits[:, self.eos_token_id] = float("-inf")
-
-    def start(self, prefill_logits: torch.Tensor) -> None:
-        self._step = 0
-        self.floor(prefill_logits, 0)
-
-    def step_logits(self, cache, attention_mask, position_ids, input_ids):
-        logits = super().step_logits(cache, attention_mask, position_ids, input_ids)
-        self._step += 1
-        self.floor(logits, self._step)
-        return logits
-
-
-class OriginalCaptionGenerator(CaptionGenerator):
-    """:class:`CaptionGenerator` with the original's ``min_new_tokens`` (see the module doc)."""
-
-    def __init__(self, vlm, prompts, settings: DecodeSettings, *, min_new_tokens: int = 0, **kwargs) -> None:
-        super().__init__(vlm, prompts, settings, **kwargs)
-        self.min_new_tokens = int(min_new_tokens)
-        if self.min_new_tokens > 0:
-            self.runner = _EosFloorRunner(vlm.language_model, compile_decode=self.runner.compile_decode,
-                                          min_new_tokens=self.min_new_tokens, eos_token_id=self.eos_token_id)
-
-    def _started(self, state):
-        if isinstance(self.runner, _EosFloorRunner):
-            self.runner.start(state.logits)
-        return state
-
-    def _prefill_plain(self, *args, **kwargs):
-        return self._started(super()._prefill_plain(*args, **kwargs))
-
-    def _prefill_shared(self, *args, **kwargs):
-        return self._started(super()._prefill_shared(*args, **kwargs))
-
-    def _beam_search(self, *args, **kwargs):
-        if self.min_new_tokens > 0:
-            raise InvalidInputError(
-                "beam search with min_new_tokens is not supported by the original PanoLLaVA family; use num_beams 1 "
-                "or min_new_tokens 0"
-            )
-        return super()._beam_search(*args, **kwargs)
-
-    def describe(self) -> dict[str, Any]:
-        info = super().describe()
-        info["min_new_tokens"] = self.min_new_tokens
-        return info
-
-
 def _file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -196,7 +130,6 @@ class OriginalCaptionModel:
         transform: The picklable view transform.
         prompts: The prompt encoder.
         decode: The decoding settings.
-        min_new_tokens: End-of-turn suppressed until this many new tokens.
         run_dir: The run directory.
         checkpoint: Which file and why.
         recognition: Why the directory is an original run (None when loaded without recognition evidence).
@@ -210,7 +143,6 @@ class OriginalCaptionModel:
     transform: OriginalViewTransform
     prompts: OriginalPromptEncoder
     decode: DecodeSettings
-    min_new_tokens: int
     run_dir: Path
     checkpoint: ChosenCheckpoint
     recognition: Recognition | None
@@ -218,30 +150,25 @@ class OriginalCaptionModel:
     load_report: LoadReport
     share_prefix: bool = True
     family: str = FAMILY
-    _generator: OriginalCaptionGenerator | None = field(default=None, repr=False)
+    _generator: CaptionGenerator | None = field(default=None, repr=False)
     _sha256: str | None = field(default=None, repr=False)
 
     # -- inputs -------------------------------------------------------------------------------------------------
-    def panorama_inputs(self, panorama: torch.Tensor) -> torch.Tensor:
-        """uint8 (3, H, W) → the original's normalised views (V, 3, h, w)."""
-        return self.transform(panorama)
-
-    def input_transform(self) -> OriginalViewTransform:
-        """The picklable transform equal to :meth:`panorama_inputs`."""
+    def panorama_transform(self, view_settings=None) -> OriginalViewTransform:
+        """The run's own views (its anyres_e2p geometry, fov and overlap, recorded in the provenance): the data
+        module's view settings do not apply to this family, and an image-blind run is refused."""
+        if view_settings is not None and getattr(view_settings, "image_blind", False):
+            raise InvalidInputError(
+                "--data.image_blind is not available for runs of the original PanoLLaVA trainer (their views come "
+                "from the run); evaluate an image-blind baseline trained with panollava instead"
+            )
         return self.transform
-
-    def collate_panoramas(self, items: list[torch.Tensor]) -> torch.Tensor:
-        """P view stacks → (P, V, 3, h, w)."""
-        return torch.stack(items)
 
     # -- generation ---------------------------------------------------------------------------------------------
     @property
-    def generator(self) -> OriginalCaptionGenerator:
+    def generator(self) -> CaptionGenerator:
         if self._generator is None:
-            self._generator = OriginalCaptionGenerator(
-                self.module, self.prompts, self.decode, min_new_tokens=self.min_new_tokens,
-                share_prefix=self.share_prefix,
-            )
+            self._generator = CaptionGenerator(self.module, self.prompts, self.decode, share_prefix=self.share_prefix)
         return self._generator
 
     def generate(self, batch: dict) -> list[str]:
@@ -256,7 +183,7 @@ class OriginalCaptionModel:
 
     # -- provenance ---------------------------------------------------------------------------------------------
     def describe_decoding(self) -> dict:
-        """Settings, path (shared_prefix/plain), eos/pad ids, min_new_tokens."""
+        """Settings, path (shared_prefix/plain), eos/pad ids."""
         return self.generator.describe()
 
     def provenance(self) -> dict:
@@ -289,7 +216,6 @@ class OriginalCaptionModel:
             "settings": self.resolved.settings.to_dict(),
             "views": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self.transform).items()},
             "prompt": {"system": self.prompts.system_prompt, "template": self.prompts.template},
-            "min_new_tokens": self.min_new_tokens,
         }
 
 
@@ -300,7 +226,6 @@ def load_original_run(
     config_yaml: str | os.PathLike[str] | None = None,
     decode: DecodeSettings | None = None,
     base_dir: str | os.PathLike[str] | None = None,
-    min_new_tokens: int | None = None,
     share_prefix: bool = True,
     check_lora_weights: bool = True,
 ) -> OriginalCaptionModel:
@@ -315,8 +240,6 @@ def load_original_run(
         decode: Decoding settings (default: greedy, the schema's defaults).
         base_dir: The directory relative model paths are resolved against (the original's working directory;
             default: the current directory).
-        min_new_tokens: End-of-turn suppressed until this many new tokens (the original ``eval.py`` used 5); used
-            when ``decode`` has no ``min_new_tokens`` field, default 0.
         share_prefix: Prefill the image prefix once per panorama (exact for this family's prompts).
         check_lora_weights: Read ``lora_weights/`` (weights-only) and compare it with the checkpoint.
 
@@ -409,13 +332,8 @@ def load_original_run(
         tokenizer=tokenizer, image_token=VISION_TOKEN, template=DEFAULT_PROMPT_TEMPLATE, system_prompt=s.system_msg,
         enable_thinking=False, max_text_length=s.max_text_length,
     )
-    has_field = "min_new_tokens" in {f.name for f in fields(decode)}
-    floor = int(decode.min_new_tokens) if has_field else int(min_new_tokens or 0)  # type: ignore[attr-defined]
-    if has_field and min_new_tokens is not None and int(min_new_tokens) != floor:
-        logger.warning("min_new_tokens %s given, but the decoding settings say %s: the decoding settings win",
-                       min_new_tokens, floor)
     return OriginalCaptionModel(
-        module=vlm, tokenizer=tokenizer, transform=transform, prompts=prompts, decode=decode, min_new_tokens=floor,
+        module=vlm, tokenizer=tokenizer, transform=transform, prompts=prompts, decode=decode,
         run_dir=run_path, checkpoint=chosen, recognition=recognition, resolved=resolved, load_report=report,
         share_prefix=share_prefix,
     )

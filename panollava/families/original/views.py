@@ -112,6 +112,11 @@ class OriginalViewTransform:
     std: tuple[float, float, float]
     rescale_factor: float = 1.0 / 255.0
     resample: str = "bicubic"
+    on_device = False  # PIL letterbox and py360convert tiles: CPU only (a ClassVar, not a field)
+
+    def collate(self, items) -> torch.Tensor:
+        """P view stacks (V, 3, h, w) → (P, V, 3, h, w)."""
+        return torch.stack(list(items))
 
     @property
     def num_views(self) -> int:
