@@ -318,7 +318,9 @@ class LocalJudge:
                 )
         new = out[0, ids.shape[1]:]
         finish = "stop" if new.numel() < self.max_tokens else "length"
-        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        # drop the end and padding tokens only: other special tokens stay visible in a failed answer's reason
+        ends = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id} - {None}
+        text = self.tokenizer.decode([t for t in new.tolist() if t not in ends], skip_special_tokens=False)
         return JudgeReply(
             text=text, usage={"prompt_tokens": int(ids.shape[1]), "completion_tokens": int(new.numel())},
             finish_reason=finish, served_model=str(self.folder), latency_s=time.monotonic() - start,

@@ -345,7 +345,7 @@ def _ask(
     bar = tqdm(total=total, initial=initial, desc=desc, unit="sample", file=sys.stderr, dynamic_ncols=True)
 
     def postfix() -> None:
-        bar.set_postfix_str(f"done {bar.n}, failed {failed}, remaining {total - bar.n}", refresh=False)
+        bar.set_postfix_str(f"done {bar.n}, failed {failed}, remaining {total - bar.n}", refresh=True)
 
     postfix()
     pending = iter(jobs)
