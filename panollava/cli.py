@@ -213,15 +213,19 @@ def _cmd_judge(argv: Sequence[str]) -> int:
                         help="send the answer's JSON schema as response_format (default true)")
     parser.add_argument("--write_report", type=_parse_bool, help="rebuild report.html with a judge column (true)")
     parser.add_argument("--device", help="device of a local judge: auto, cpu, cuda (auto)")
+    parser.add_argument("--count_tokens", default=None, metavar="TOKENIZER_DIR",
+                        help="ask nothing: print the calls still to make and their prompt tokens with this tokenizer")
     args = vars(parser.parse_args(argv))
     eval_dirs, predictions, pairwise = args.pop("eval_dir"), args.pop("predictions"), args.pop("pairwise")
-    output_dir = args.pop("output_dir")
+    output_dir, count_tokens = args.pop("output_dir"), args.pop("count_tokens")
     if sum(bool(x) for x in (eval_dirs, predictions, pairwise)) != 1:
         raise InvalidInputError("judge: pass exactly one of --eval_dir DIR..., --predictions FILE... or "
                                 "--pairwise DIR_A DIR_B")
     from panollava.commands.judge import run_judge_command
 
-    failed = run_judge_command(args, eval_dirs, predictions, pairwise, output_dir)
+    if count_tokens and pairwise:
+        raise InvalidInputError("judge: --count_tokens works with --eval_dir or --predictions, not --pairwise")
+    failed = run_judge_command(args, eval_dirs, predictions, pairwise, output_dir, count_tokens)
     return 3 if failed else 0  # 3: scores written, some samples failed (counted, not imputed)
 
 

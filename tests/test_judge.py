@@ -435,8 +435,13 @@ def tiny_judge(tmp_path_factory) -> Path:
     return build_tiny_models(tmp_path_factory.mktemp("tiny-judge"))["tiny-qwen3"]
 
 
-def test_local_tiny_judge_block_and_report(shared_data_dir, tmp_path, tiny_judge):
+def test_local_tiny_judge_block_and_report(shared_data_dir, tmp_path, tiny_judge, capsys):
+    from panollava.judge.run import JudgeSettings, count_prompt_tokens
+
     folder = write_evaluation(tmp_path / "eval", shared_data_dir, lambda i: f"a chair near the wall case-{i:02d}")
+    settings = JudgeSettings(judge_model=str(tiny_judge), max_tokens=12)
+    (before,) = count_prompt_tokens(settings, str(tiny_judge), [str(folder)])
+    assert before["to_ask"] == 15 and before["cached"] == 0 and before["images"] is False
     code = main(["judge", "--eval_dir", str(folder), "--judge_model", str(tiny_judge), "--max_tokens", "12",
                  "--device", "cpu"])
     block = json.loads((folder / "metrics.json").read_text())["judge"]
@@ -450,6 +455,15 @@ def test_local_tiny_judge_block_and_report(shared_data_dir, tmp_path, tiny_judge
         assert block["score"] is None and block["ci95"] is None and block["per_sample"] == {}
     entries = [json.loads(line) for line in (folder / "judge_cache.jsonl").read_text().splitlines()]
     assert len(entries) == 15 and all(e["usage"]["completion_tokens"] <= 12 for e in entries)
+    # the dry run counted exactly the prompts the model was fed
+    assert sum(e["usage"]["prompt_tokens"] for e in entries) == before["prompt_tokens"]["total"]
+    capsys.readouterr()
+    assert main(["judge", "--eval_dir", str(folder), "--judge_model", str(tiny_judge), "--max_tokens", "12",
+                 "--count_tokens", str(tiny_judge)]) == 0
+    assert "15 samples, 15 cached, 0 call(s) to make" in capsys.readouterr().out
+    assert main(["judge", "--eval_dir", str(folder), "--judge_model", str(tiny_judge), "--count_tokens",
+                 str(tiny_judge)]) == 0  # another max_tokens is another cache key: everything to ask again
+    assert "15 samples, 0 cached, 15 call(s) to make" in capsys.readouterr().out
     html = (folder / "report.html").read_text()
     assert 'data-key="judge"' in html and 'id="judge"' in html and "LLM judge (20-100)" in html
     assert html.count('data-judge-failed="1"') == block["num_failed"]

@@ -34,7 +34,7 @@ def _print_block(result: Mapping[str, Any]) -> None:
 
 def run_judge_command(
     flags: Mapping[str, Any], eval_dirs: Sequence[str] = (), predictions: Sequence[str] = (),
-    pairwise: Sequence[str] = (), output_dir: str | None = None,
+    pairwise: Sequence[str] = (), output_dir: str | None = None, count_tokens: str | None = None,
 ) -> int:
     """Judge evaluations (or compare two, pairwise) and print the results.
 
@@ -44,13 +44,23 @@ def run_judge_command(
         predictions: predictions.jsonl files.
         pairwise: Two evaluation folders A and B (pairwise mode instead of single scores).
         output_dir: Folder of the pairwise results.
+        count_tokens: A tokenizer folder: print the calls still to make and their prompt tokens, ask nothing.
 
     Returns:
         The number of failed samples (``cli`` exits with status 3 when it is not 0).
     """
-    from panollava.judge.run import run_judge, run_pairwise, settings_from_flags
+    from panollava.judge.run import count_prompt_tokens, run_judge, run_pairwise, settings_from_flags
 
     settings = settings_from_flags(flags)
+    if count_tokens:
+        for est in count_prompt_tokens(settings, count_tokens, eval_dirs, predictions):
+            tokens = est["prompt_tokens"]
+            mean = "n/a" if tokens["mean"] is None else f"{tokens['mean']:.0f}"
+            print(f"🧮 {est['folder']}: {est['samples']} samples, {est['cached']} cached, {est['to_ask']} call(s) to "
+                  f"make; prompt text {tokens['total']} tokens (mean {mean}, max {tokens['max']}) with the "
+                  f"tokenizer {est['tokenizer']}; answers at most {est['max_answer_tokens']} tokens each"
+                  + ("; plus the image tokens of each attached panorama (docs/judge.md)" if est["images"] else ""))
+        return 0
     if pairwise:
         result = run_pairwise(settings, pairwise[0], pairwise[1], output_dir)
         ci = result["a_win_rate_ci95"]
