@@ -346,6 +346,8 @@ def test_killed_run_resumes_without_asking_answered_samples(shared_data_dir, tmp
         assert len(cache.read_text().splitlines()) == 5  # the 5 answers were on disk before the 6th was asked
         assert "judge" not in json.loads((folder / "metrics.json").read_text())
         in_flight = server.requests[-1]["case"]
+        with cache.open("a") as fh:  # what a kill in the middle of a write leaves: a line without its end
+            fh.write('{"key": "0123", "sample_id": "cut sh')
         server.block_after = None
         server.unblock.set()
         asked_before = len(server.requests)
@@ -354,6 +356,8 @@ def test_killed_run_resumes_without_asking_answered_samples(shared_data_dir, tmp
     assert sorted(rerun) == sorted(set(range(15)) - {r["case"] for r in server.requests[:5]})
     assert len(rerun) == 10 and in_flight in rerun  # only the answer in flight was lost
     assert all(server.count(c) == 1 for c in range(15) if c != in_flight) and server.count(in_flight) == 2
+    lines = cache.read_text().splitlines()
+    assert len(lines) == 15 and all(json.loads(line)["sample_id"] != "cut sh" for line in lines)
     block = json.loads((folder / "metrics.json").read_text())["judge"]
     assert block["n"] == 15 and block["num_failed"] == 0 and block["cache"]["reused"] == 5
     assert block["score"] == pytest.approx(sum(weighted(v) for v in answers.values()) / 15)
@@ -573,6 +577,8 @@ def test_wrong_model_name_stops_the_run(shared_data_dir, tmp_path, judge_key, ca
         assert len(server.requests) == 1  # not 15 identical failures
     err = capsys.readouterr().err
     assert "HTTP 404" in err and "model 'nope' does not exist" in err and "--judge_model" in err
+    assert main(["judge", "--eval_dir", str(folder), "--endpoint", "gpu01:8000", "--judge_model", "m"]) == 2
+    assert "--endpoint 'gpu01:8000' is not an http(s) URL" in capsys.readouterr().err
 
 
 def test_judge_command_starts_without_torch():
@@ -581,3 +587,23 @@ def test_judge_command_starts_without_torch():
             "assert not {'torch', 'transformers', 'openai'} & set(sys.modules), sorted(sys.modules)\n")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
                    stdout=subprocess.DEVNULL)
+
+
+def test_report_judge_column_sorts_worst_first_in_chromium(shared_data_dir, tmp_path, judge_key, chromium):
+    folder = write_evaluation(tmp_path / "eval", shared_data_dir, lambda i: f"a lamp case-{i:02d}")
+    script = {c: scores_answer([1 + (c * 7 + k) % 5 for k in range(5)]) for c in range(15)}
+    script[3] = {"text": "no idea"}
+    script[9] = {"json": {d: 9 for d in DIMS}}
+    with ChatServer(script) as server:
+        assert main(judge_args(folder, server, "--write_report", "true")) == 3
+    block = json.loads((folder / "metrics.json").read_text())["judge"]
+    path = folder / "report.html"
+    worst = chromium.load(path, "sort=judge")
+    shown = [r.get("data-judge", "") for r in worst.visible_rows]
+    values = [float(v) for v in shown if v != ""]
+    assert values == sorted(block["per_sample"].values()) and shown[-2:] == ["", ""]  # failed rows go last
+    best = chromium.load(path, "sort=-judge")
+    assert best.values("judge") == sorted(block["per_sample"].values(), reverse=True)
+    ids = [r["sample_id"] for r in _samples(shared_data_dir)]
+    assert [r["id"] for r in worst.visible_rows[-2:]] == [f"s-{ids[3]}", f"s-{ids[9]}"]
+    assert "failed 2 = 13.3%" in worst.dom  # the failure rate beside the score

@@ -138,6 +138,11 @@ class JudgeSettings:
                 raise InvalidInputError(f"--{name} {getattr(self, name)!r} is out of range")
         if not self.judge_model:
             raise InvalidInputError("--judge_model is required: a served model's name (with --endpoint) or a folder")
+        if self.endpoint is not None and not self.endpoint.startswith(("http://", "https://")):
+            raise InvalidInputError(
+                f"--endpoint {self.endpoint!r} is not an http(s) URL; pass the API base of the server, e.g. "
+                "http://gpu01:8000/v1"
+            )
 
     @property
     def images(self) -> bool:
@@ -260,6 +265,23 @@ def request_key(
 
 
 # -- the cache ------------------------------------------------------------------------------------------------------
+def _drop_partial_tail(path: Path) -> None:
+    """Cut a last line left without its newline by a kill, so that the next answer starts on a line of its own
+    (appended after it, the two would make one damaged line in the middle of the file)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as fh:
+        data = fh.read()
+        if data.endswith(b"\n"):
+            return
+        keep = data.rfind(b"\n") + 1
+        logger.info("dropping the incomplete last line of '%s' (%d bytes, written when a run was killed)", path,
+                    len(data) - keep)
+        fh.truncate(keep)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 def _read_cache(path: Path) -> dict[str, dict[str, Any]]:
     from panollava.evaluation.state import read_jsonl_records
 
@@ -341,6 +363,7 @@ def _ask(
     replies: dict[str, JudgeReply] = {}
     if not jobs:
         return replies
+    _drop_partial_tail(cache_path)
     writer = ShardWriter(cache_path)
     failed = initial_failed
     bar = tqdm(total=total, initial=initial, desc=desc, unit="sample", file=sys.stderr, dynamic_ncols=True)
@@ -380,16 +403,17 @@ def _ask(
                 postfix()
                 submit_next()  # after the answer is on disk: a kill loses only what is in flight
     except BaseException:
-        stop.set()
-        for future in in_flight:
-            future.cancel()
+        stop.set()  # retries waiting to be sent give up at once
+        # no waiting for the requests in flight: the caller closes the client, which ends them
+        pool.shutdown(wait=False, cancel_futures=True)
         logger.warning(
             "judge stopped: %d answer(s) of this run are saved in '%s'; rerun the same command to ask only the rest",
             writer.count, cache_path,
         )
         raise
+    else:
+        pool.shutdown(wait=True)
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
         writer.close()
         bar.close()
     return replies
