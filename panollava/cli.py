@@ -199,6 +199,7 @@ def _cmd_judge(argv: Sequence[str]) -> int:
     parser.add_argument("--judge_images", type=_parse_bool,
                         help="attach the panorama (default: true with --endpoint, false for a local model)")
     parser.add_argument("--image_width", type=int, help=f"width of the attached panorama in px ({d['image_width']})")
+    parser.add_argument("--image_root", help="folder that relative image paths resolve against (default: as recorded)")
     parser.add_argument("--rubric", help="rubric YAML file (default: the shipped panollava/judge/rubrics/default.yaml)")
     parser.add_argument("--max_concurrency", type=int, help=f"requests in flight ({d['max_concurrency']})")
     parser.add_argument("--timeout_s", type=float, help=f"seconds per request ({d['timeout_s']:g})")

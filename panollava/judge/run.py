@@ -93,6 +93,8 @@ class JudgeSettings:
         api_key_env: Environment variable holding the API key (unset: no key is sent, as local servers expect).
         judge_images: Attach the panorama (None: yes for an endpoint, no for a local model, which reads text only).
         image_width: Width in px of the attached panorama (downscaled JPEG).
+        image_root: Folder that relative image paths resolve against (default: as metrics.json records, like
+            ``panollava-cli report``).
         rubric: Rubric file (None: the default rubric shipped with panollava).
         max_concurrency: Requests in flight at once (a local model answers one at a time).
         timeout_s: Seconds one request may take.
@@ -112,6 +114,7 @@ class JudgeSettings:
     api_key_env: str = "OPENAI_API_KEY"
     judge_images: bool | None = None
     image_width: int = 1024
+    image_root: str | None = None
     rubric: str | None = None
     max_concurrency: int = 8
     timeout_s: float = 120.0
@@ -445,10 +448,10 @@ def _build_backend(settings: JudgeSettings, stop: threading.Event) -> Any:
     )
 
 
-def _image_of(record: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
+def _image_of(record: Mapping[str, Any], metrics: Mapping[str, Any], image_root: str | None) -> str:
     from panollava.report_html import resolve_image_path
 
-    return str(resolve_image_path(record, metrics).expanduser().resolve())
+    return str(resolve_image_path(record, metrics, image_root).expanduser().resolve())
 
 
 def _cluster_of(record: Mapping[str, Any]) -> str:
@@ -473,7 +476,7 @@ def _single(target: EvaluationTarget, backend: Any, rubric: Rubric, settings: Ju
         image = None
         if settings.images:
             try:
-                image = _image_of(rec, target.metrics)
+                image = _image_of(rec, target.metrics, settings.image_root)
             except InvalidInputError as exc:
                 failed[sid] = f"image unavailable: {exc}"
                 continue
@@ -593,7 +596,7 @@ def _single(target: EvaluationTarget, backend: Any, rubric: Rubric, settings: Ju
     if settings.write_report:
         from panollava.report_html import write_report_html
 
-        report = write_report_html(target.folder, target.records, current)
+        report = write_report_html(target.folder, target.records, current, image_root=settings.image_root)
     return {"folder": target.folder, "metrics_path": metrics_path, "block": block, "report": report,
             "picked": target.picked}
 
@@ -700,7 +703,7 @@ def run_pairwise(settings: JudgeSettings, eval_a: str, eval_b: str, output_dir: 
         image = None
         if settings.images:
             try:
-                image = _image_of(rec, a.metrics)
+                image = _image_of(rec, a.metrics, settings.image_root)
             except InvalidInputError as exc:
                 failed[sid] = f"image unavailable: {exc}"
                 continue
@@ -847,7 +850,7 @@ def count_prompt_tokens(
             image = None
             if settings.images:
                 try:
-                    image = _image_of(rec, target.metrics)
+                    image = _image_of(rec, target.metrics, settings.image_root)
                 except InvalidInputError:
                     image = None
             if request_key(rec, image, identity, rubric, settings) in cache:
