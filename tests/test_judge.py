@@ -479,6 +479,58 @@ def test_local_tiny_judge_block_and_report(shared_data_dir, tmp_path, tiny_judge
     assert again["cache"]["asked"] == 0 and again["failed"] == block["failed"]
 
 
+TRAINED_ANSWER = [4, 5, 3, 4, 5]
+
+
+@pytest.fixture(scope="module")
+def trained_judge(tiny_judge, shared_data_dir, tmp_path_factory) -> Path:
+    """The tiny Qwen3 judge taught (120 AdamW steps on 8 real prompts, ~8 s) to answer every rubric prompt with one
+    fixed valid JSON object, then saved: a local judge whose answers parse, through the real from_pretrained path."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from panollava.judge.protocol import build_messages
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(tiny_judge)
+    model = AutoModelForCausalLM.from_pretrained(tiny_judge)
+    rubric = load_rubric()
+    answer = tok(json.dumps(dict(zip(DIMS, TRAINED_ANSWER))) + "<|im_end|>")["input_ids"]
+    prompts = []
+    for i, rec in enumerate(_samples(shared_data_dir)[:8]):
+        messages = build_messages(rubric, {**rec, "prediction": f"training caption {i}"}, None)
+        prompts.append(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                               return_dict=True, enable_thinking=False)["input_ids"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(120):
+        prompt = prompts[step % len(prompts)]
+        loss = model(input_ids=torch.tensor([prompt + answer]),
+                     labels=torch.tensor([[-100] * len(prompt) + answer])).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    out = tmp_path_factory.mktemp("trained-judge")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.mark.slow
+def test_local_trained_judge_scores_every_sample(shared_data_dir, tmp_path, trained_judge):
+    folder = write_evaluation(tmp_path / "eval", shared_data_dir, lambda i: f"a mirror on the left case-{i:02d}")
+    assert main(["judge", "--eval_dir", str(folder), "--judge_model", str(trained_judge), "--max_tokens", "96",
+                 "--device", "cpu"]) == 0
+    block = json.loads((folder / "metrics.json").read_text())["judge"]
+    assert block["n"] == 15 and block["num_failed"] == 0 and block["failed"] == {}
+    assert block["score"] == pytest.approx(weighted(TRAINED_ANSWER)) == pytest.approx(83.0)
+    assert {k: v["mean"] for k, v in block["dimensions"].items()} == dict(zip(DIMS, map(float, TRAINED_ANSWER)))
+    assert block["ci95"]["low"] == pytest.approx(83.0) and block["ci95"]["high"] == pytest.approx(83.0)
+    assert block["identity"]["backend"] == "transformers" and len(block["identity"]["fingerprint"]) == 64
+    html = (folder / "report.html").read_text()
+    assert html.count('data-judge="83.0"') == 15 and "83.00 [83.00, 83.00] (n 15 of 15, failed 0 = 0.0%" in html
+
+
 def test_local_judge_refuses_images(shared_data_dir, tmp_path, tiny_judge):
     folder = write_evaluation(tmp_path / "eval", shared_data_dir, lambda i: f"x case-{i:02d}")
     assert main(["judge", "--eval_dir", str(folder), "--judge_model", str(tiny_judge), "--judge_images", "true"]) == 2
