@@ -37,7 +37,7 @@ commands:
   views        cut and save the views of a panorama: views --image PANO --output_dir OUT
   report       (re)build report.html from an evaluation: report --predictions FILE [--metrics M] [--output_dir D]
   compare      leaderboard of evaluations with bootstrap intervals: compare DIR... [--baseline DIR] [--output_dir D]
-  judge        rubric scores from an LLM judge: judge --eval_dir DIR... (--endpoint URL/v1 --judge_model NAME | --judge_model DIR)
+  judge        LLM-judge rubric scores: judge --eval_dir DIR... --endpoint URL/v1 --judge_model NAME (or a local DIR)
   tiny-models  write the tiny offline models (built on demand anyway) and print their folders
 
 Run 'panollava-cli COMMAND --help' for a command's options. Add --verbose to see tracebacks.

@@ -19,7 +19,6 @@ answered one wait on ``unblock`` (and set ``blocked``), so a test can kill a cli
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import re
@@ -92,7 +91,8 @@ class ChatServer:
                     attempt = server.per_case[case]
                     server.per_case[case] += 1
                     server.requests.append({"case": case, "attempt": attempt, "body": body,
-                                            "headers": {k.lower(): v for k, v in self.headers.items()}, "time": time.monotonic()})
+                                            "headers": {k.lower(): v for k, v in self.headers.items()},
+                                            "time": time.monotonic()})
                     must_block = server.block_after is not None and server.answered >= server.block_after
                 if must_block:
                     server.blocked.set()
@@ -252,7 +252,8 @@ def judge_key(monkeypatch):
 
 
 def test_endpoint_means_failures_and_rerun(shared_data_dir, tmp_path, judge_key):
-    folder = write_evaluation(tmp_path / "eval", shared_data_dir, lambda i: f"a wooden table near the window case-{i:02d}")
+    folder = write_evaluation(tmp_path / "eval", shared_data_dir,
+                              lambda i: f"a wooden table near the window case-{i:02d}")
     before = json.loads((folder / "metrics.json").read_text())
     with ChatServer(endpoint_script()) as server:
         assert main(judge_args(folder, server, "--max_concurrency", "4")) == 3  # some samples failed

@@ -182,7 +182,8 @@ def load_rubric(path: str | Path | None = None) -> Rubric:
     path = Path(path).expanduser().resolve() if path is not None else DEFAULT_RUBRIC_PATH
     if not path.is_file():
         raise InputNotFoundError(
-            f"rubric file not found: '{path}'. Pass --rubric with a YAML rubric (the default is '{DEFAULT_RUBRIC_PATH}')"
+            f"rubric file not found: '{path}'. Pass --rubric with a YAML rubric (the default is "
+            f"'{DEFAULT_RUBRIC_PATH}')"
         )
     raw = path.read_bytes()
     try:

@@ -290,8 +290,15 @@ def _read_cache(path: Path) -> dict[str, dict[str, Any]]:
 
     if not path.is_file():
         return {}
+    try:
+        lines = read_jsonl_records(path)  # a last line cut short by a kill is ignored
+    except InvalidInputError as exc:
+        raise InvalidInputError(
+            f"the judge's answer cache '{path}' is damaged ({str(exc).split(';')[0]}). Delete that line (or the file: "
+            "its answers are then asked again)"
+        ) from exc
     entries = {}
-    for entry in read_jsonl_records(path):  # a line cut short by a kill is ignored
+    for entry in lines:
         if isinstance(entry.get("key"), str) and "answer" in entry:
             entries[entry["key"]] = entry
     return entries

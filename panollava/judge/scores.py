@@ -1,11 +1,12 @@
-"""Read an evaluation's judge scores back: the pure function ``compare`` (and anyone else) uses.
+"""Read an evaluation's judge scores back: the pure functions ``compare`` (and anyone else) uses.
 
 :func:`judge_scores_from_metrics` (pure, on metrics.json's content) and :func:`judge_sample_scores` (on a folder)
-read the ``judge`` block that ``panollava-cli judge`` wrote into an evaluation's ``metrics.json`` and return the per-sample weighted scores (20-100), the failures, the corpus score with its
-interval, and the judge's identity. :func:`judge_identity_key` is what must be equal for two evaluations' judge
-scores to be comparable (judge model, rubric, images, decoding of the judge); ``compare`` warns when it differs.
+read the ``judge`` block that ``panollava-cli judge`` wrote into an evaluation's ``metrics.json`` and return the
+per-sample weighted scores (20-100), the failures, the corpus score with its interval, and the judge's identity.
+:func:`judge_identity_key` is what must be equal for two evaluations' judge scores to be comparable (judge model,
+rubric, images, decoding of the judge); ``compare`` should warn when it differs.
 
-Light module: reads JSON only.
+Light module: reads JSON only (no panollava module but errors and report).
 """
 
 from __future__ import annotations
