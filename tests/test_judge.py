@@ -675,3 +675,21 @@ def test_unreadable_panorama_fails_its_sample_without_a_substitute(shared_data_d
     assert block["n"] == 14 and block["score"] == 80.0
     assert block["failed"] == {first["sample_id"]: block["failed"][first["sample_id"]]}
     assert block["failed"][first["sample_id"]].startswith(f"image unavailable: {tmp_path / 'missing.jpg'}")
+
+
+def test_several_folders_and_a_predictions_file(shared_data_dir, tmp_path, judge_key):
+    a = write_evaluation(tmp_path / "a", shared_data_dir, lambda i: f"a lamp case-{i:02d}")
+    b = write_evaluation(tmp_path / "b", shared_data_dir, lambda i: f"two lamps case-{i:02d}")
+    loose = write_evaluation(tmp_path / "loose", shared_data_dir, lambda i: f"a rug case-{i:02d}")
+    (loose / "metrics.json").unlink()
+    answers = {c: scores_answer([1 + c % 5] * 5) for c in range(15)}
+    with ChatServer(answers) as server:
+        assert main(judge_args(a, server)[:2] + [str(a), str(b)] + judge_args(a, server)[3:]) == 0
+        assert len(server.requests) == 30  # the same captions' cases, but other predictions: other keys
+        args = judge_args(a, server)
+        args[1:3] = ["--predictions", str(loose / "predictions.jsonl")]
+        assert main(args) == 0
+    expected = sum(20 * (1 + c % 5) for c in range(15)) / 15
+    for folder in (a, b, loose):
+        assert json.loads((folder / "metrics.json").read_text())["judge"]["score"] == pytest.approx(expected)
+    assert set(json.loads((loose / "metrics.json").read_text())) == {"judge"}  # created with the judge block only

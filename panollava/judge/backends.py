@@ -200,8 +200,18 @@ class EndpointJudge:
                     continue
                 else:
                     reply.error = f"{what}; stopped before retrying"
-            except openai.APIStatusError as exc:  # other 4xx: this request is refused; others may pass
-                reply.error = f"HTTP {exc.status_code} ({_message(exc)})"
+            except openai.APIStatusError as exc:
+                if exc.status_code in (408, 409):  # the server timed out or was busy: worth another try
+                    transient += 1
+                    what = f"HTTP {exc.status_code} ({_message(exc)})"
+                    if transient > self.max_retries:
+                        reply.error = f"{what}; gave up after {reply.attempts} attempt(s)"
+                    elif self._wait(min(30.0, self.backoff_s * 2 ** (transient - 1)), reply):
+                        continue
+                    else:
+                        reply.error = f"{what}; stopped before retrying"
+                else:  # other 4xx: this request is refused; others may pass
+                    reply.error = f"HTTP {exc.status_code} ({_message(exc)})"
             else:
                 reply.latency_s = time.monotonic() - start
                 reply.served_model = getattr(response, "model", None)
