@@ -662,19 +662,24 @@ def test_report_judge_column_sorts_worst_first_in_chromium(shared_data_dir, tmp_
     assert "failed 2 = 13.3%" in worst.dom  # the failure rate beside the score
 
 
-def test_unreadable_panorama_fails_its_sample_without_a_substitute(shared_data_dir, tmp_path, judge_key):
+def test_unreadable_panorama_and_refused_request_fail_their_samples(shared_data_dir, tmp_path, judge_key):
     folder = write_evaluation(tmp_path / "eval", shared_data_dir, lambda i: f"a bed case-{i:02d}")
     lines = (folder / "predictions.jsonl").read_text().splitlines()
     first = json.loads(lines[0])
     first["image_path"] = str(tmp_path / "missing.jpg")
     (folder / "predictions.jsonl").write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
-    with ChatServer(default=scores_answer([4, 4, 4, 4, 4])) as server:
+    too_long = {"status": 400, "body": {"error": {"message": "This model's maximum context length is 4096 tokens"}}}
+    with ChatServer({1: too_long, 2: [{"status": 408}, scores_answer([2] * 5)]},
+                    default=scores_answer([4, 4, 4, 4, 4])) as server:
         assert main(judge_args(folder, server)) == 3
-        assert server.count(0) == 0 and all(server.count(c) == 1 for c in range(1, 15))
+        assert server.count(0) == 0 and server.count(1) == 1 and server.count(2) == 2  # 400 final, 408 retried
+        assert all(server.count(c) == 1 for c in range(3, 15))
     block = json.loads((folder / "metrics.json").read_text())["judge"]
-    assert block["n"] == 14 and block["score"] == 80.0
-    assert block["failed"] == {first["sample_id"]: block["failed"][first["sample_id"]]}
-    assert block["failed"][first["sample_id"]].startswith(f"image unavailable: {tmp_path / 'missing.jpg'}")
+    assert block["n"] == 13 and block["score"] == pytest.approx((12 * 80.0 + 40.0) / 13)
+    ids = [r["sample_id"] for r in _samples(shared_data_dir)]
+    assert set(block["failed"]) == {ids[0], ids[1]}
+    assert block["failed"][ids[0]].startswith(f"image unavailable: {tmp_path / 'missing.jpg'}")
+    assert block["failed"][ids[1]] == "HTTP 400 (This model's maximum context length is 4096 tokens)"
 
 
 def test_several_folders_and_a_predictions_file(shared_data_dir, tmp_path, judge_key):

@@ -5,7 +5,7 @@ official ``openai`` client (the optional extra ``judge``; imported when the back
 fast). The client's own retries are off (``max_retries=0``) and this module retries instead, so that the two
 causes are bounded separately and every attempt is counted: a 429 waits what its ``Retry-After`` (or
 ``retry-after-ms``) header says, at most :data:`MAX_RETRY_AFTER_S`, up to ``max_rate_limit_retries`` times; a 5xx,
-a timeout or a dropped connection is retried ``max_retries`` times with exponential backoff. A wrong key, URL or
+a 408/409, a timeout or a dropped connection is retried ``max_retries`` times with exponential backoff. A wrong key, URL or
 model name (401, 403, 404) stops the whole run (:class:`JudgeConfigError`): every sample would fail the same way.
 Any other 4xx fails the sample with the server's message.
 
@@ -189,29 +189,21 @@ class EndpointJudge:
                     continue
                 else:
                     reply.error = "stopped while waiting to retry a 429"
-            except (openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError) as exc:
-                transient += 1
-                what = (f"HTTP {exc.status_code} ({_message(exc)})" if isinstance(exc, openai.APIStatusError)
+            except (openai.APIStatusError, openai.APITimeoutError, openai.APIConnectionError) as exc:
+                status = getattr(exc, "status_code", None)
+                what = (f"HTTP {status} ({_message(exc)})" if status is not None
                         else f"timed out after {self.timeout_s:g} s" if isinstance(exc, openai.APITimeoutError)
                         else f"connection error ({exc})")
-                if transient > self.max_retries:
-                    reply.error = f"{what}; gave up after {reply.attempts} attempt(s)"
-                elif self._wait(min(30.0, self.backoff_s * 2 ** (transient - 1)), reply):
-                    continue
-                else:
-                    reply.error = f"{what}; stopped before retrying"
-            except openai.APIStatusError as exc:
-                if exc.status_code in (408, 409):  # the server timed out or was busy: worth another try
+                if status is not None and status < 500 and status not in (408, 409):
+                    reply.error = what  # another 4xx: this request is refused (too long, malformed); others may pass
+                else:  # a 5xx, 408/409, timeout or dropped connection: worth another try
                     transient += 1
-                    what = f"HTTP {exc.status_code} ({_message(exc)})"
                     if transient > self.max_retries:
                         reply.error = f"{what}; gave up after {reply.attempts} attempt(s)"
                     elif self._wait(min(30.0, self.backoff_s * 2 ** (transient - 1)), reply):
                         continue
                     else:
                         reply.error = f"{what}; stopped before retrying"
-                else:  # other 4xx: this request is refused; others may pass
-                    reply.error = f"HTTP {exc.status_code} ({_message(exc)})"
             else:
                 reply.latency_s = time.monotonic() - start
                 reply.served_model = getattr(response, "model", None)
