@@ -441,7 +441,8 @@ def tiny_judge(tmp_path_factory) -> Path:
 
 
 def test_local_tiny_judge_block_and_report(shared_data_dir, tmp_path, tiny_judge, capsys):
-    from panollava.judge.run import JudgeSettings, count_prompt_tokens
+    from panollava.judge.cost import count_prompt_tokens
+    from panollava.judge.run import JudgeSettings
 
     folder = write_evaluation(tmp_path / "eval", shared_data_dir, lambda i: f"a chair near the wall case-{i:02d}")
     settings = JudgeSettings(judge_model=str(tiny_judge), max_tokens=12)

@@ -49,7 +49,9 @@ def run_judge_command(
     Returns:
         The number of failed samples (``cli`` exits with status 3 when it is not 0).
     """
-    from panollava.judge.run import count_prompt_tokens, run_judge, run_pairwise, settings_from_flags
+    from panollava.judge.cost import count_prompt_tokens
+    from panollava.judge.pairwise import run_pairwise
+    from panollava.judge.run import run_judge, settings_from_flags
 
     settings = settings_from_flags(flags)
     if count_tokens:

@@ -15,7 +15,7 @@ For each evaluation folder (found as ``compare`` finds it, read with the reader 
    atomically, every other key untouched; ``judge_scores.jsonl`` holds the per-dimension scores of each sample; and
    ``report.html`` is rebuilt with a judge column.
 
-Pairwise mode (:func:`run_pairwise`) asks which of two evaluations' captions is better on their shared samples,
+Pairwise mode (:func:`panollava.judge.pairwise.run_pairwise`) asks which of two evaluations' captions is better on their shared samples,
 showing them in an order drawn per sample from a recorded seed, and reports the position bias.
 
 Light module at import: the judge's backend (``openai`` or transformers) is imported when it is built.
@@ -29,7 +29,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -38,15 +38,7 @@ from typing import Any
 
 from panollava.errors import InputNotFoundError, InvalidInputError
 from panollava.judge.backends import EndpointJudge, JudgeReply, LocalJudge
-from panollava.judge.protocol import (
-    build_messages,
-    image_data_url,
-    pairwise_messages,
-    pairwise_response_format,
-    parse_answer,
-    parse_pairwise_answer,
-    response_format,
-)
+from panollava.judge.protocol import build_messages, image_data_url, parse_answer, response_format
 from panollava.judge.rubric import SCORE_MULTIPLIER, Rubric, load_rubric
 from panollava.judge.stats import cluster_bootstrap_interval
 
@@ -60,11 +52,9 @@ __all__ = [
     "SCORES_FILE",
     "EvaluationTarget",
     "JudgeSettings",
-    "count_prompt_tokens",
     "find_targets",
     "request_key",
     "run_judge",
-    "run_pairwise",
 ]
 
 #: Top-level key of metrics.json that holds the judge block.
@@ -79,7 +69,7 @@ PAIRWISE_CACHE_FILE = "judge_pairwise_cache.jsonl"
 #: The interval's coverage and resamples.
 CONFIDENCE = 0.95
 NUM_RESAMPLES = 2000
-_BOOTSTRAP_SEED = 0
+BOOTSTRAP_SEED = 0
 
 
 @dataclass
@@ -238,11 +228,12 @@ def find_targets(eval_dirs: Sequence[str] = (), predictions: Sequence[str] = ())
     return targets
 
 
-def _digest(payload: Any) -> str:
+def digest(payload: Any) -> str:
+    """sha256 hex of a JSON-able payload (keys sorted): the cache key of a request."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
-def _judge_key_identity(identity: Mapping[str, Any]) -> dict[str, Any]:
+def judge_key_identity(identity: Mapping[str, Any]) -> dict[str, Any]:
     """The parts of a judge's identity that change its answers (not the URL it is served at)."""
     return {k: identity.get(k) for k in ("backend", "model", "fingerprint")}
 
@@ -260,15 +251,15 @@ def request_key(
         rubric: The rubric (its sha256 is part of the key).
         settings: The settings (those that change the answer are part of the key).
     """
-    return _digest({
+    return digest({
         "mode": "single", "sample_id": str(record["sample_id"]), "prediction": record["prediction"],
         "query": record["query"], "references": list(record["references"]), "image": image,
-        "judge": _judge_key_identity(identity), "rubric": rubric.sha256, "settings": settings.answer_settings(),
+        "judge": judge_key_identity(identity), "rubric": rubric.sha256, "settings": settings.answer_settings(),
     })
 
 
 # -- the cache ------------------------------------------------------------------------------------------------------
-def _drop_partial_tail(path: Path) -> None:
+def drop_partial_tail(path: Path) -> None:
     """Cut a last line left without its newline by a kill, so that the next answer starts on a line of its own
     (appended after it, the two would make one damaged line in the middle of the file)."""
     if not path.is_file() or path.stat().st_size == 0:
@@ -285,7 +276,7 @@ def _drop_partial_tail(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
-def _read_cache(path: Path) -> dict[str, dict[str, Any]]:
+def read_cache(path: Path) -> dict[str, dict[str, Any]]:
     from panollava.evaluation.state import read_jsonl_records
 
     if not path.is_file():
@@ -306,7 +297,9 @@ def _read_cache(path: Path) -> dict[str, dict[str, Any]]:
 
 # -- asking ---------------------------------------------------------------------------------------------------------
 @dataclass
-class _Job:
+class Job:
+    """One request to make: its cache key, sample, how to build its messages, and extra fields for the cache."""
+
     key: str
     sample_id: str
     messages: Callable[[], list[dict[str, Any]]]
@@ -314,7 +307,7 @@ class _Job:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class _ImageCache:
+class ImageCache:
     """Data URLs of panoramas, made once per file (several queries share a panorama)."""
 
     def __init__(self, width: int) -> None:
@@ -337,24 +330,25 @@ class _ImageCache:
         return cached
 
 
-class _ImageUnavailable(Exception):
-    pass
+class ImageUnavailable(Exception):
+    """The panorama of a sample cannot be read: the sample fails with this reason (no substitute is sent)."""
 
 
-def _run_job(backend: Any, job: _Job) -> JudgeReply:
+def run_job(backend: Any, job: Job) -> JudgeReply:
+    """Build a job's messages (reading its panorama) and ask the backend; an unreadable panorama is a failed reply."""
     try:
         messages = job.messages()
-    except _ImageUnavailable as exc:
+    except ImageUnavailable as exc:
         return JudgeReply(text=None, error=f"image unavailable: {exc}", attempts=0)
     return backend.complete(messages, job.response_format)
 
 
-def _ask(
+def ask_all(
     backend: Any,
-    jobs: Sequence[_Job],
+    jobs: Sequence[Job],
     cache_path: Path,
     max_concurrency: int,
-    classify: Callable[[_Job, str], str | None],
+    classify: Callable[[Job, str], str | None],
     desc: str,
     total: int,
     initial: int,
@@ -373,7 +367,7 @@ def _ask(
     replies: dict[str, JudgeReply] = {}
     if not jobs:
         return replies
-    _drop_partial_tail(cache_path)
+    drop_partial_tail(cache_path)
     writer = ShardWriter(cache_path)
     failed = initial_failed
     bar = tqdm(total=total, initial=initial, desc=desc, unit="sample", file=sys.stderr, dynamic_ncols=True)
@@ -384,12 +378,12 @@ def _ask(
     postfix()
     pending = iter(jobs)
     pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="judge")
-    in_flight: dict[Future[JudgeReply], _Job] = {}
+    in_flight: dict[Future[JudgeReply], Job] = {}
 
     def submit_next() -> None:
         job = next(pending, None)
         if job is not None:
-            in_flight[pool.submit(_run_job, backend, job)] = job
+            in_flight[pool.submit(run_job, backend, job)] = job
 
     try:
         for _ in range(max_concurrency):
@@ -429,7 +423,13 @@ def _ask(
     return replies
 
 
-def _build_backend(settings: JudgeSettings, stop: threading.Event) -> Any:
+def build_backend(settings: JudgeSettings, stop: threading.Event) -> Any:
+    """The endpoint judge (with ``settings.endpoint``) or the local one; the API key is read from its variable.
+
+    Raises:
+        InvalidInputError: Images asked of the local judge, or ``--api_key_env`` names an unset variable.
+        ModelUnavailableError: The client library is missing, or the local model folder is not one.
+    """
     if settings.endpoint is None:
         if settings.judge_images:
             raise InvalidInputError(
@@ -455,13 +455,15 @@ def _build_backend(settings: JudgeSettings, stop: threading.Event) -> Any:
     )
 
 
-def _image_of(record: Mapping[str, Any], metrics: Mapping[str, Any], image_root: str | None) -> str:
+def image_path_of(record: Mapping[str, Any], metrics: Mapping[str, Any], image_root: str | None) -> str:
+    """The absolute path of a sample's panorama, found as ``panollava-cli report`` finds it."""
     from panollava.report_html import resolve_image_path
 
     return str(resolve_image_path(record, metrics, image_root).expanduser().resolve())
 
 
-def _cluster_of(record: Mapping[str, Any]) -> str:
+def cluster_of(record: Mapping[str, Any]) -> str:
+    """The bootstrap cluster of a sample: its panorama."""
     return str(record.get("image") or record.get("image_path") or record["sample_id"])
 
 
@@ -470,20 +472,20 @@ def _single(target: EvaluationTarget, backend: Any, rubric: Rubric, settings: Ju
             identity: dict[str, Any], stop: threading.Event) -> dict[str, Any]:
     from panollava.report import sha256_file, write_json_atomic, write_text_atomic
 
-    images = _ImageCache(settings.image_width)
+    images = ImageCache(settings.image_width)
     fmt = response_format(rubric)
     keys: dict[str, str] = {}
-    jobs: list[_Job] = []
+    jobs: list[Job] = []
     failed: dict[str, str] = {}
     cache_path = target.folder / CACHE_FILE
-    cache = _read_cache(cache_path)
+    cache = read_cache(cache_path)
     image_paths: dict[str, str | None] = {}
     for rec in target.records:
         sid = str(rec["sample_id"])
         image = None
         if settings.images:
             try:
-                image = _image_of(rec, target.metrics, settings.image_root)
+                image = image_path_of(rec, target.metrics, settings.image_root)
             except InvalidInputError as exc:
                 failed[sid] = f"image unavailable: {exc}"
                 continue
@@ -499,21 +501,21 @@ def _single(target: EvaluationTarget, backend: Any, rubric: Rubric, settings: Ju
                 try:
                     url = images.get(image)
                 except OSError as exc:
-                    raise _ImageUnavailable(f"{image}: {exc}") from exc
+                    raise ImageUnavailable(f"{image}: {exc}") from exc
             return build_messages(rubric, rec, url)
 
-        jobs.append(_Job(key, sid, messages, fmt))
+        jobs.append(Job(key, sid, messages, fmt))
     reused = len(keys) - len(jobs)
     cached_failed = sum(1 for k in keys.values() if k in cache and parse_answer(cache[k]["answer"], rubric).reason)
     logger.info("judge %s: %d samples, %d answers cached, %d to ask", target.folder, len(target.records), reused,
                 len(jobs))
-    replies = _ask(
+    replies = ask_all(
         backend, jobs, cache_path, settings.max_concurrency if settings.endpoint else 1,
         lambda job, text: parse_answer(text, rubric).reason, f"judge {target.folder.name}",
         total=len(target.records), initial=reused + len(failed), initial_failed=cached_failed + len(failed),
         stop=stop,
     )
-    cache = _read_cache(cache_path) if jobs else cache
+    cache = read_cache(cache_path) if jobs else cache
 
     per_sample: dict[str, float] = {}
     dims: dict[str, dict[str, int]] = {}
@@ -546,11 +548,11 @@ def _single(target: EvaluationTarget, backend: Any, rubric: Rubric, settings: Ju
     order = [str(r["sample_id"]) for r in target.records]
     failed = {sid: failed[sid] for sid in order if sid in failed}
     scored = [sid for sid in order if sid in per_sample]
-    clusters = {str(r["sample_id"]): _cluster_of(r) for r in target.records}
+    clusters = {str(r["sample_id"]): cluster_of(r) for r in target.records}
     interval = None
     if scored:
         ci = cluster_bootstrap_interval([per_sample[s] for s in scored], [clusters[s] for s in scored],
-                                        confidence=CONFIDENCE, num_resamples=NUM_RESAMPLES, seed=_BOOTSTRAP_SEED)
+                                        confidence=CONFIDENCE, num_resamples=NUM_RESAMPLES, seed=BOOTSTRAP_SEED)
         interval = {"low": ci.low, "high": ci.high, "confidence": ci.confidence,
                     "method": "percentile bootstrap resampling panoramas (clusters of samples)",
                     "num_clusters": ci.num_clusters, "num_resamples": ci.num_resamples, "seed": ci.seed}
@@ -629,251 +631,12 @@ def run_judge(
     targets = find_targets(eval_dirs, predictions)
     rubric = load_rubric(settings.rubric)
     stop = threading.Event()
-    backend = _build_backend(settings, stop)
+    backend = build_backend(settings, stop)
     identity = backend.identity()
     try:
         return [_single(t, backend, rubric, settings, identity, stop) for t in targets]
     finally:
         backend.close()
-
-
-# -- pairwise mode --------------------------------------------------------------------------------------------------
-def _swapped(seed: int, sample_id: str) -> bool:
-    """Whether B is shown first for this sample: a coin drawn from (seed, sample_id), independent of the others."""
-    return hashlib.sha256(f"{seed}:{sample_id}".encode()).digest()[0] & 1 == 1
-
-
-def _rate(hits: int, out_of: int) -> float | None:
-    return hits / out_of if out_of else None
-
-
-def run_pairwise(settings: JudgeSettings, eval_a: str, eval_b: str, output_dir: str | None = None) -> dict[str, Any]:
-    """A vs B on the samples both evaluations share: which caption is better, and the judge's position bias.
-
-    The order of the two captions is drawn per sample from ``settings.seed`` and the sample id (recorded). A sample
-    scores 1 when A wins, 0 when B wins, 0.5 for a tie; A's win rate gets a panorama-cluster bootstrap interval.
-    Position bias: how often the caption shown first wins, overall, when A was first (not swapped) and when B was
-    first (swapped). Failed answers are counted with their reasons and left out.
-
-    Args:
-        settings: How the judge is asked.
-        eval_a: Evaluation folder A (or a run directory).
-        eval_b: Evaluation folder B.
-        output_dir: Folder for judge_pairwise.json and its cache (default: the current directory).
-
-    Returns:
-        The content of judge_pairwise.json, plus ``"path"``.
-
-    Raises:
-        InvalidInputError: The two share no sample, or a shared sample has another query or references.
-    """
-    from panollava.report import write_json_atomic
-
-    settings.validate()
-    a, b = find_targets([eval_a, eval_b])
-    rubric = load_rubric(settings.rubric)
-    if rubric.pairwise_template is None:
-        rubric.render_pairwise("", [], "", "")  # raises with the explanation
-    recs_b = {str(r["sample_id"]): r for r in b.records}
-    shared = [r for r in a.records if str(r["sample_id"]) in recs_b]
-    if not shared:
-        raise InvalidInputError(f"'{a.predictions}' and '{b.predictions}' share no sample_id; pairwise mode compares "
-                                "two evaluations of the same data")
-    for rec in shared:
-        other = recs_b[str(rec["sample_id"])]
-        if rec["query"] != other["query"] or list(rec["references"]) != list(other["references"]):
-            raise InvalidInputError(
-                f"sample {rec['sample_id']!r} has another query or other references in '{a.predictions}' and "
-                f"'{b.predictions}': the two evaluations were not run on the same data"
-            )
-    only = len(a.records) + len(b.records) - 2 * len(shared)
-    if only:
-        logger.warning("pairwise: %d sample(s) are in only one of the two evaluations and are left out", only)
-    out = Path(output_dir).expanduser().resolve() if output_dir else Path.cwd()
-    cache_path = out / PAIRWISE_CACHE_FILE
-    stop = threading.Event()
-    backend = _build_backend(settings, stop)
-    identity = backend.identity()
-    images = _ImageCache(settings.image_width)
-    fmt = pairwise_response_format()
-    cache = _read_cache(cache_path)
-    failed: dict[str, str] = {}
-    keys: dict[str, str] = {}
-    swaps: dict[str, bool] = {}
-    jobs = []
-    for rec in shared:
-        sid = str(rec["sample_id"])
-        swap = _swapped(settings.seed, sid)
-        swaps[sid] = swap
-        pred_a, pred_b = rec["prediction"], recs_b[sid]["prediction"]
-        first, second = (pred_b, pred_a) if swap else (pred_a, pred_b)
-        image = None
-        if settings.images:
-            try:
-                image = _image_of(rec, a.metrics, settings.image_root)
-            except InvalidInputError as exc:
-                failed[sid] = f"image unavailable: {exc}"
-                continue
-        key = _digest({"mode": "pairwise", "sample_id": sid, "first": first, "second": second,
-                       "query": rec["query"], "references": list(rec["references"]), "image": image,
-                       "judge": _judge_key_identity(identity), "rubric": rubric.sha256,
-                       "settings": settings.answer_settings()})
-        keys[sid] = key
-        if key in cache:
-            continue
-
-        def messages(rec: dict[str, Any] = rec, first: str = first, second: str = second,
-                     image: str | None = image) -> list[dict[str, Any]]:
-            url = None
-            if image is not None:
-                try:
-                    url = images.get(image)
-                except OSError as exc:
-                    raise _ImageUnavailable(f"{image}: {exc}") from exc
-            return pairwise_messages(rubric, rec, first, second, url)
-
-        jobs.append(_Job(key, sid, messages, fmt, {"swapped": swap}))
-    try:
-        reused = len(keys) - len(jobs)
-        replies = _ask(backend, jobs, cache_path, settings.max_concurrency if settings.endpoint else 1,
-                       lambda job, text: parse_pairwise_answer(text)[1], "judge pairwise", total=len(shared),
-                       initial=reused + len(failed), initial_failed=len(failed), stop=stop)
-    finally:
-        backend.close()
-    cache = _read_cache(cache_path) if jobs else cache
-    outcome: dict[str, str] = {}  # sid -> "A" | "B" | "tie"
-    first_won: dict[str, bool | None] = {}
-    for rec in shared:
-        sid = str(rec["sample_id"])
-        if sid in failed:
-            continue
-        entry = cache.get(keys[sid])
-        if entry is None:
-            reply = replies.get(keys[sid])
-            failed[sid] = reply.error if reply is not None and reply.error else "no answer"
-            continue
-        position, reason = parse_pairwise_answer(entry["answer"])
-        if position is None:
-            failed[sid] = str(reason)
-            continue
-        if position == "tie":
-            outcome[sid], first_won[sid] = "tie", None
-        else:
-            winner_first = position == "1"
-            first_won[sid] = winner_first
-            a_first = not swaps[sid]
-            outcome[sid] = "A" if winner_first == a_first else "B"
-    ids = [str(r["sample_id"]) for r in shared]
-    decided = [s for s in ids if s in outcome]
-    value = {"A": 1.0, "B": 0.0, "tie": 0.5}
-    interval = None
-    clusters = {str(r["sample_id"]): _cluster_of(r) for r in shared}
-    if decided:
-        ci = cluster_bootstrap_interval([value[outcome[s]] for s in decided], [clusters[s] for s in decided],
-                                        confidence=CONFIDENCE, num_resamples=NUM_RESAMPLES, seed=_BOOTSTRAP_SEED)
-        interval = {"low": ci.low, "high": ci.high, "confidence": ci.confidence, "num_clusters": ci.num_clusters,
-                    "num_resamples": ci.num_resamples, "seed": ci.seed,
-                    "method": "percentile bootstrap resampling panoramas (clusters of samples)"}
-
-    def bias(subset: Iterable[str]) -> dict[str, Any]:
-        chosen = [s for s in subset if first_won.get(s) is not None]
-        wins = sum(1 for s in chosen if first_won[s])
-        return {"first_shown_wins": wins, "decisive": len(chosen), "first_shown_win_rate": _rate(wins, len(chosen))}
-
-    wins_a = sum(1 for s in decided if outcome[s] == "A")
-    wins_b = sum(1 for s in decided if outcome[s] == "B")
-    ties = sum(1 for s in decided if outcome[s] == "tie")
-    result = {
-        "a": {"folder": str(a.folder), "predictions": str(a.predictions)},
-        "b": {"folder": str(b.folder), "predictions": str(b.predictions)},
-        "num_samples": len(ids),
-        "n": len(decided),
-        "wins_a": wins_a,
-        "wins_b": wins_b,
-        "ties": ties,
-        "a_win_rate": (wins_a + 0.5 * ties) / len(decided) if decided else None,
-        "a_win_rate_ci95": interval,
-        "num_failed": len(failed),
-        "failure_rate": len(failed) / len(ids),
-        "failed": {s: failed[s] for s in ids if s in failed},
-        "order": {"seed": settings.seed, "rule": "B is shown first when the first byte of sha256('<seed>:<sample_id>') "
-                  "is odd", "swapped": sum(1 for s in ids if swaps.get(s)), "not_swapped": sum(
-                      1 for s in ids if s in swaps and not swaps[s])},
-        "position_bias": {
-            "overall": bias(ids),
-            "a_first": bias(s for s in ids if s in swaps and not swaps[s]),
-            "b_first": bias(s for s in ids if swaps.get(s)),
-        },
-        "identity": identity,
-        "images": {"attached": settings.images, "width": settings.image_width if settings.images else None,
-                   "text_only": not settings.images},
-        "rubric": rubric.identity(),
-        "settings": settings.answer_settings(),
-        "cache": {"path": str(cache_path), "reused": reused, "asked": len(jobs)},
-        "outcomes": {s: outcome[s] for s in ids if s in outcome},
-        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    path = out / PAIRWISE_FILE
-    write_json_atomic(path, result)
-    return {**result, "path": path}
-
-
-def count_prompt_tokens(
-    settings: JudgeSettings, tokenizer_dir: str, eval_dirs: Sequence[str] = (), predictions: Sequence[str] = ()
-) -> list[dict[str, Any]]:
-    """What judging would cost, without asking: the requests still missing from the cache and their prompt tokens.
-
-    The text of every missing request (system + user message, the chat template applied) is tokenized with the
-    tokenizer in ``tokenizer_dir``; an attached panorama adds the judge's image tokens, which depend on its vision
-    encoder and are not counted here (docs/judge.md gives the figure for Qwen2.5-VL-class judges).
-
-    Args:
-        settings: The settings of the run whose cost is wanted (the cache keys depend on them).
-        tokenizer_dir: A transformers tokenizer folder with a chat template (ideally the judge's own).
-        eval_dirs: Evaluation folders.
-        predictions: predictions.jsonl files.
-
-    Returns:
-        Per evaluation: ``{"folder", "samples", "cached", "to_ask", "prompt_tokens": {"total", "mean", "max"},
-        "max_answer_tokens", "images"}``.
-    """
-    from transformers import AutoTokenizer
-
-    settings.validate()
-    targets = find_targets(eval_dirs, predictions)
-    rubric = load_rubric(settings.rubric)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    identity = ({"backend": "openai-compatible", "model": settings.judge_model} if settings.endpoint
-                else {"backend": "transformers", "model": str(Path(settings.judge_model).expanduser().resolve())})
-    if settings.endpoint is None:  # the local judge's identity includes its fingerprint
-        from panollava.judge.backends import _folder_fingerprint
-
-        identity["fingerprint"] = _folder_fingerprint(Path(identity["model"]))
-    out = []
-    for target in targets:
-        cache = _read_cache(target.folder / CACHE_FILE)
-        counts = []
-        for rec in target.records:
-            image = None
-            if settings.images:
-                try:
-                    image = _image_of(rec, target.metrics, settings.image_root)
-                except InvalidInputError:
-                    image = None
-            if request_key(rec, image, identity, rubric, settings) in cache:
-                continue
-            messages = build_messages(rubric, rec, None)
-            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                return_dict=True, enable_thinking=False)["input_ids"]
-            counts.append(len(ids))
-        out.append({
-            "folder": target.folder, "samples": len(target.records), "cached": len(target.records) - len(counts),
-            "to_ask": len(counts),
-            "prompt_tokens": {"total": sum(counts), "mean": sum(counts) / len(counts) if counts else None,
-                              "max": max(counts, default=None)},
-            "max_answer_tokens": settings.max_tokens, "images": settings.images, "tokenizer": str(tokenizer_dir),
-        })
-    return out
 
 
 def settings_from_flags(values: Mapping[str, Any]) -> JudgeSettings:
