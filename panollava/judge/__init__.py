@@ -3,7 +3,9 @@
 - :mod:`panollava.judge.rubric`: rubric files (dimensions, weights, prompt), identified by their sha256;
 - :mod:`panollava.judge.protocol`: the chat messages, the JSON schema and the validation of an answer;
 - :mod:`panollava.judge.backends`: an OpenAI-compatible endpoint (the ``openai`` client) or a local model;
-- :mod:`panollava.judge.run`: the resumable run over evaluation folders, single and pairwise;
+- :mod:`panollava.judge.run`: the resumable run over evaluation folders (settings, cache, concurrency);
+- :mod:`panollava.judge.pairwise`: A vs B with the judge's position bias;
+- :mod:`panollava.judge.cost`: the calls still to make and their prompt tokens (``--count_tokens``);
 - :mod:`panollava.judge.stats`: the panorama-cluster bootstrap interval;
 - :mod:`panollava.judge.scores`: reading the scores back (for ``compare``).
 
