@@ -631,6 +631,13 @@ def test_wrong_model_name_stops_the_run(shared_data_dir, tmp_path, judge_key, ca
         assert len(server.requests) == 1  # not 15 identical failures
     err = capsys.readouterr().err
     assert "HTTP 404" in err and "model 'nope' does not exist" in err and "--judge_model" in err
+    no_images = {"status": 400, "body": {"error": {"message": "this model does not support image input"}}}
+    with ChatServer(default=no_images) as server:  # a text-only model asked with images: stop after 3 alike
+        assert main(judge_args(folder, server, "--max_concurrency", "1")) == 2
+        assert len(server.requests) == 3
+    err = capsys.readouterr().err
+    assert "refused the first 3 requests alike: HTTP 400 (this model does not support image input)" in err
+    assert "--judge_images false" in err
     assert main(["judge", "--eval_dir", str(folder), "--endpoint", "gpu01:8000", "--judge_model", "m"]) == 2
     assert "--endpoint 'gpu01:8000' is not an http(s) URL" in capsys.readouterr().err
 

@@ -50,6 +50,8 @@ class JudgeReply:
         finish_reason: The server's finish reason (``stop``, ``length``).
         served_model: The model name the server answered with.
         latency_s: Seconds from the first request to the answer.
+        retry_waits_s: The waits before each retry.
+        status: The HTTP status of a refused request (4xx other than 408/409/429), else None.
     """
 
     text: str | None
@@ -60,6 +62,7 @@ class JudgeReply:
     served_model: str | None = None
     latency_s: float = 0.0
     retry_waits_s: list[float] = field(default_factory=list)
+    status: int | None = None
 
 
 def parse_retry_after(headers: Any) -> float | None:
@@ -196,6 +199,7 @@ class EndpointJudge:
                         else f"connection error ({exc})")
                 if status is not None and status < 500 and status not in (408, 409):
                     reply.error = what  # another 4xx: this request is refused (too long, malformed); others may pass
+                    reply.status = status
                 else:  # a 5xx, 408/409, timeout or dropped connection: worth another try
                     transient += 1
                     if transient > self.max_retries:

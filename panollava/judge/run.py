@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from panollava.errors import InputNotFoundError, InvalidInputError
-from panollava.judge.backends import EndpointJudge, JudgeReply, LocalJudge
+from panollava.judge.backends import EndpointJudge, JudgeConfigError, JudgeReply, LocalJudge
 from panollava.judge.protocol import build_messages, image_data_url, parse_answer, response_format
 from panollava.judge.rubric import SCORE_MULTIPLIER, Rubric, load_rubric
 from panollava.judge.stats import cluster_bootstrap_interval
@@ -67,6 +67,8 @@ SCORES_FILE = "judge_scores.jsonl"
 PAIRWISE_FILE = "judge_pairwise.json"
 PAIRWISE_CACHE_FILE = "judge_pairwise_cache.jsonl"
 #: The interval's coverage and resamples.
+#: Stop when the first this many requests are all refused with the same 4xx: the settings, not the samples, are wrong.
+REFUSED_TO_STOP = 3
 CONFIDENCE = 0.95
 NUM_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
@@ -385,6 +387,7 @@ def ask_all(
         if job is not None:
             in_flight[pool.submit(run_job, backend, job)] = job
 
+    refused: list[str | None] | None = []  # the same 4xx for every request so far: a setting, not the samples
     try:
         for _ in range(max_concurrency):
             submit_next()
@@ -394,6 +397,15 @@ def ask_all(
                 job = in_flight.pop(future)
                 reply = future.result()
                 replies[job.key] = reply
+                if refused is not None:
+                    refused = refused + [reply.error] if reply.status is not None else None
+                    if refused is not None and len(refused) >= REFUSED_TO_STOP and len(set(refused)) == 1:
+                        raise JudgeConfigError(
+                            f"the judge endpoint refused the first {len(refused)} requests alike: {refused[0]}. A "
+                            "setting is wrong for this server: a text-only model needs --judge_images false, a server "
+                            "without guided decoding --response_format false, a small context a larger "
+                            "--max-model-len on the server (or a shorter rubric)"
+                        )
                 if reply.text is not None:
                     writer.append([{
                         "key": job.key, "sample_id": job.sample_id, **job.extra, "answer": reply.text,
