@@ -89,6 +89,7 @@ table#samples{width:100%}
 td.img{width:324px} .unavailable{color:#b00020;max-width:320px;white-space:normal}
 tr.cont td.img>*{display:none} tr.cont td{border-bottom-color:#f2f2f2}
 tr.grouphead td{border-top:2px solid #888}
+td.jf{white-space:normal;min-width:80px;max-width:130px} .jr{font-size:11px;text-align:left;word-break:break-word}
 """
 
 _SORT_JS = r"""
@@ -631,8 +632,10 @@ def write_report_html(
             value = judge[0].get(sid)
             data += f" data-judge=\"{_data_value(value)}\""
             if sid in judge[1]:
-                score_cells += (f"<td class=\"num bad\" data-judge-failed=\"1\" title=\"{_esc(judge[1][sid])}\">failed"
-                                f"<div class=\"small\">{_esc(judge[1][sid][:80])}</div></td>")
+                reason = judge[1][sid]
+                short = reason if len(reason) <= 80 else reason[:79] + "…"
+                score_cells += (f"<td class=\"num bad jf\" data-judge-failed=\"1\" title=\"{_esc(reason)}\">failed"
+                                f"<div class=\"jr\">{_esc(short)}</div></td>")
             else:
                 score_cells += f"<td class=\"num\">{_esc(_fmt(value, 2))}</td>"
         refs_html = "".join(f"<li>{_esc(r)}</li>" for r in refs)
