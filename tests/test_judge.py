@@ -295,7 +295,8 @@ def test_endpoint_means_failures_and_rerun(shared_data_dir, tmp_path, judge_key)
         assert req["headers"]["authorization"] == "Bearer sk-test-123"
         assert body["model"] == "judge-test-model" and body["temperature"] == 0 and body["seed"] == 0
         assert body.get("stream") in (None, False) and body["response_format"]["type"] == "json_schema"
-        assert set(body["response_format"]["json_schema"]["schema"]["required"]) == set(DIMS)
+        schema = body["response_format"]["json_schema"]["schema"]
+        assert set(schema["required"]) == set(DIMS) and schema["properties"]["fluency"]["enum"] == [1, 2, 3, 4, 5]
         text = user_text(body)
         rec = _samples(shared_data_dir)[0]
         assert "a wooden table near the window case-00" in text and rec["query"] in text

@@ -115,7 +115,8 @@ def response_format(rubric: Rubric) -> dict[str, Any]:
             "strict": True,
             "schema": {
                 "type": "object",
-                "properties": {k: {"type": "integer", "minimum": low, "maximum": high} for k in rubric.keys},
+                # enum rather than minimum/maximum: every guided-decoding backend and strict mode support it
+                "properties": {k: {"type": "integer", "enum": list(range(low, high + 1))} for k in rubric.keys},
                 "required": list(rubric.keys),
                 "additionalProperties": False,
             },
