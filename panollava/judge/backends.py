@@ -305,10 +305,16 @@ class LocalJudge:
             if not isinstance(message["content"], str):
                 raise InvalidInputError("the local judge reads text only; run it with --judge_images false")
         with self._lock:
-            enc = self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
-                enable_thinking=False,
-            )
+            try:
+                enc = self.tokenizer.apply_chat_template(
+                    messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+                    enable_thinking=False,
+                )
+            except Exception as exc:  # noqa: BLE001 - jinja raises its own types; the model's template is at fault
+                raise InvalidInputError(
+                    f"the chat template of '{self.folder}' cannot render the judge's system + user messages "
+                    f"({type(exc).__name__}: {exc}); use a chat model whose template accepts a system message"
+                ) from exc
             ids = enc["input_ids"].to(self.device)
             limit = getattr(self.model.config, "max_position_embeddings", None)
             if limit is not None and ids.shape[1] + self.max_tokens > limit:
