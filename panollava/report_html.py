@@ -41,6 +41,7 @@ __all__ = [
     "THUMB_WIDTH_PX",
     "VIEW_SIDE_PX",
     "PanoramaImages",
+    "format_judge_score",
     "render_page",
     "render_panorama_images",
     "resolve_image_path",
@@ -88,6 +89,7 @@ table#samples{width:100%}
 td.img{width:324px} .unavailable{color:#b00020;max-width:320px;white-space:normal}
 tr.cont td.img>*{display:none} tr.cont td{border-bottom-color:#f2f2f2}
 tr.grouphead td{border-top:2px solid #888}
+td.jf{white-space:normal;min-width:80px;max-width:130px} .jr{font-size:11px;text-align:left;word-break:break-word}
 """
 
 _SORT_JS = r"""
@@ -430,6 +432,7 @@ def _metrics_section(metrics: Mapping[str, Any]) -> str:
     return (
         f"<h2>Metrics</h2><table id=\"metrics\"><tr>{head}</tr><tr>{''.join(cells)}</tr></table>"
         + (f"<ul>{''.join(notes)}</ul>" if notes else "")
+        + _judge_summary(metrics.get("judge"))
         + (f"<details><summary>How each metric was computed</summary>{how}</details>" if impl else "")
     )
 
@@ -495,6 +498,48 @@ def _image_cell(images: PanoramaImages | None, css_id: int, error: str | None, n
     return f"<td class=\"img\">{''.join(out)}</td>"
 
 
+def format_judge_score(block: Mapping[str, Any]) -> str:
+    """``"71.25 [68.10, 74.02] (n 1140, failed 9 = 0.8%; judge NAME)"``: a judge score, always with its failure rate.
+
+    Args:
+        block: The ``judge`` block of metrics.json (written by ``panollava-cli judge``).
+    """
+    score, ci = block.get("score"), block.get("ci95")
+    shown = "n/a" if score is None else f"{score:.2f}"
+    if isinstance(ci, Mapping):
+        shown += f" [{ci['low']:.2f}, {ci['high']:.2f}]"
+    rate = block.get("failure_rate")
+    failed = f"failed {block.get('num_failed', 0)}" + (f" = {100 * rate:.1f}%" if rate is not None else "")
+    model = (block.get("identity") or {}).get("model")
+    return f"{shown} (n {block.get('n', 0)} of {block.get('num_samples', '?')}, {failed}; judge {model})"
+
+
+def _judge_summary(block: Any) -> str:
+    """The judge's line under the metrics: score, interval, n and failure rate, who judged with which rubric."""
+    if not isinstance(block, Mapping):
+        return ""
+    identity = block.get("identity") or {}
+    rubric = block.get("rubric") or {}
+    images = "text only" if (block.get("images") or {}).get("text_only") else "with the panorama"
+    dims = ", ".join(f"{k} {_fmt(v.get('mean'), 2)}" for k, v in (block.get("dimensions") or {}).items()
+                     if isinstance(v, Mapping))
+    css = " bad" if block.get("num_failed") else ""
+    return (
+        f"<p id=\"judge\" class=\"{css.strip()}\">LLM judge (20-100): {_esc(format_judge_score(block))}"
+        f"<br><span class=\"muted\">{_esc(identity.get('backend'))} {_esc(identity.get('model'))}, {images}; rubric "
+        f"{_esc(rubric.get('name'))} sha256 {_esc(str(rubric.get('sha256'))[:12])}; {_esc(dims)}</span></p>"
+    )
+
+
+def _judge_cells(block: Any) -> tuple[dict[str, float], dict[str, str]] | None:
+    """Per-sample judge scores and failures of a judge block (None when the evaluation was not judged)."""
+    if not isinstance(block, Mapping) or not isinstance(block.get("per_sample"), Mapping):
+        return None
+    scores = {str(k): float(v) for k, v in block["per_sample"].items() if isinstance(v, (int, float))}
+    failed = {str(k): str(v) for k, v in (block.get("failed") or {}).items()}
+    return scores, failed
+
+
 def write_report_html(
     output_dir: str | Path,
     records: Sequence[Mapping[str, Any]],
@@ -542,6 +587,7 @@ def write_report_html(
     path_errors: dict[str, str] = {}
     row_html: list[str] = []
     has_scores = any(r.get("scores") for r in records)
+    judge = _judge_cells(metrics.get("judge"))
     groups: list[str] = []
     for position, rec in enumerate(records):
         for key in ("sample_id", "prediction"):
@@ -581,6 +627,17 @@ def write_report_html(
         text = " ".join([str(rec.get("query", "")), rec["prediction"], *refs, str(rec.get("image", ""))])
         data = "".join(f" data-{k}=\"{_data_value(scores.get(k))}\"" for k in SCORE_LABELS)
         score_cells = "".join(f"<td class=\"num\">{_esc(_fmt(scores.get(k)))}</td>" for k in SCORE_LABELS)
+        if judge is not None:
+            sid = str(rec["sample_id"])
+            value = judge[0].get(sid)
+            data += f" data-judge=\"{_data_value(value)}\""
+            if sid in judge[1]:
+                reason = judge[1][sid]
+                short = reason if len(reason) <= 80 else reason[:79] + "…"
+                score_cells += (f"<td class=\"num bad jf\" data-judge-failed=\"1\" title=\"{_esc(reason)}\">failed"
+                                f"<div class=\"jr\">{_esc(short)}</div></td>")
+            else:
+                score_cells += f"<td class=\"num\">{_esc(_fmt(value, 2))}</td>"
         refs_html = "".join(f"<li>{_esc(r)}</li>" for r in refs)
         name = str(rec.get("image") or rec.get("image_path") or "")
         row_html.append(
@@ -611,8 +668,12 @@ def write_report_html(
         (f"{s}{k}", f"{label} {'worst' if not s else 'best'} first")
         for k, label in SCORE_LABELS.items() for s in ("", "-")
     ]
+    if judge is not None:
+        options += [("judge", "judge worst first"), ("-judge", "judge best first")]
     select = "".join(f"<option value=\"{v}\">{_esc(t)}</option>" for v, t in options)
     headers = "".join(f"<th class=\"num\" data-key=\"{k}\">{_esc(label)}</th>" for k, label in SCORE_LABELS.items())
+    if judge is not None:
+        headers += "<th class=\"num\" data-key=\"judge\" title=\"LLM judge, 20-100 (failed: no score)\">judge</th>"
     title = _report_title(metrics)
     body = (
         f"<h1>{_esc(title)}</h1>"
