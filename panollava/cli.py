@@ -79,18 +79,24 @@ def _cmd_score(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="panollava-cli score",
         description="Caption metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D as pycocoevalcap defines them) for a "
-        "predictions.jsonl (sample_id, prediction, references) or a CSV with prediction and reference columns.",
+        "predictions.jsonl (sample_id, prediction, references) or a CSV with prediction and reference columns "
+        "(the original PanoLLaVA tool's *_predictions_*.csv included). Empty or 'nan' references are dropped "
+        "with a warning.",
     )
     parser.add_argument("--predictions", required=True, help="predictions.jsonl or .csv")
     parser.add_argument("--output_dir", required=True, help="folder for metrics.json")
     parser.add_argument("--references_column", default=None, help="CSV column holding references (auto-detected)")
+    parser.add_argument("--reference_mode", choices=("grouped", "per_row"), default="grouped",
+                        help="grouped (default): rows of one (image, query) are one sample scored against all its "
+                        "references, with its first row's prediction; per_row: each row's prediction against its "
+                        "own reference (the original tool's protocol; one-reference-per-row CSVs only)")
     parser.add_argument("--strict_metrics", type=_parse_bool, default=False,
                         help="true: a metric unavailable here (METEOR without Java, SPICE) is fatal (exit 3)")
     args = parser.parse_args(argv)
     from panollava.commands.score import run_score
 
     run_score(args.predictions, args.output_dir, references_column=args.references_column,
-              strict_metrics=args.strict_metrics)
+              reference_mode=args.reference_mode, strict_metrics=args.strict_metrics)
     return 0
 
 
