@@ -146,7 +146,9 @@ def _cmd_report(argv: Sequence[str]) -> int:
         description="(Re)build report.html (metrics with provenance, every sample with its panorama, views, "
         "prediction, references and scores) from an evaluation's predictions.jsonl and metrics.json.",
     )
-    parser.add_argument("--predictions", required=True, help="predictions.jsonl written by test (or score)")
+    parser.add_argument("--predictions", required=True,
+                        help="predictions.jsonl written by test (or predictions_scored.jsonl by score; a CSV, such "
+                        "as the original tool's *_predictions_*.csv, is scored with score first)")
     parser.add_argument("--metrics", default=None, help="metrics.json (default: the one beside --predictions)")
     parser.add_argument("--output_dir", default=None, help="folder for report.html (default: --predictions' folder)")
     parser.add_argument("--image_root", default=None, help="folder that relative image paths resolve against")
@@ -161,7 +163,9 @@ def _cmd_compare(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="panollava-cli compare",
         description="Leaderboard of evaluations: markdown on stdout, leaderboard.csv and leaderboard.html, with "
-        "95%% bootstrap intervals (CIDEr-D, METEOR) and paired bootstrap p-values against the baseline row.",
+        "95%% bootstrap intervals (CIDEr-D, METEOR) and paired bootstrap p-values against the baseline row, both "
+        "resampling panoramas (the queries of one panorama together), Holm-corrected across the rows compared, "
+        "with a verdict in words. A predictions CSV of the original PanoLLaVA tool must be scored first (score).",
     )
     parser.add_argument("dirs", nargs="+", metavar="DIR",
                         help="evaluation folders (metrics.json + predictions.jsonl) or run directories (their "
