@@ -292,7 +292,8 @@ def _comparability_warnings(evals: Sequence[Evaluation], base: Evaluation) -> li
         choice, base_choice = _prediction_choice(data), _prediction_choice(base_data)
         if choice != base_choice:
             warnings.append(
-                f"{label(e)} scored {_CHOICES.get(choice, choice)}, the baseline {_CHOICES.get(base_choice, base_choice)}"
+                f"{label(e)} scored {_CHOICES.get(choice, choice)}, the baseline scored "
+                f"{_CHOICES.get(base_choice, base_choice)}"
                 "; the numbers are not comparable"
             )
         dec = _decoding(e.metrics)
