@@ -1,10 +1,14 @@
 """``panollava-cli score``: caption metrics for an existing predictions file, without a model.
 
-Reads ``predictions.jsonl`` (one object per sample: ``sample_id``, ``prediction``, ``references``) or a CSV,
-scores it with :func:`panollava.metrics.score_captions` and writes, into the output folder:
+Reads ``predictions.jsonl`` (one object per sample: ``sample_id``, ``prediction``, ``references``) or a CSV
+(the original PanoLLaVA tool's ``*_predictions_*.csv`` included: one row per reference, grouped into (image, query)
+samples by default, or scored per row with ``reference_mode="per_row"``), applies the tool's one empty-reference
+policy (:func:`panollava.data.dataset.drop_missing_references`), scores it with
+:func:`panollava.metrics.score_captions` and writes, into the output folder:
 
 - ``metrics.json``: the official metrics as top-level numbers (``null`` + reason when unavailable), how they
-  were computed, and which file was scored;
+  were computed, which file was scored (``source``) and how its rows became samples (``dataset``: format,
+  reference mode, samples, rows, which prediction was scored, dropped references, a digest of the references);
 - ``predictions_scored.jsonl`` / ``predictions_scored.csv``: the input records plus per-sample ``scores``
   (``bleu_4``, ``cider``, ``rouge_l``, ``meteor``), so the worst samples can be found.
 
