@@ -76,6 +76,8 @@ def _cmd_views(argv: Sequence[str]) -> int:
 
 
 def _cmd_score(argv: Sequence[str]) -> int:
+    from panollava.data.dataset import REFERENCE_MODES
+
     parser = argparse.ArgumentParser(
         prog="panollava-cli score",
         description="Caption metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D as pycocoevalcap defines them) for a "
@@ -86,7 +88,7 @@ def _cmd_score(argv: Sequence[str]) -> int:
     parser.add_argument("--predictions", required=True, help="predictions.jsonl or .csv")
     parser.add_argument("--output_dir", required=True, help="folder for metrics.json")
     parser.add_argument("--references_column", default=None, help="CSV column holding references (auto-detected)")
-    parser.add_argument("--reference_mode", choices=("grouped", "per_row"), default="grouped",
+    parser.add_argument("--reference_mode", choices=REFERENCE_MODES, default=REFERENCE_MODES[0],
                         help="grouped (default): rows of one (image, query) are one sample scored against all its "
                         "references, with its first row's prediction; per_row: each row's prediction against its "
                         "own reference (the original tool's protocol; one-reference-per-row CSVs only)")

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from panollava.commands.score import PREDICTION_CHOICES, is_original_predictions_csv
 from panollava.errors import InputNotFoundError, InvalidInputError, PanoLLaVAError
 from panollava.metrics.bootstrap import (
     DEFAULT_RESAMPLES,
@@ -112,8 +113,6 @@ def _score_first(csv_path: Path, folder: Path) -> str:
             header = next(csv.reader(fh), [])
     except (OSError, UnicodeDecodeError):
         header = []
-    from panollava.commands.score import is_original_predictions_csv
-
     if is_original_predictions_csv(header):
         what = ("a predictions CSV of the original PanoLLaVA tool (one row per reference, original_query, "
                 "image_path; no per-sample scores)")
@@ -238,13 +237,6 @@ def _decoding(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
         return values
 
 
-_CHOICES = {
-    "single": "one prediction per sample",
-    "first_row": "the first row's prediction of samples that carried several (others set aside)",
-    "per_row": "each row's prediction against its own reference",
-}
-
-
 def _prediction_choice(dataset: Mapping[str, Any]) -> str:
     """Which prediction was scored: recorded by ``score``; ``test`` generates one per sample (per row in per_row)."""
     recorded = dataset.get("prediction_choice")
@@ -292,8 +284,8 @@ def _comparability_warnings(evals: Sequence[Evaluation], base: Evaluation) -> li
         choice, base_choice = _prediction_choice(data), _prediction_choice(base_data)
         if choice != base_choice:
             warnings.append(
-                f"{label(e)} scored {_CHOICES.get(choice, choice)}, the baseline scored "
-                f"{_CHOICES.get(base_choice, base_choice)}"
+                f"{label(e)} scored {PREDICTION_CHOICES.get(choice, choice)}, the baseline scored "
+                f"{PREDICTION_CHOICES.get(base_choice, base_choice)}"
                 "; the numbers are not comparable"
             )
         dec = _decoding(e.metrics)

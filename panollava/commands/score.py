@@ -32,7 +32,7 @@ from panollava.errors import InputNotFoundError, InvalidInputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LoadedPredictions", "is_original_predictions_csv", "load_predictions", "read_predictions", "run_score"]
+__all__ = ["PREDICTION_CHOICES", "LoadedPredictions", "is_original_predictions_csv", "load_predictions", "read_predictions", "run_score"]
 
 PREDICTION_COLUMNS = ("prediction", "predict", "pred")
 SINGLE_REFERENCE_COLUMNS = ("annotation", "reference", "ref", "ground_truth", "gt")
@@ -41,6 +41,12 @@ SCORE_KEYS = ("bleu_4", "cider", "rouge_l", "meteor")
 #: The columns that identify the original PanoLLaVA tool's ``*_predictions_*.csv`` (it also writes sample_id,
 #: pred_length, ref_length, is_error, is_empty).
 ORIGINAL_COLUMNS = ("image_path", "original_query", "prediction", "reference")
+#: ``dataset.prediction_choice`` of metrics.json: which prediction of a sample was scored, in words.
+PREDICTION_CHOICES = {
+    "single": "one prediction per sample",
+    "first_row": "the first row's prediction of samples that carried several (the others set aside)",
+    "per_row": "each row's prediction against its own reference",
+}
 
 
 @dataclass
@@ -495,8 +501,7 @@ def run_score(
             exc.filename = str(metrics_path if not metrics_path.exists() else out / "predictions_scored.jsonl")
         raise
 
-    choice = {"single": "one prediction per sample", "first_row": "the first row's prediction of each sample",
-              "per_row": "each row's prediction against its own reference"}[loaded.prediction_choice]
+    choice = PREDICTION_CHOICES[loaded.prediction_choice]
     print(f"📊 Metrics on {scores.num_samples} samples from {loaded.num_rows} rows ({source.name}, "
           f"reference_mode {loaded.reference_mode}: {choice}; tokenizer {scores.tokenizer}):")
     print(format_metrics_table(metrics))

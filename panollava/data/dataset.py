@@ -84,7 +84,7 @@ def is_missing_text(value: object) -> bool:
     Returns:
         True when nobody wrote anything there.
     """
-    if value is None or isinstance(value, float):  # a float here is pandas' NaN
+    if value is None or (isinstance(value, float) and value != value):  # None, or pandas' NaN
         return True
     text = str(value).strip()
     return not text or text in MISSING_CELL_VALUES
