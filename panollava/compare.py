@@ -16,8 +16,8 @@
 Rows scored on another dataset (sha256, or the references' digest that ``score`` records), with another reference
 mode, another choice of prediction per sample or other decoding settings are not comparable: each such difference
 is a warning. A folder of the original PanoLLaVA tool (``*_predictions_*.csv``, no per-sample scores) is recognised
-and refused with the ``score`` command that turns it into an evaluation folder. Needs numpy; importing :mod:`panollava.generation` (for the
-decoding defaults) also loads torch.
+and refused with the ``score`` command that turns it into an evaluation folder. Needs numpy; importing
+:mod:`panollava.generation` (for the decoding defaults) also loads torch.
 """
 
 from __future__ import annotations

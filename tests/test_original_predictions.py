@@ -146,7 +146,8 @@ def test_grouped_and_per_row_scores_equal_pycocoevalcap(original):
     grouped = _pycocoevalcap({r["sample_id"]: r["prediction"] for r in records},
                              {r["sample_id"]: r["references"] for r in records})
     rows = [(p, ref) for _, _, pair_rows in PAIRS for p, ref in pair_rows if ref != "nan"]
-    per_row = _pycocoevalcap({str(i): p for i, (p, _) in enumerate(rows)}, {str(i): [r] for i, (_, r) in enumerate(rows)})
+    per_row = _pycocoevalcap({str(i): p for i, (p, _) in enumerate(rows)},
+                             {str(i): [r] for i, (_, r) in enumerate(rows)})
     got_grouped, got_per_row = _metrics(original["grouped"]), _metrics(original["per_row"])
     for key in (*EXPECTED_GROUPED, "bleu_4"):
         assert got_grouped[key] == pytest.approx(grouped[key], rel=1e-6, abs=1e-9), key

@@ -32,7 +32,14 @@ from panollava.errors import InputNotFoundError, InvalidInputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PREDICTION_CHOICES", "LoadedPredictions", "is_original_predictions_csv", "load_predictions", "read_predictions", "run_score"]
+__all__ = [
+    "PREDICTION_CHOICES",
+    "LoadedPredictions",
+    "is_original_predictions_csv",
+    "load_predictions",
+    "read_predictions",
+    "run_score",
+]
 
 PREDICTION_COLUMNS = ("prediction", "predict", "pred")
 SINGLE_REFERENCE_COLUMNS = ("annotation", "reference", "ref", "ground_truth", "gt")

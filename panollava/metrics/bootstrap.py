@@ -8,12 +8,13 @@ panorama are correlated (a model that misreads a panorama tends to fail all of i
 as if independent understates the noise; resampling panoramas keeps each panorama's samples together and gives
 honest intervals and p-values. A resample draws as many clusters as there are, with replacement; its statistic is
 the mean over all the samples of the drawn clusters (a ratio estimator: clusters of different sizes weigh by their
-sizes, as in the full-set mean). With one sample per cluster it is exactly the sample bootstrap, draw for draw. For CIDEr-D this means the document
-frequencies stay those of the full evaluated set (each sample's CIDEr was computed once against the whole set):
-the resampled mean is a mean of fixed per-sample values, which is also how pycocoevalcap's corpus CIDEr is formed
-(the mean of the per-sample values). For METEOR the corpus score of pycocoevalcap aggregates statistics over all
-segments and differs slightly from the mean of the segment scores; the interval is that of the mean of the
-per-sample values and is reported as such.
+sizes, as in the full-set mean). With one sample per cluster it is exactly the sample bootstrap, draw for draw.
+
+As the scorer is never re-run, CIDEr-D's document frequencies stay those of the full evaluated set (each sample's
+CIDEr was computed once against the whole set): the resampled mean is a mean of fixed per-sample values, which is
+also how pycocoevalcap's corpus CIDEr is formed (the mean of the per-sample values). For METEOR the corpus score of
+pycocoevalcap aggregates statistics over all segments and differs slightly from the mean of the segment scores; the
+interval is that of the mean of the per-sample values and is reported as such.
 
 Light module: numpy only. Seeded: the same inputs and seed give the same figures.
 """

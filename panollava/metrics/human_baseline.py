@@ -50,7 +50,9 @@ def _read_groups(
             key = (row.get(image_column, ""), row.get(query_column, ""))
             groups.setdefault(key, []).append((line, row.get(caption_column, "")))
     if header is None:
-        raise InvalidInputError(f"'{path}' is empty; expected a header with {image_column},{query_column},{caption_column}")
+        raise InvalidInputError(
+            f"'{path}' is empty; expected a header with {image_column},{query_column},{caption_column}"
+        )
     return groups
 
 
