@@ -77,21 +77,29 @@ def _cmd_views(argv: Sequence[str]) -> int:
 
 
 def _cmd_score(argv: Sequence[str]) -> int:
+    from panollava.data.dataset import REFERENCE_MODES
+
     parser = argparse.ArgumentParser(
         prog="panollava-cli score",
         description="Caption metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D as pycocoevalcap defines them) for a "
-        "predictions.jsonl (sample_id, prediction, references) or a CSV with prediction and reference columns.",
+        "predictions.jsonl (sample_id, prediction, references) or a CSV with prediction and reference columns "
+        "(the original PanoLLaVA tool's *_predictions_*.csv included). Empty or 'nan' references are dropped "
+        "with a warning.",
     )
     parser.add_argument("--predictions", required=True, help="predictions.jsonl or .csv")
     parser.add_argument("--output_dir", required=True, help="folder for metrics.json")
     parser.add_argument("--references_column", default=None, help="CSV column holding references (auto-detected)")
+    parser.add_argument("--reference_mode", choices=REFERENCE_MODES, default=REFERENCE_MODES[0],
+                        help="grouped (default): rows of one (image, query) are one sample scored against all its "
+                        "references, with its first row's prediction; per_row: each row's prediction against its "
+                        "own reference (the original tool's protocol; one-reference-per-row CSVs only)")
     parser.add_argument("--strict_metrics", type=_parse_bool, default=False,
                         help="true: a metric unavailable here (METEOR without Java, SPICE) is fatal (exit 3)")
     args = parser.parse_args(argv)
     from panollava.commands.score import run_score
 
     run_score(args.predictions, args.output_dir, references_column=args.references_column,
-              strict_metrics=args.strict_metrics)
+              reference_mode=args.reference_mode, strict_metrics=args.strict_metrics)
     return 0
 
 
@@ -141,7 +149,9 @@ def _cmd_report(argv: Sequence[str]) -> int:
         description="(Re)build report.html (metrics with provenance, every sample with its panorama, views, "
         "prediction, references and scores) from an evaluation's predictions.jsonl and metrics.json.",
     )
-    parser.add_argument("--predictions", required=True, help="predictions.jsonl written by test (or score)")
+    parser.add_argument("--predictions", required=True,
+                        help="predictions.jsonl written by test (or predictions_scored.jsonl by score; a CSV, such "
+                        "as the original tool's *_predictions_*.csv, is scored with score first)")
     parser.add_argument("--metrics", default=None, help="metrics.json (default: the one beside --predictions)")
     parser.add_argument("--output_dir", default=None, help="folder for report.html (default: --predictions' folder)")
     parser.add_argument("--image_root", default=None, help="folder that relative image paths resolve against")
@@ -156,7 +166,9 @@ def _cmd_compare(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="panollava-cli compare",
         description="Leaderboard of evaluations: markdown on stdout, leaderboard.csv and leaderboard.html, with "
-        "95%% bootstrap intervals (CIDEr-D, METEOR) and paired bootstrap p-values against the baseline row.",
+        "95%% bootstrap intervals (CIDEr-D, METEOR) and paired bootstrap p-values against the baseline row, both "
+        "resampling panoramas (the queries of one panorama together), Holm-corrected across the rows compared, "
+        "with a verdict in words. A predictions CSV of the original PanoLLaVA tool must be scored first (score).",
     )
     parser.add_argument("dirs", nargs="+", metavar="DIR",
                         help="evaluation folders (metrics.json + predictions.jsonl) or run directories (their "

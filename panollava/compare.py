@@ -6,13 +6,18 @@
 
 - its run, checkpoint rule and checkpoint name, the corpus metrics, the difference from the baseline row (the first,
   or ``baseline``);
-- a 95 % percentile bootstrap interval of CIDEr-D and METEOR, resampling the per-sample scores with CIDEr-D's
-  document frequencies held fixed (:mod:`panollava.metrics.bootstrap`);
-- a paired bootstrap p-value against the baseline, on the samples (``sample_id``) both rows share.
+- a 95 % percentile bootstrap interval of CIDEr-D and METEOR, resampling *panoramas* (the ``image_path`` or
+  ``image`` of each sample: the queries of one panorama are correlated, so they are resampled together) with
+  CIDEr-D's document frequencies held fixed (:mod:`panollava.metrics.bootstrap`);
+- a paired cluster-bootstrap p-value against the baseline, on the samples (``sample_id``) both rows share, Holm's
+  correction across the rows compared with the baseline, and a verdict in words (significant or not at
+  :data:`~panollava.metrics.bootstrap.SIGNIFICANCE_LEVEL`).
 
-Rows scored on another dataset (sha256), with another reference mode or other decoding settings are not
-comparable: each such difference is a warning. Needs numpy; importing :mod:`panollava.generation` (for the
-decoding defaults) also loads torch.
+Rows scored on another dataset (sha256, or the references' digest that ``score`` records), with another reference
+mode, another choice of prediction per sample or other decoding settings are not comparable: each such difference
+is a warning. A folder of the original PanoLLaVA tool (``*_predictions_*.csv``, no per-sample scores) is recognised
+and refused with the ``score`` command that turns it into an evaluation folder. Needs numpy; importing
+:mod:`panollava.generation` (for the decoding defaults) also loads torch.
 """
 
 from __future__ import annotations
@@ -27,11 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from panollava.commands.score import PREDICTION_CHOICES, is_original_predictions_csv
 from panollava.errors import InputNotFoundError, InvalidInputError, PanoLLaVAError
 from panollava.metrics.bootstrap import (
     DEFAULT_RESAMPLES,
+    SIGNIFICANCE_LEVEL,
     BootstrapInterval,
     bootstrap_interval,
+    holm_adjust,
     paired_bootstrap_pvalue,
 )
 from panollava.report import read_json_object
@@ -60,6 +68,8 @@ class Evaluation:
         metrics: Its metrics.json content.
         scores: ``sample_id`` → per-sample scores, from its predictions file.
         picked: How the folder was found (for run directories: which evaluation was picked and why).
+        clusters: ``sample_id`` → its panorama (``image_path``, else ``image``; the sample id itself when the
+            record names no image), the unit the bootstrap resamples.
     """
 
     folder: Path
@@ -67,6 +77,12 @@ class Evaluation:
     scores: dict[str, dict[str, Any]]
     picked: str
     row: dict[str, Any] = field(default_factory=dict)
+    clusters: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def without_image(self) -> int:
+        """How many samples name no image (each is then its own cluster)."""
+        return sum(1 for sid, key in self.clusters.items() if key == f"sample:{sid}")
 
     @property
     def run(self) -> str:
@@ -89,6 +105,25 @@ def _listing(folder: Path) -> str:
     return ", ".join(names[:12]) + (", ..." if len(names) > 12 else "") if names else "nothing"
 
 
+def _score_first(csv_path: Path, folder: Path) -> str:
+    """The message for a predictions CSV (e.g. the original tool's) given where an evaluation folder is expected."""
+    what = "a predictions CSV"
+    try:
+        with csv_path.open(encoding="utf-8-sig", newline="") as fh:
+            header = next(csv.reader(fh), [])
+    except (OSError, UnicodeDecodeError):
+        header = []
+    if is_original_predictions_csv(header):
+        what = ("a predictions CSV of the original PanoLLaVA tool (one row per reference, original_query, "
+                "image_path; no per-sample scores)")
+    out = folder / f"{csv_path.stem}_scored"
+    return (
+        f"'{csv_path}' is {what}, not an evaluation folder (metrics.json + predictions.jsonl). Score it first: "
+        f"panollava-cli score --predictions {csv_path} --output_dir {out} (add --reference_mode per_row for the "
+        f"original tool's one-reference-per-row protocol), then pass '{out}' to compare"
+    )
+
+
 def find_evaluation(path: str | Path, cwd: str | Path | None = None) -> tuple[Path, str]:
     """The evaluation folder that ``path`` names, and how it was found.
 
@@ -103,6 +138,8 @@ def find_evaluation(path: str | Path, cwd: str | Path | None = None) -> tuple[Pa
         InputNotFoundError: ``path`` is neither, or a run directory has no evaluation in the default layout.
     """
     folder = Path(path).expanduser().resolve()
+    if folder.is_file() and folder.suffix.lower() == ".csv":
+        raise InvalidInputError(_score_first(folder, folder.parent))
     if not folder.is_dir():
         raise InputNotFoundError(
             f"'{folder}' is not a folder; pass evaluation folders (metrics.json + predictions.jsonl, written by "
@@ -110,6 +147,9 @@ def find_evaluation(path: str | Path, cwd: str | Path | None = None) -> tuple[Pa
         )
     if (folder / "metrics.json").is_file():
         return folder, "evaluation folder"
+    originals = sorted(folder.glob("*_predictions_*.csv"))
+    if originals and not (folder / "checkpoint_metadata.json").is_file():
+        raise InvalidInputError(_score_first(originals[-1], folder))
     if not (folder / "checkpoint_metadata.json").is_file():
         raise InputNotFoundError(
             f"'{folder}' is neither an evaluation folder (no metrics.json) nor a run directory (no "
@@ -173,8 +213,13 @@ def load_evaluation(path: str | Path, cwd: str | Path | None = None) -> Evaluati
         )
     from panollava.commands.report import read_records
 
-    scores = {str(r["sample_id"]): dict(r.get("scores") or {}) for r in read_records(predictions)}
-    return Evaluation(folder=folder, metrics=metrics, scores=scores, picked=picked)
+    records = read_records(predictions)
+    scores = {str(r["sample_id"]): dict(r.get("scores") or {}) for r in records}
+    clusters = {}
+    for r in records:
+        image = r.get("image_path") or r.get("image")
+        clusters[str(r["sample_id"])] = str(image) if image else f"sample:{r['sample_id']}"
+    return Evaluation(folder=folder, metrics=metrics, scores=scores, picked=picked, clusters=clusters)
 
 
 def _decoding(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -192,6 +237,14 @@ def _decoding(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
         return values
 
 
+def _prediction_choice(dataset: Mapping[str, Any]) -> str:
+    """Which prediction was scored: recorded by ``score``; ``test`` generates one per sample (per row in per_row)."""
+    recorded = dataset.get("prediction_choice")
+    if recorded:
+        return str(recorded)
+    return "per_row" if dataset.get("reference_mode") == "per_row" else "single"
+
+
 def _comparability_warnings(evals: Sequence[Evaluation], base: Evaluation) -> list[str]:
     warnings: list[str] = []
 
@@ -204,7 +257,15 @@ def _comparability_warnings(evals: Sequence[Evaluation], base: Evaluation) -> li
         if e is base:
             continue
         data = e.metrics.get("dataset") or {}
-        if not data.get("sha256") or not base_data.get("sha256"):
+        if data.get("references_sha256") and base_data.get("references_sha256"):
+            # 'score' records a digest of the references themselves (predictions files differ between systems)
+            if data["references_sha256"] != base_data["references_sha256"]:
+                warnings.append(
+                    f"{label(e)} was scored against other references than the baseline (references digest "
+                    f"{data['references_sha256'][:12]} vs {base_data['references_sha256'][:12]}); the numbers are "
+                    "not comparable"
+                )
+        elif not data.get("sha256") or not base_data.get("sha256"):
             warnings.append(
                 f"{label(e)}: dataset sha256 not recorded for it or for the baseline; cannot check that both were "
                 "scored on the same data"
@@ -219,6 +280,13 @@ def _comparability_warnings(evals: Sequence[Evaluation], base: Evaluation) -> li
             warnings.append(
                 f"{label(e)} used reference_mode {data.get('reference_mode')!r}, the baseline "
                 f"{base_data.get('reference_mode')!r}; the numbers are not comparable"
+            )
+        choice, base_choice = _prediction_choice(data), _prediction_choice(base_data)
+        if choice != base_choice:
+            warnings.append(
+                f"{label(e)} scored {PREDICTION_CHOICES.get(choice, choice)}, the baseline scored "
+                f"{PREDICTION_CHOICES.get(base_choice, base_choice)}"
+                "; the numbers are not comparable"
             )
         dec = _decoding(e.metrics)
         if dec is None or base_dec is None:
@@ -271,11 +339,21 @@ def _build_row(e: Evaluation, base: Evaluation, index: int, warnings: list[str],
         )
     shared = [sid for sid in e.scores if sid in base.scores]
     row["paired_samples"] = len(shared)
+    row["num_panoramas"] = len(set(e.clusters.values()))
+    row["paired_panoramas"] = len({base.clusters.get(sid, f"sample:{sid}") for sid in shared})
+    row["prediction_choice"] = _prediction_choice(e.metrics.get("dataset") or {})
+    if e.without_image:
+        warnings.append(
+            f"row {index} ({e.run}): {e.without_image} of {len(e.scores)} samples name no image; each of those is "
+            "resampled on its own, which understates the noise if several of them show one panorama"
+        )
     for key in CI_METRICS:
-        values = _values(e, key)
+        ids = [i for i in e.scores if isinstance(e.scores[i].get(key), (int, float))]
+        values = _values(e, key, ids)
         interval: BootstrapInterval | None = None
         if values:
-            interval = bootstrap_interval(values, num_resamples=num_resamples, seed=_SEED)
+            interval = bootstrap_interval(values, num_resamples=num_resamples, seed=_SEED,
+                                          clusters=[e.clusters.get(i, f"sample:{i}") for i in ids])
         elif e.scores:
             warnings.append(f"row {index} ({e.run}): no per-sample {key} scores; no interval")
         row[f"{key}_ci_low"] = interval.low if interval else None
@@ -286,9 +364,13 @@ def _build_row(e: Evaluation, base: Evaluation, index: int, warnings: list[str],
             continue
         both = [sid for sid in shared if isinstance(e.scores[sid].get(key), (int, float))
                 and isinstance(base.scores[sid].get(key), (int, float))]
+        row[f"paired_mean_delta_{key}"] = (
+            sum(float(e.scores[i][key]) - float(base.scores[i][key]) for i in both) / len(both) if both else None
+        )
         if both:
             row[f"p_{key}"] = paired_bootstrap_pvalue(
                 _values(base, key, both), _values(e, key, both), num_resamples=num_resamples, seed=_SEED,
+                clusters=[base.clusters.get(i, f"sample:{i}") for i in both],
             )
     if e is not base:
         if not shared:
@@ -314,8 +396,47 @@ def _delta(row: Mapping[str, Any], key: str) -> str:
         return "baseline"
     text = _fmt(row.get(f"delta_{key}"), signed=True)
     if key in CI_METRICS:
-        text += f" (p {_fmt_p(row.get(f'p_{key}'))})"
+        significant = row.get(f"{key}_significant")
+        word = "" if significant is None else ("; significant" if significant else "; not significant")
+        text += f" (p {_fmt_p(row.get(f'p_{key}'))}, Holm {_fmt_p(row.get(f'p_{key}_holm'))}{word})"
     return text
+
+
+def _add_verdicts(rows: Sequence[dict[str, Any]]) -> None:
+    """Holm-adjust each metric's p-values across the rows compared with the baseline, and say what they mean."""
+    compared = [r for r in rows if not r["baseline"]]
+    for key in CI_METRICS:
+        adjusted = holm_adjust([r.get(f"p_{key}") for r in compared])
+        tests = sum(1 for a in adjusted if a is not None)
+        for r in rows:
+            r[f"p_{key}_holm"] = None
+            r[f"{key}_significant"] = None
+            r[f"{key}_verdict"] = "baseline" if r["baseline"] else ""
+        for r, adj in zip(compared, adjusted):
+            label = LEADERBOARD_METRICS[key]
+            if adj is None:
+                r[f"{key}_verdict"] = f"{label}: no paired test (no sample shared with the baseline)"
+                continue
+            r[f"p_{key}_holm"] = adj
+            r[f"{key}_significant"] = significant = adj < SIGNIFICANCE_LEVEL
+            delta = r.get(f"paired_mean_delta_{key}") or 0.0
+            where = (f"paired over {r['paired_samples']} samples on {r['paired_panoramas']} panoramas, "
+                     f"Holm-adjusted p {_fmt_p(adj)} over {tests} comparison{'s' if tests > 1 else ''}")
+            if significant:
+                r[f"{key}_verdict"] = (
+                    f"{label} is significantly {'higher' if delta > 0 else 'lower'} than the baseline's "
+                    f"(mean per-sample difference {delta:+.4f}; {where} < {SIGNIFICANCE_LEVEL})"
+                )
+            else:
+                r[f"{key}_verdict"] = (
+                    f"{label}: no significant difference from the baseline (mean per-sample difference "
+                    f"{delta:+.4f}; {where} ≥ {SIGNIFICANCE_LEVEL}): within the sampling noise"
+                )
+
+
+def _verdict_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    return [f"row {r['row']} ({r['run']}): " + "; ".join(r[f"{k}_verdict"] for k in CI_METRICS)
+            for r in rows if not r["baseline"]]
 
 
 def _markdown(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -328,14 +449,20 @@ def _markdown(rows: Sequence[Mapping[str, Any]]) -> str:
                  _fmt(r["bleu_4"]), _fmt(r["meteor"]),
                  _fmt(r["rouge_l"]), _ci(r, "cider"), _delta(r, "cider"), _ci(r, "meteor"), _delta(r, "meteor")]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    verdicts = _verdict_lines(rows)
+    if verdicts:
+        lines += ["", f"Significance against the baseline (paired bootstrap resampling panoramas, Holm-corrected "
+                  f"across the {len(verdicts)} row(s) compared, α = {SIGNIFICANCE_LEVEL}):"]
+        lines += [f"- {v}" for v in verdicts]
     return "\n".join(lines)
 
 
 _CSV_COLUMNS = (
     "row", "run", "checkpoint_rule", "checkpoint", "num_samples", "bleu_4", "meteor", "rouge_l", "cider",
     "delta_bleu_4", "delta_meteor", "delta_rouge_l", "delta_cider", "cider_ci_low", "cider_ci_high",
-    "meteor_ci_low", "meteor_ci_high", "p_cider", "p_meteor", "paired_samples", "baseline", "dataset_sha256",
-    "reference_mode", "folder", "picked",
+    "meteor_ci_low", "meteor_ci_high", "p_cider", "p_meteor", "p_cider_holm", "p_meteor_holm", "cider_significant",
+    "meteor_significant", "cider_verdict", "meteor_verdict", "paired_samples", "paired_panoramas", "num_panoramas",
+    "baseline", "dataset_sha256", "reference_mode", "prediction_choice", "folder", "picked",
 )
 
 
@@ -366,6 +493,14 @@ def _html(rows: Sequence[Mapping[str, Any]], warnings: Sequence[str], num_resamp
             return "n/a"
         return (f"{_fmt(row[f'{key}_sample_mean'])}<div class=\"muted\">[{_fmt(row[f'{key}_ci_low'])}, "
                 f"{_fmt(row[f'{key}_ci_high'])}]</div>")
+    def p_html(row: Mapping[str, Any], key: str) -> str:
+        if row["baseline"]:
+            return ""
+        significant = row.get(f"{key}_significant")
+        word = "" if significant is None else ("significant" if significant else "not significant")
+        return (f"{esc(_fmt_p(row.get(f'p_{key}')))}<div class=\"muted\">Holm {esc(_fmt_p(row.get(f'p_{key}_holm')))}"
+                f"<br>{word}</div>")
+
     head = ("<th class=\"num\" data-key=\"index\">#</th><th data-key=\"run\">run</th><th>checkpoint</th>"
             "<th class=\"num\" data-key=\"num_samples\">n</th>"
             + "".join(f"<th class=\"num\" data-key=\"{k}\">{esc(l)}</th>" for k, l in zip(keys, labels)))
@@ -375,9 +510,9 @@ def _html(rows: Sequence[Mapping[str, Any]], warnings: Sequence[str], num_resamp
         cells = [
             esc(_fmt(r["bleu_4"])), esc(_fmt(r["meteor"])), esc(_fmt(r["rouge_l"])), ci_html(r, "cider"),
             "baseline" if r["baseline"] else esc(_fmt(r["delta_cider"], signed=True)),
-            "" if r["baseline"] else esc(_fmt_p(r["p_cider"])), ci_html(r, "meteor"),
+            p_html(r, "cider"), ci_html(r, "meteor"),
             "baseline" if r["baseline"] else esc(_fmt(r["delta_meteor"], signed=True)),
-            "" if r["baseline"] else esc(_fmt_p(r["p_meteor"])),
+            p_html(r, "meteor"),
         ]
         body_rows.append(
             f"<tr class=\"row\" data-index=\"{r['row']}\" data-run=\"{esc(r['run'])}\" "
@@ -391,6 +526,7 @@ def _html(rows: Sequence[Mapping[str, Any]], warnings: Sequence[str], num_resamp
             + "".join(f"<td class=\"num\">{c}</td>" for c in cells) + "</tr>"
         )
     warn = "".join(f"<li class=\"warn\">{esc(w)}</li>" for w in warnings)
+    verdicts = "".join(f"<li>{esc(v)}</li>" for v in _verdict_lines(rows))
     body = (
         f"<h1>panollava leaderboard</h1><div class=\"muted\">{len(rows)} evaluations; differences are against "
         "the baseline row</div>"
@@ -399,12 +535,15 @@ def _html(rows: Sequence[Mapping[str, Any]], warnings: Sequence[str], num_resamp
         "<span class=\"muted\">click a header to sort</span></div>"
         f"<table class=\"sortable\" id=\"leaderboard\" data-default-sort=\"index\"><thead><tr>{head}</tr></thead>"
         f"<tbody>{''.join(body_rows)}</tbody></table>"
-        f"<p class=\"muted\">Intervals: 95 % percentile bootstrap ({num_resamples} resamples, seed {_SEED}) of the "
-        "mean per-sample score; CIDEr-D's document frequencies are those of the full evaluated set (each sample's "
+        + (f"<h2>Significance</h2><ul id=\"verdicts\">{verdicts}</ul>" if verdicts else "")
+        + f"<p class=\"muted\">Intervals: 95 % percentile bootstrap ({num_resamples} resamples, seed {_SEED}) of the "
+        "mean per-sample score, resampling panoramas (all the queries of a drawn panorama together: they are "
+        "correlated); CIDEr-D's document frequencies are those of the full evaluated set (each sample's "
         "CIDEr-D was computed once against it, and the corpus CIDEr-D is their mean). METEOR's corpus value "
         "aggregates alignment statistics over all samples, so its interval is given around the mean of the "
         "per-sample values. p: two-sided paired bootstrap test against the baseline on the samples both rows "
-        "share (docs/reporting.md).</p>"
+        f"share, resampling panoramas; Holm: adjusted across the rows compared with the baseline, significant "
+        f"below {SIGNIFICANCE_LEVEL} (docs/reporting.md).</p>"
     )
     return render_page("panollava leaderboard", body, extra_css=".ckpt{min-width:240px}")
 
@@ -458,6 +597,7 @@ def run_compare(
         e.row["row"] = i
     warnings = _comparability_warnings(evals, base)
     rows = [_build_row(e, base, i, warnings, num_resamples) for i, e in enumerate(evals, start=1)]
+    _add_verdicts(rows)
     out = Path(output_dir).expanduser().resolve() if output_dir else Path.cwd()
     csv_path, html_path = out / "leaderboard.csv", out / "leaderboard.html"
     write_text_atomic(csv_path, _csv(rows))

@@ -328,7 +328,7 @@ def _csv_nan_annotation(ctx: Ctx) -> list[str]:
 
 def _csv_blank_lines(ctx: Ctx) -> list[str]:
     image = _first_image()
-    text = f"url,query,annotation\n{image},room,a room\n\n\n{image},room,\n"
+    text = f"url,query,annotation\n{image},room,a room\n\n\n{image}, ,a room\n"
     return ctx.test("--csv_input", str(ctx.csv(text)))
 
 
@@ -496,7 +496,7 @@ def _metric_fails_test(ctx: Ctx) -> list[str]:
 
 
 def _empty_reference_score(ctx: Ctx) -> list[str]:
-    path = _predictions_jsonl(ctx, [{"sample_id": "a", "prediction": "x", "references": ["a cat", ""]}])
+    path = _predictions_jsonl(ctx, [{"sample_id": "a", "prediction": "x", "references": ["", "nan"]}])
     return ["score", "--predictions", str(path), "--output_dir", str(ctx.out())]
 
 
@@ -683,12 +683,13 @@ CASES: tuple[Case, ...] = (
          "an export with a filter that matched nothing", "add rows", _csv_header_only),
     Case("csv-empty-query", CSV, "an empty query cell", 2, (r"line 3: column 'query' is empty",),
          "a missing value in the source table", "fill in or delete the row the message names", _csv_empty_query),
-    Case("csv-nan-annotation", CSV, "an annotation cell holding `nan`", 2,
-         (r"line 3: column 'annotation' is empty or a missing-value marker",),
-         "a table saved by pandas after `astype(str)` (a missing value written as `nan`)",
-         "fill in or delete the row; an empty reference is never scored", _csv_nan_annotation),
+    Case("csv-nan-annotation", CSV, "an annotation cell holding `nan` (QuIC-360's test.csv has three empty ones)", 0,
+         (r"dropped 1 empty or missing-value reference\(s\) .* on line\(s\) 3", r"1 sample keeps 1 reference"),
+         "a table saved by pandas after `astype(str)` (a missing value written as `nan`), or an empty cell",
+         "nothing: the cell is dropped and its sample is scored against its other references (a sample with none "
+         "left is refused); fill in or delete the cell to silence the warning", _csv_nan_annotation),
     Case("csv-blank-lines", CSV, "an error after blank lines names the right line", 2,
-         (r"line 5: column 'annotation'",),
+         (r"line 5: column 'query'",),
          "blank lines in the middle of the file (they are skipped, and still counted)",
          "look at the line the message names (`sed -n 5p file.csv`)", _csv_blank_lines),
     Case("csv-bad-utf8", CSV, "the CSV is not UTF-8", 2, (r"not valid UTF-8", r"byte\(s\) 0xe9 at byte offset \d+ \(line 2",
@@ -767,9 +768,10 @@ CASES: tuple[Case, ...] = (
          "a bug or an input the metric cannot handle",
          "predictions and the other metrics are written; rerun `score` on the predictions once fixed",
          _metric_fails_test),
-    Case("empty-reference", METRIC, "an empty reference in a predictions file (`score`)", 2,
-         (r"empty reference", r"'a'"),
-         "an empty cell exported as \"\"", "remove empty references; they are never scored", _empty_reference_score),
+    Case("empty-reference", METRIC, "a sample whose references are all empty in a predictions file (`score`)", 2,
+         (r"no reference left", r"sample 'a'"),
+         "empty cells exported as \"\" or `nan` (one empty reference among others is dropped with a warning)",
+         "fill in a reference or delete the sample; an empty reference is never scored", _empty_reference_score),
     Case("sigint", INTERRUPT, "Ctrl-C (SIGINT) during `test`", 1,
          (r"interrupted on rank 0: \d+ sample\(s\) are saved", r"Rerun the same command"),
          "the user or the scheduler stops the run",

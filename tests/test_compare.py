@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from conftest_browser import read_jsonl
 from panollava.cli import main
 from panollava.compare import run_compare
 from panollava.errors import InputNotFoundError, InvalidInputError
-from panollava.metrics.bootstrap import bootstrap_interval, paired_bootstrap_pvalue
+from panollava.metrics.bootstrap import bootstrap_interval, holm_adjust, paired_bootstrap_pvalue
 
 
 # -- bootstrap: known answers -----------------------------------------------------------------------------------------
@@ -64,6 +65,9 @@ def test_oracle_beats_weak_and_identical_is_p_one(evaluations, tmp_path):
     assert strong["p_cider"] < 0.01 and strong["p_meteor"] < 0.01
     assert strong["delta_cider"] > 1.0 and strong["cider_ci_low"] > base["cider_ci_high"]
     assert same["p_cider"] == 1.0 and same["p_meteor"] == 1.0 and same["delta_cider"] == 0.0
+    assert strong["cider_significant"] is True and "CIDEr-D is significantly higher" in strong["cider_verdict"]
+    assert strong["p_cider_holm"] == pytest.approx(2 * strong["p_cider"]) and same["cider_significant"] is False
+    assert "on 5 panoramas" in strong["cider_verdict"] and base["cider_verdict"] == "baseline"
     # CIDEr-D's interval is around the corpus value: the corpus CIDEr-D is the mean of the per-sample values
     assert strong["cider_sample_mean"] == pytest.approx(strong["cider"], rel=1e-9)
     assert strong["cider_ci_low"] <= strong["cider"] <= strong["cider_ci_high"]
@@ -137,3 +141,77 @@ def test_leaderboard_page_in_chromium(evaluations, chromium, tmp_path):
     ciders = by_cider.values("cider")
     assert ciders == sorted(ciders) and ciders[0] == min(r["cider"] for r in result["rows"])
     assert [int(r["data-index"]) for r in by_cider.rows] == [3, 1, 2]  # weak, mixed, oracle
+
+
+# -- panoramas, not samples (issue 17) ------------------------------------------------------------------------------
+def test_one_sample_per_cluster_is_the_sample_bootstrap_and_holm_has_known_answers():
+    values = np.random.default_rng(4).gamma(0.5, 1.0, size=300)
+    plain = bootstrap_interval(values, num_resamples=1000, seed=3)
+    clustered = bootstrap_interval(values, num_resamples=1000, seed=3, clusters=[f"p{i}" for i in range(300)])
+    assert (clustered.low, clustered.high) == pytest.approx((plain.low, plain.high), abs=1e-12)
+    assert clustered.num_clusters == 300 and plain.num_clusters is None
+    assert holm_adjust([0.01, None, 0.04, 0.03]) == pytest.approx([0.03, None, 0.06, 0.06])
+    assert holm_adjust([0.5, 0.9]) == [1.0, 1.0] and holm_adjust([]) == []
+    with pytest.raises(InvalidInputError, match="2 cluster keys for 3"):
+        bootstrap_interval([1.0, 2.0, 3.0], clusters=["a", "b"])
+
+
+@pytest.fixture(scope="module")
+def five_queries_per_panorama(shared_data_dir, tmp_path_factory):
+    """Two evaluations of 40 panoramas × 5 queries (QuIC-360 test references), scored by ``score``: a model is
+    right or wrong about a whole panorama (its queries are correlated), A on every 2nd panorama, B on every 3rd;
+    plus an identical copy of A."""
+    from panollava.commands.score import run_score
+    from panollava.metrics.human_baseline import human_leave_one_out_records
+
+    groups = human_leave_one_out_records(shared_data_dir / "quic360" / "test.csv")[:200]
+    folder = tmp_path_factory.mktemp("clusters")
+    weak = "a room with a table and chairs"
+    out = {}
+    for name, every in (("A", 2), ("B", 3)):
+        records = [
+            {"sample_id": f"s{i:03d}", "image": f"images/pano_{i // 5:02d}.jpg", "query": g["query"],
+             "prediction": g["references"][0] if (i // 5) % every == 0 else weak, "references": g["references"]}
+            for i, g in enumerate(groups)
+        ]
+        src = folder / f"{name}.jsonl"
+        src.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+        out[name] = run_score(str(src), str(folder / name)).parent
+    copy = folder / "A_copy"
+    shutil.copytree(out["A"], copy)
+    out["A_copy"] = copy
+    return out
+
+
+def test_compare_resamples_panoramas(five_queries_per_panorama, tmp_path, capsys):
+    evals = five_queries_per_panorama
+    assert main(["compare", str(evals["A"]), str(evals["B"]), str(evals["A_copy"]),
+                 "--output_dir", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    with (tmp_path / "leaderboard.csv").open(newline="") as fh:
+        a, b, same = list(csv.DictReader(fh))
+    assert a["num_panoramas"] == "40" and a["paired_panoramas"] == "40"
+
+    scored = read_jsonl(evals["A"] / "predictions_scored.jsonl")
+    cider = [r["scores"]["cider"] for r in scored]
+    per_sample = bootstrap_interval(cider, seed=0)
+    clustered = bootstrap_interval(cider, seed=0, clusters=[r["image"] for r in scored])
+    assert (float(a["cider_ci_low"]), float(a["cider_ci_high"])) == pytest.approx((clustered.low, clustered.high))
+    width_samples, width_panoramas = per_sample.high - per_sample.low, clustered.high - clustered.low
+    # 5 correlated queries per panorama: the honest interval is about sqrt(5) times wider
+    assert width_panoramas > 1.6 * width_samples, (width_samples, width_panoramas)
+    assert (width_samples, width_panoramas) == pytest.approx((0.3377, 0.7528), abs=1e-4)  # seed 0, 2,000 resamples
+
+    # identical runs: p = 1 whatever is resampled, and the verdict says so
+    assert float(same["p_cider"]) == 1.0 and float(same["p_meteor"]) == 1.0
+    assert same["cider_significant"] == "False" and "no significant difference" in same["cider_verdict"]
+    # B vs A: the paired p-value over panoramas is larger than the one over samples would be
+    b_scores = {r["sample_id"]: r["scores"]["cider"] for r in read_jsonl(evals["B"] / "predictions_scored.jsonl")}
+    ids = [r["sample_id"] for r in scored]
+    p_samples = paired_bootstrap_pvalue(cider, [b_scores[i] for i in ids], seed=0)
+    # resampling samples would call the difference significant (p 0.0025); over panoramas it is noise (p 0.187)
+    assert p_samples == pytest.approx(0.0025, abs=5e-4) and float(b["p_cider"]) == pytest.approx(0.1869, abs=1e-3)
+    assert b["cider_significant"] == "False" and "within the sampling noise" in b["cider_verdict"]
+    assert float(b["p_cider_holm"]) == pytest.approx(holm_adjust([float(b["p_cider"]), 1.0])[0])
+    assert "Significance against the baseline (paired bootstrap resampling panoramas, Holm-corrected" in printed
+    assert f"row 2 ({b['run']}): CIDEr-D" in printed and "row 3" in printed

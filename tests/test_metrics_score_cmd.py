@@ -99,7 +99,10 @@ def test_csv_with_named_reference_column(tmp_path):
          "lines 2 and 3 .* different predictions"),
         (["sample_id", "prediction", "references"], [["a", "x", "not json"]],
          "line 2: column 'references' must hold"),
-        (["sample_id", "prediction", "annotation"], [["a", "x", ""]], "line 2: column 'annotation' is empty"),
+        (["sample_id", "prediction", "annotation"], [["a", "x", ""], ["a", "x", "nan"]],
+         r"no reference left .*: sample 'a' \(line\(s\) 2, 3\)"),
+        (["url", "query", "prediction", "annotation"], [["a", "nan", "x", "r1"]],
+         "line 2: column 'query' is empty or a missing-value marker"),
     ],
 )
 def test_bad_csv(tmp_path, header, rows, match):

@@ -267,3 +267,17 @@ def test_relative_urls_resolve_against_csv_folder_or_image_root(image_dir: Path,
 def test_header_only_csv(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="no rows"):
         read_caption_csv(_write(tmp_path / "h.csv", "url,query,annotation\n"))
+
+
+def test_empty_annotation_among_others_is_dropped_for_evaluation_and_training(image_dir: Path, caplog) -> None:
+    csv = _write(
+        image_dir.parent / "n.csv",
+        "url,query,annotation\nimages/a.jpg,room,a room\nimages/a.jpg,room,nan\nimages/a.jpg,room,\n"
+        "images/a.jpg,room,a big room\nimages/b.jpg,sky,a sky\n",
+    )
+    with caplog.at_level("WARNING", logger="panollava"):
+        rows = read_caption_csv(csv)
+    assert [r["row"] for r in rows] == [2, 5, 6]
+    assert "line(s) 3, 4" in caplog.text and "1 sample keeps 2 references" in caplog.text
+    assert [s.references for s in group_samples(rows)] == [["a room", "a big room"], ["a sky"]]
+    assert [s.references for s in training_samples(rows)] == [["a room"], ["a big room"], ["a sky"]]

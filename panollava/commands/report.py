@@ -20,6 +20,32 @@ logger = logging.getLogger(__name__)
 __all__ = ["read_records", "run_report"]
 
 
+def _csv_message(path: Path) -> str:
+    """What a CSV given as --predictions is, and which command turns it into what report reads."""
+    import csv
+
+    from panollava.commands.score import is_original_predictions_csv
+
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as fh:
+            header = next(csv.reader(fh), [])
+    except (OSError, UnicodeDecodeError):
+        header = []
+    jsonl = path.with_suffix(".jsonl")
+    if jsonl.is_file():
+        return f"'{path}' is a CSV; the report reads the predictions.jsonl beside it: pass --predictions {jsonl}"
+    out = path.parent / f"{path.stem}_scored"
+    what = "a predictions CSV"
+    if is_original_predictions_csv(header):
+        what = ("a predictions CSV of the original PanoLLaVA tool (one row per reference, several predictions per "
+                "(image_path, original_query) sample, no per-sample scores)")
+    return (
+        f"'{path}' is {what}; the report needs per-sample scores. Score it first: panollava-cli score "
+        f"--predictions {path} --output_dir {out} (grouped by default; --reference_mode per_row for the original "
+        f"tool's protocol), then: panollava-cli report --predictions {out / 'predictions_scored.jsonl'}"
+    )
+
+
 def read_records(path: str | Path) -> list[dict[str, Any]]:
     """Read a predictions.jsonl file: one JSON object per line, each with ``sample_id`` and ``prediction``.
 
@@ -31,13 +57,17 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
 
     Raises:
         InputNotFoundError: The file does not exist.
-        InvalidInputError: A line is not a JSON object with ``sample_id`` and ``prediction`` (named by line).
+        InvalidInputError: A line is not a JSON object with ``sample_id`` and ``prediction`` (named by line), or
+            the file is a CSV (the message says which command to run: for the original tool's predictions CSV,
+            ``score`` first).
     """
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise InputNotFoundError(
             f"predictions file not found: '{path}'. Pass the predictions.jsonl that 'panollava-cli test' wrote"
         )
+    if path.suffix.lower() == ".csv":
+        raise InvalidInputError(_csv_message(path))
     records = []
     for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
         if not line.strip():

@@ -8,6 +8,11 @@ Duplicate policy (the tool's only one): an exact duplicate row (same ``url``, ``
 dropped when the CSV is read, with one warning naming its lines, because it would count one reference twice.
 Rows that share (``url``, ``query``) with different annotations are the references of one sample.
 
+Empty-reference policy (the tool's only one, shared by ``test``, ``predict``, training and ``score``:
+:func:`drop_missing_references`): an empty annotation, or one holding a missing-value marker such as ``nan``, is
+dropped with one warning naming its lines and saying how many references the affected samples keep; a sample left
+with no reference at all is an error naming it. An empty ``url`` or ``query`` is always an error.
+
 A sample's id is derived from the CSV alone (a hash of url and query, plus the row in per-row mode), so it is the
 same across runs, subsets and world sizes.
 """
@@ -18,7 +23,8 @@ import csv
 import hashlib
 import io
 import logging
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,9 +70,82 @@ MISSING_CELL_VALUES = frozenset({"nan", "NaN", "NAN", "-nan", "<NA>", "None", "n
 _SHOWN_LINES = 10
 
 
-def _show_lines(lines: Sequence[int]) -> str:
+def _show_lines(lines: Sequence[int | str]) -> str:
     shown = ", ".join(str(n) for n in lines[:_SHOWN_LINES])
     return shown + (f" and {len(lines) - _SHOWN_LINES} more" if len(lines) > _SHOWN_LINES else "")
+
+
+def is_missing_text(value: object) -> bool:
+    """Whether a cell or reference holds no text: ``None``, blank, or a missing-value marker such as ``nan``.
+
+    Args:
+        value: The cell's value (a string, or ``None``/a float NaN as a JSON or pandas reader may give).
+
+    Returns:
+        True when nobody wrote anything there.
+    """
+    if value is None or (isinstance(value, float) and value != value):  # None, or pandas' NaN
+        return True
+    text = str(value).strip()
+    return not text or text in MISSING_CELL_VALUES
+
+
+def drop_missing_references(
+    source: str | Path,
+    samples: Mapping[str, Sequence[tuple[int | str, object]]],
+    where: str = "line",
+) -> dict[str, list[tuple[int | str, str]]]:
+    """The one empty-reference policy: drop empty or missing-value references, refuse a sample left with none.
+
+    Args:
+        source: The file, as messages name it.
+        samples: For each sample, named as messages show it (e.g. ``"url 'a.jpg', query 'room'"``), its references
+            in order as ``(place, text)``, where ``place`` says where the reference is (a line number, or
+            ``"5 #2"`` for the second reference on line 5).
+        where: What a place is (``"line"``, ``"item"``), for the messages.
+
+    Returns:
+        For each sample, its kept ``(place, text)`` pairs, in order.
+
+    Raises:
+        InvalidInputError: A sample has no reference left (every such sample and its places are named).
+    """
+    kept: dict[str, list[tuple[int | str, str]]] = {}
+    dropped: list[int | str] = []
+    affected: dict[str, int] = {}
+    empty_samples: list[str] = []
+    for name, references in samples.items():
+        kept[name] = [(place, str(text)) for place, text in references if not is_missing_text(text)]
+        lost = [place for place, text in references if is_missing_text(text)]
+        if not lost:
+            continue
+        dropped.extend(lost)
+        if kept[name]:
+            affected[name] = len(kept[name])
+        else:
+            empty_samples.append(f"{name} ({where}(s) {_show_lines(lost)})")
+    if empty_samples:
+        shown = "; ".join(empty_samples[:_SHOWN_LINES]) + (
+            f" and {len(empty_samples) - _SHOWN_LINES} more" if len(empty_samples) > _SHOWN_LINES else ""
+        )
+        raise InvalidInputError(
+            f"'{source}': {len(empty_samples)} sample(s) have no reference left after dropping empty or "
+            f"missing-value references (such as 'nan'): {shown}. A sample is scored against its references: fill "
+            "in at least one reference for it, or delete its rows"
+        )
+    if dropped:
+        counts = Counter(affected.values())
+        keep = ", ".join(
+            f"{n} sample{'s' if n > 1 else ''} keep{'' if n > 1 else 's'} {refs} reference{'s' if refs > 1 else ''}"
+            for refs, n in sorted(counts.items())
+        )
+        logger.warning(
+            "'%s': dropped %d empty or missing-value reference(s) (such as 'nan') on %s(s) %s: a reference nobody "
+            "wrote is never scored. The other references of those samples are kept: %s. Fill in or delete those "
+            "cells to silence this warning",
+            source, len(dropped), where, _show_lines(dropped), keep,
+        )
+    return kept
 
 
 def _decode_csv(path: Path) -> str:
@@ -122,7 +201,9 @@ def read_caption_csv(
     """Read and validate a caption CSV.
 
     Read with the ``csv`` module (not pandas) so that every error names the physical line of the file, blank lines
-    included. Exact duplicate rows (same ``url``, ``query`` and ``annotation``) are dropped with one warning naming
+    included. Empty or missing-value annotations are dropped by the empty-reference policy
+    (:func:`drop_missing_references`: a warning names their lines; a sample left with none is an error). Exact
+    duplicate rows (same ``url``, ``query`` and ``annotation``) are dropped with one warning naming
     their lines: a repeated row would count one reference twice. This is the tool's one duplicate policy.
 
     Args:
@@ -139,8 +220,9 @@ def read_caption_csv(
     Raises:
         InputNotFoundError: the CSV or an image is missing (the row and path are named).
         InvalidInputError: the file is empty, header-only, not UTF-8 or not parseable; a required column is
-            missing; a row has the wrong number of cells; a cell is empty or holds a missing-value marker such as
-            ``nan`` (every offending line and column is named).
+            missing; a row has the wrong number of cells; a ``url`` or ``query`` cell is empty or holds a
+            missing-value marker such as ``nan`` (every offending line and column is named); a (url, query)
+            sample has no non-empty annotation (empty annotations among others are dropped with a warning).
     """
     path = Path(path).expanduser().resolve()
     if not path.is_file():
@@ -178,8 +260,8 @@ def read_caption_csv(
     rows: list[dict[str, Any]] = []
     for line, cells in records:
         values = {c: cells[i].strip() for c, i in position.items()}
-        for column in wanted:
-            if not values[column] or values[column] in MISSING_CELL_VALUES:
+        for column in ("url", "query"):
+            if is_missing_text(values[column]):
                 empty.setdefault(column, []).append(line)
         if "://" in values["url"]:  # urls are not downloaded: say so, not "file does not exist"
             from panollava.data.images import remote_url_error
@@ -203,10 +285,11 @@ def read_caption_csv(
         everywhere = "; ".join(f"column {c!r} on line(s) {_show_lines(lines)}" for c, lines in empty.items())
         raise InvalidInputError(
             f"caption CSV '{path}' line {first_lines[0]}: column {first_column!r} is empty or a missing-value "
-            f"marker such as 'nan' (all: {everywhere}). An empty query cannot be prompted and an empty annotation "
-            "would be scored as a reference: fill in or delete those rows"
+            f"marker such as 'nan' (all: {everywhere}). An empty query cannot be prompted and an empty url names "
+            "no panorama: fill in or delete those rows"
         )
     if has_annotation:  # without references a repeated (url, query) is simply one sample
+        rows = _drop_missing_annotations(path, rows)
         rows = _drop_exact_duplicates(path, rows)
     if check_images:
         seen: dict[str, int] = {}
@@ -221,6 +304,15 @@ def read_caption_csv(
                 f"'{root}' — set the image root (--data.image_root) or fix the paths"
             )
     return rows
+
+
+def _drop_missing_annotations(path: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows whose annotation is empty or a missing-value marker are dropped (:func:`drop_missing_references`)."""
+    samples: dict[str, list[tuple[int | str, object]]] = {}
+    for rec in rows:
+        samples.setdefault(f"url {rec['url']!r}, query {rec['query']!r}", []).append((rec["row"], rec["annotation"]))
+    kept = {place for refs in drop_missing_references(path, samples).values() for place, _ in refs}
+    return [rec for rec in rows if rec["row"] in kept]
 
 
 def _drop_exact_duplicates(path: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
