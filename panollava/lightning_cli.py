@@ -21,6 +21,7 @@ from lightning.pytorch.cli import LightningCLI
 from panollava.console import echo, quiet_third_party
 from panollava.data.datamodule import PanoDataModule
 from panollava.errors import InvalidInputError
+from panollava.families.base import FAMILY_ORIGINAL, FAMILY_PANOLLAVA
 from panollava.module import PanoLLaVAModule
 from panollava.schema import SETTINGS, to_plain
 from panollava.settings import flat_settings
@@ -61,6 +62,7 @@ class PanoLLaVACLI(LightningCLI):
 
     _argv: list[str] = []
     _print_config: bool = False
+    _original_config: str | None = None  # a training YAML of the original PanoLLaVA trainer (--config)
 
     def __init__(self, args: Sequence[str] | None = None, run: bool = True) -> None:
         super().__init__(
@@ -124,6 +126,15 @@ class PanoLLaVACLI(LightningCLI):
             config_ns.append(ns)
         return flat_settings(typed_ns), typed_ns, config_ns
 
+    def _recognise_family(self, ckpt_dir: str | None):
+        """The :class:`~panollava.families.base.Recognition` of a run directory written for another family than
+        ours (today: the original PanoLLaVA trainer's), or None (our own run directories, or no directory)."""
+        if ckpt_dir is None or not Path(ckpt_dir).expanduser().is_dir():
+            return None  # the resolver explains a missing directory
+        from panollava.families.original import recognise
+
+        return recognise(ckpt_dir)
+
     def before_instantiate_classes(self) -> None:
         from panollava.evaluation.plan import CSV_KEYS, plan_evaluation
 
@@ -142,22 +153,42 @@ class PanoLLaVACLI(LightningCLI):
             cli_csv = (str(typed_ns[flag]), f"--{flag}") if flag else None
             config_csv = next((ns[p] for ns in reversed(config_ns) for p in (f"data.{csv_key}", "csv_input")
                                if ns.get(p) is not None), None)
-            self._plan = plan = plan_evaluation(
-                self.subcommand,
-                cli={k: v for k, v in cli.items() if k != "csv_input"},
-                config={k: v for k, v in config.items() if k != "csv_input"},
-                ckpt_dir=cfg.get("ckpt_dir"),
-                checkpoint=cfg.get("checkpoint"),
-                ckpt_path=cfg.get("ckpt_path"),
-                runs_root=cfg.get("runs_root") or "runs",
-                experiment_name=cfg.get("experiment_name"),
-                config_stage=cfg["model"].get("stage"),
-                config_name=", ".join(str(Path(str(getattr(f, "absolute", None) or f)).resolve())
-                                      for f in cfg.get("config") or []) or None,
-                cli_csv=cli_csv,
-                config_csv=config_csv,
-                command=" ".join(["panollava-cli", *self._argv]),
-            )
+            config_name = ", ".join(str(Path(str(getattr(f, "absolute", None) or f)).resolve())
+                                    for f in cfg.get("config") or []) or None
+            recognition = self._recognise_family(cfg.get("ckpt_dir"))
+            if recognition is not None:
+                from panollava.evaluation.plan import plan_original_evaluation
+
+                self._plan = plan = plan_original_evaluation(
+                    self.subcommand, recognition=recognition, run_dir=cfg["ckpt_dir"],
+                    cli={k: v for k, v in cli.items() if k != "csv_input"},
+                    config={k: v for k, v in config.items() if k != "csv_input"},
+                    checkpoint=cfg.get("checkpoint"), ckpt_path=cfg.get("ckpt_path"),
+                    original_config=self._original_config, config_name=config_name, cli_csv=cli_csv,
+                    config_csv=config_csv, command=" ".join(["panollava-cli", *self._argv]),
+                )
+            else:
+                if self._original_config is not None:
+                    raise InvalidInputError(
+                        f"--config {self._original_config} is a training YAML of the original PanoLLaVA trainer, but "
+                        f"{cfg.get('ckpt_dir') or 'no run directory'} is not a run directory of that trainer: pass its "
+                        "run directory with --ckpt_dir, or a panollava config (model:, data:, trainer: sections)"
+                    )
+                self._plan = plan = plan_evaluation(
+                    self.subcommand,
+                    cli={k: v for k, v in cli.items() if k != "csv_input"},
+                    config={k: v for k, v in config.items() if k != "csv_input"},
+                    ckpt_dir=cfg.get("ckpt_dir"),
+                    checkpoint=cfg.get("checkpoint"),
+                    ckpt_path=cfg.get("ckpt_path"),
+                    runs_root=cfg.get("runs_root") or "runs",
+                    experiment_name=cfg.get("experiment_name"),
+                    config_stage=cfg["model"].get("stage"),
+                    config_name=config_name,
+                    cli_csv=cli_csv,
+                    config_csv=config_csv,
+                    command=" ".join(["panollava-cli", *self._argv]),
+                )
             if (message := plan.merged.warning_message()) is not None:
                 logger.warning(message)
             for line in plan.banner:
@@ -180,6 +211,57 @@ class PanoLLaVACLI(LightningCLI):
                 echo(f"#   {key}: {yaml.safe_dump(entry['value'], default_flow_style=True).strip().removesuffix('...').strip()}"
                      f"  ({entry['source']})")
         raise SystemExit(0)
+
+    def instantiate_classes(self) -> None:
+        """As LightningCLI's, except that a run of another model family gets its model from that family
+        (:meth:`after_instantiate_classes`): the config's ``model`` group, our family's, is not instantiated."""
+        if self._plan is None or self._plan.family == FAMILY_PANOLLAVA:
+            super().instantiate_classes()
+            return
+        # the group's class is not called: the family's model replaces it (jsonargparse's instantiator hook)
+        self._parser(self.subcommand).add_instantiator(_not_instantiated, PanoLLaVAModule, subclasses=False)
+        super().instantiate_classes()
+
+    def _load_checkpoint(self, model_kwargs: dict[str, Any]) -> None:
+        """Our family: ``load_from_checkpoint`` (strict keys, ``weights_only``) with the merged settings."""
+        ckpt = self._plan.checkpoint_path
+        try:
+            self.model = PanoLLaVAModule.load_from_checkpoint(
+                ckpt, map_location="cpu", weights_only=True, strict=True, **model_kwargs
+            )
+        except Exception as exc:  # issue 12: a bad file is the user's error, explained (errors.py)
+            from panollava.errors import checkpoint_load_error
+
+            explained = checkpoint_load_error(ckpt, exc)
+            if explained is None:
+                raise
+            raise explained from exc
+        if model_kwargs.get("merge_lora"):
+            self.model.merge_adapter()
+        echo(f"✅ Loaded {ckpt.name} (strict, weights_only)")
+
+    def _load_family_model(self) -> None:
+        """Builds the plan's model family, its weights restored strictly, and wraps it for Lightning."""
+        from panollava.captioning import FamilyModule
+        from panollava.generation.settings import DecodeSettings
+
+        plan = self._plan
+        source = plan.family_source
+        values = plan.merged.values
+        decode = DecodeSettings.from_dict(plan.provenance["decoding"])
+        if plan.family == FAMILY_ORIGINAL:
+            from panollava.families.original import load_original_run
+
+            caption_model = load_original_run(
+                source["run_dir"], checkpoint=source["checkpoint"], config_yaml=source["config_yaml"],
+                decode=decode, base_dir=Path.cwd(), share_prefix=bool(values["share_prefix"]),
+            )
+        else:  # pragma: no cover - every family of FAMILIES is handled above
+            raise InvalidInputError(f"no loader for model family {plan.family!r}")
+        self.model = FamilyModule(caption_model)
+        plan.provenance["model"] = caption_model.provenance()
+        plan.provenance["model_fingerprint"] = caption_model.fingerprint()
+        echo(f"✅ Loaded {Path(source['checkpoint']).name} ({plan.family}, strict, weights_only)")
 
     def after_instantiate_classes(self) -> None:
         from panollava.callbacks.eval_writer import EvaluationWriter, set_evaluation_timeout
@@ -214,23 +296,13 @@ class PanoLLaVACLI(LightningCLI):
             callbacks.append(self.run_dir_writer)
             return
         if self._plan is not None:  # test / predict / validate with a plan (before_instantiate_classes)
-            model_kwargs = to_plain(cfg["model"])  # Namespace.items() would flatten nested keys
-            ckpt = self._plan.checkpoint_path
-            try:
-                self.model = PanoLLaVAModule.load_from_checkpoint(
-                    ckpt, map_location="cpu", weights_only=True, strict=True, **model_kwargs
-                )
-            except Exception as exc:  # issue 12: a bad file is the user's error, explained (errors.py)
-                from panollava.errors import checkpoint_load_error
-
-                explained = checkpoint_load_error(ckpt, exc)
-                if explained is None:
-                    raise
-                raise explained from exc
-            if model_kwargs.get("merge_lora"):
-                self.model.merge_adapter()
             self.config_init[self.subcommand]["ckpt_path"] = None
-            echo(f"✅ Loaded {ckpt.name} (strict, weights_only)")
+            if self._plan.family != FAMILY_PANOLLAVA:
+                if self.subcommand == "validate":
+                    raise InvalidInputError(f"validate is not available for {self._plan.family} runs (no training loss)")
+                self._load_family_model()
+            else:
+                self._load_checkpoint(to_plain(cfg["model"]))  # Namespace.items() would flatten nested keys
             if self.subcommand == "validate":
                 return
             values = self._plan.merged.values
@@ -256,6 +328,49 @@ class PanoLLaVACLI(LightningCLI):
             echo(f"📁 Run directory: {self.run_dir_writer.run_dir}")
 
 
+def _not_instantiated(class_type: type, *args: Any, **kwargs: Any) -> None:
+    """A jsonargparse instantiator that leaves a config group uninstantiated (None)."""
+    return None
+
+
+ORIGINAL_YAML_SECTIONS = frozenset({"models", "image_processing", "training", "paths", "system_messages", "lora",
+                                    "generation", "experiment", "environment"})
+"""Top-level sections of the original PanoLLaVA trainer's YAML (``configs/default.yaml`` of that tool)."""
+_OUR_SECTIONS = frozenset({"model", "data", "trainer", "ckpt_dir", "seed_everything"})
+
+
+def _take_original_config(argv: list[str]) -> tuple[list[str], str | None]:
+    """``(argv without it, path)`` of a ``--config`` file laid out as the original trainer's YAML (its sections
+    ``models:``, ``image_processing:``, ``training:`` …; none of ours), which jsonargparse would refuse key by key:
+    the original family reads the keys that define its model and inputs (``panollava.families.original``)."""
+    import yaml
+
+    rest: list[str] = []
+    found: str | None = None
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        path = arg.split("=", 1)[1] if arg.startswith("--config=") else (argv[i + 1] if arg == "--config" and
+                                                                         i + 1 < len(argv) else None)
+        step = (1 if "=" in arg else 2) if path is not None else 1
+        if path is not None and Path(path).is_file():
+            try:
+                data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+            except (yaml.YAMLError, UnicodeDecodeError):
+                data = None
+            keys = set(data) if isinstance(data, dict) else set()
+            if keys & ORIGINAL_YAML_SECTIONS and not keys & _OUR_SECTIONS:
+                if found is not None:
+                    raise InvalidInputError(f"two original training YAMLs given with --config ({found}, {path}); "
+                                            "give the one the run was trained with")
+                found = path
+                i += step
+                continue
+        rest.extend(argv[i:i + step])
+        i += step
+    return rest, found
+
+
 def run_lightning_cli(argv: Sequence[str]) -> PanoLLaVACLI:
     """Run a Lightning subcommand (``argv[0]`` is fit/validate/test/predict).
 
@@ -263,7 +378,7 @@ def run_lightning_cli(argv: Sequence[str]) -> PanoLLaVACLI:
     ``test --ckpt_dir`` run would use (jsonargparse's own would print them before the metadata is read).
     """
     quiet_third_party()
-    argv = list(argv)
+    argv, PanoLLaVACLI._original_config = _take_original_config(list(argv))
     PanoLLaVACLI._argv = argv
     PanoLLaVACLI._print_config = any(a.startswith("--print_config") for a in argv)
     return PanoLLaVACLI(args=[a for a in argv if not a.startswith("--print_config")])

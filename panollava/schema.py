@@ -288,7 +288,7 @@ SETTINGS: dict[str, Setting] = {
         _s("max_answer_tokens", ViewSettings, meta="training_config", to="model.max_answer_tokens"),
         _s("image_root", ViewSettings, meta="dataset", to="data.image_root"),
         *(_s(f.name, GenerationSettings, to=f"model.generation.{f.name}",
-             flag=f.name != "repetition_penalty") for f in fields(GenerationSettings)),
+             flag=True) for f in fields(GenerationSettings)),
         _s("batch_size", EvaluationOptions, to="data.eval_batch_size", flag=True),
         _s("max_samples", EvaluationOptions, to="data.max_samples", flag=True),
         _s("num_workers", EvaluationOptions, to="data.num_workers"),

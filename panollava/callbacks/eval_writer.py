@@ -281,7 +281,7 @@ class EvaluationWriter(Callback):
         from panollava.report import attach_scores, write_predictions
 
         self.records = attach_scores(records, scores.per_sample if scores is not None else None)
-        generator = getattr(pl_module, "caption_generator", None)
+        describe = getattr(pl_module, "describe_decoding", None)
         evaluation = {
             "mode": self.mode,
             "attempt": self.attempt,
@@ -300,7 +300,7 @@ class EvaluationWriter(Callback):
         metrics["evaluation"] = evaluation
         # What the decode step really used (top_k, the path that ran, the KV cache), not only what was asked.
         metrics["decoding_requested"] = metrics.get("decoding")
-        metrics["decoding"] = generator.describe() if generator is not None else metrics.get("decoding")
+        metrics["decoding"] = describe() if describe is not None else metrics.get("decoding")
 
         def write_outputs() -> None:
             write_predictions(self.output_dir, self.records)

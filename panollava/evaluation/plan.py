@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from panollava.errors import InvalidInputError
+from panollava.families.base import FAMILY_PANOLLAVA
 from panollava.metadata import metadata_recorded_training, metadata_settings
 from panollava.report import installed_library_versions, sha256_file
 from panollava.rundir import ResolvedRun, banner_lines, find_run_dir_from_config, resolve_run_dir
@@ -43,6 +44,9 @@ class EvaluationPlan:
         provenance: what ``metrics.json`` records (checkpoint, run, metadata, settings, decoding, dataset, ...).
         banner: the start-up lines for the user (SPEC §2).
         stage: the run's stage from the metadata, or None.
+        family: the model family that serves it (``panollava.families.base.FAMILIES``).
+        family_source: what that family's loader needs (run directory, checkpoint, model name, adapter, ...);
+            empty for our own family, which LightningCLI builds from the merged settings.
     """
 
     subcommand: str
@@ -55,6 +59,8 @@ class EvaluationPlan:
     provenance: dict[str, Any]
     banner: list[str] = field(default_factory=list)
     stage: str | None = None
+    family: str = FAMILY_PANOLLAVA
+    family_source: dict[str, Any] = field(default_factory=dict)
 
     def targets(self) -> dict[str, Any]:
         """Dotted LightningCLI config path → value, for every merged setting that has one, plus the CSV, the
@@ -185,4 +191,99 @@ def plan_evaluation(
         subcommand=subcommand, resolved=resolved, merged=merged, checkpoint_path=checkpoint_path,
         csv_path=csv_path, csv_reason=csv_reason, output_dir=output_dir, provenance=provenance, banner=banner,
         stage=meta.stage if meta is not None and meta.stage else None,
+    )
+
+
+def plan_original_evaluation(
+    subcommand: str,
+    *,
+    recognition,
+    run_dir: str,
+    cli: Mapping[str, Any],
+    config: Mapping[str, Any],
+    checkpoint: str | None = None,
+    ckpt_path: str | None = None,
+    original_config: str | None = None,
+    config_name: str | None = None,
+    cli_csv: tuple[str, str] | None = None,
+    config_csv: str | None = None,
+    command: str = "",
+) -> EvaluationPlan:
+    """Plans the evaluation of a run directory written by the original PanoLLaVA trainer (family
+    ``panollava-v1``): the checkpoint by that family's rule, the CSV, the output folder and the provenance. What
+    defines the model comes from the run itself (resolved when the family loads it); the settings merged here are
+    the evaluation's (decoding, data layout, output).
+
+    Args:
+        subcommand: ``test`` or ``predict``.
+        recognition: The family's :class:`~panollava.families.base.Recognition` of the run directory.
+        run_dir: The run directory.
+        cli: Flat settings typed on the command line.
+        config: Flat settings from panollava config files.
+        checkpoint: The checkpoint rule (``best``/``last``) or None.
+        ckpt_path: An explicit checkpoint file, or None.
+        original_config: The original training YAML given with ``--config``, or None.
+        config_name: The config file(s), for messages.
+        cli_csv: ``(path, flag)`` of a CSV typed on the command line.
+        config_csv: The CSV a panollava config file names.
+        command: The command line, recorded in the provenance.
+
+    Returns:
+        The :class:`EvaluationPlan` (``family`` ``panollava-v1``; ``family_source`` is what the loader needs).
+    """
+    from panollava.families.original import choose_checkpoint
+
+    run = Path(run_dir).expanduser().resolve()
+    chosen = choose_checkpoint(run, ckpt_path or checkpoint)
+    merged = merge_settings(cli, None, config, config_name=config_name)
+    csv_given, csv_flag = cli_csv if cli_csv is not None else (None, "--csv_input")
+    csv_path, csv_reason, csv_source = resolve_csv(csv_given, None, run, config_csv=config_csv, cli_flag=csv_flag,
+                                                   config_name=config_name)
+    merged.values["csv_input"], merged.sources["csv_input"] = str(csv_path), csv_source
+    image_root_note = None
+    if merged.values.get("image_root") is None:
+        # The original trainer opened relative urls against its working directory (its CSVs name
+        # data/quic360/...), not against the CSV's folder as panollava does.
+        merged.values["image_root"], merged.sources["image_root"] = str(Path.cwd()), "default"
+        image_root_note = (f"🖼️  Relative image urls resolve against the working directory {Path.cwd()}, as the "
+                           "original trainer opened them (--data.image_root to change)")
+    output_dir = merged.values.get("output_dir")
+    if output_dir is None:  # runs/<experiment>/<stage>/<crop>_<resampler>/, as our run directories
+        output_dir = (Path("eval_results") / run.parent.parent.name / run.parent.name / run.name
+                      / f"{chosen.path.stem}-{csv_path.stem}")
+    output_dir = Path(output_dir).resolve()
+    merged.values["output_dir"] = str(output_dir)
+    generation = {f.name: merged.values[f.name] for f in fields(GenerationSettings)}
+    provenance = {
+        "family": recognition.family,
+        "checkpoint": {"path": str(chosen.path), "sha256": sha256_file(chosen.path), "rule": chosen.rule,
+                       "reason": chosen.reason},
+        "run": {"run_dir": str(run), "family": recognition.family, "recognition": list(recognition.reasons),
+                "original_config": str(Path(original_config).resolve()) if original_config else None},
+        "metadata": None,
+        "settings": merged.provenance(),
+        "settings_mismatches": None,
+        "decoding": generation,
+        "dataset": {"path": str(csv_path), "sha256": sha256_file(csv_path), "reason": csv_reason,
+                    "reference_mode": merged.values["reference_mode"]},
+        "library_versions": {**installed_library_versions(), **installed_library_versions(_EVAL_LIBRARIES)},
+        "command": command,
+    }
+    banner = [
+        "=" * 60,
+        f"📂 Checkpoint directory: {run}",
+        "=" * 60,
+        f"🧬 Recognised: {recognition.banner()}",
+        f"✅ {chosen.reason}",
+        f"📄 Data: {csv_path} ({csv_reason})",
+    ]
+    if image_root_note:
+        banner.append(image_root_note)
+    if original_config:
+        banner.append(f"📋 Original training YAML: {Path(original_config).resolve()}")
+    return EvaluationPlan(
+        subcommand=subcommand, resolved=None, merged=merged, checkpoint_path=chosen.path, csv_path=csv_path,
+        csv_reason=csv_reason, output_dir=output_dir, provenance=provenance, banner=banner,
+        family=recognition.family,
+        family_source={"run_dir": str(run), "checkpoint": str(chosen.path), "config_yaml": original_config},
     )

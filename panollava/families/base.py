@@ -24,9 +24,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import torch
+if TYPE_CHECKING:  # the seam's names are read by light modules (the plan, compare): no torch import at run time
+    import torch
 
 FAMILY_PANOLLAVA = "panollava"
 FAMILY_ORIGINAL = "panollava-v1"
@@ -96,6 +97,8 @@ class StackedViews:
         return {"config": self.view_config, "mean": self.mean, "std": self.std, "image_blind": self.image_blind}
 
     def collate(self, items: Sequence[torch.Tensor]) -> torch.Tensor:
+        import torch
+
         return torch.stack(list(items))
 
 
