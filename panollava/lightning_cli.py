@@ -336,7 +336,7 @@ def _not_instantiated(class_type: type, *args: Any, **kwargs: Any) -> None:
 ORIGINAL_YAML_SECTIONS = frozenset({"models", "image_processing", "training", "paths", "system_messages", "lora",
                                     "generation", "experiment", "environment"})
 """Top-level sections of the original PanoLLaVA trainer's YAML (``configs/default.yaml`` of that tool)."""
-_OUR_SECTIONS = frozenset({"model", "data", "trainer", "ckpt_dir", "seed_everything"})
+_OUR_SECTIONS = frozenset({"model", "trainer", "ckpt_dir", "seed_everything", "optimizer", "lr_scheduler"})
 
 
 def _take_original_config(argv: list[str]) -> tuple[list[str], str | None]:
