@@ -11,6 +11,7 @@ status 2; ``--verbose`` shows the traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -45,61 +46,24 @@ Run 'panollava-cli COMMAND --help' for a command's options. Add --verbose to see
 
 
 # -- light commands ---------------------------------------------------------------------------------------------------
-def _cmd_views(argv: Sequence[str]) -> int:
-    import json
-
-    parser = argparse.ArgumentParser(prog="panollava-cli views", description="Cut a panorama into the model's views.")
-    parser.add_argument("--image", required=True, help="equirectangular panorama (2:1 JPEG/PNG)")
-    parser.add_argument("--output_dir", required=True, help="folder for view_NN.png, views.json, contact_sheet.png")
-    parser.add_argument("--crop_strategy", default="anyres_e2p",
-                        help="anyres_e2p (default), e2p, cubemap, sliding_window or resize")
-    parser.add_argument("--fov_deg", type=float, default=90.0, help="field of view of perspective views (0, 180)")
-    parser.add_argument("--overlap_ratio", type=float, default=0.5, help="overlap of neighbouring views [0, 1)")
-    parser.add_argument("--image_size", default="224", help="view size: 256 or [256, 256] (H, W)")
-    parser.add_argument("--num_views", type=int, default=8, help="views for e2p and sliding_window")
-    args = parser.parse_args(argv)
-    try:
-        size = json.loads(args.image_size)
-    except json.JSONDecodeError as exc:
-        raise InvalidInputError(f"--image_size must be a number or [H, W], got {args.image_size!r}") from exc
-    from panollava.commands.views import run_views
-
-    run_views(
-        image=args.image,
-        output_dir=args.output_dir,
-        crop_strategy=args.crop_strategy,
-        fov_deg=args.fov_deg,
-        overlap_ratio=args.overlap_ratio,
-        image_size=size,
-        num_views=args.num_views,
-    )
-    return 0
+FUNCTION_COMMANDS: dict[str, tuple[str, str, str | None]] = {
+    "views": ("panollava.commands.views", "run_views", None),
+    "score": ("panollava.commands.score", "run_score", None),
+    "tiny-models": ("panollava.commands.tiny_models", "run_tiny_models", None),
+    "demo": ("panollava.commands.demo", "run_demo", None),
+    "report": ("panollava.commands.report", "run_report", None),
+}
+"""Light commands whose flags and ``--help`` come from a typed function (module, function, positional list
+parameter): see :mod:`panollava.commands.function_cli`. The modules import torch only when the command runs."""
 
 
-def _cmd_score(argv: Sequence[str]) -> int:
-    from panollava.data.dataset import REFERENCE_MODES
+def _run_function(command: str, argv: Sequence[str]) -> int:
+    import importlib
 
-    parser = argparse.ArgumentParser(
-        prog="panollava-cli score",
-        description="Caption metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D as pycocoevalcap defines them) for a "
-        "predictions.jsonl (sample_id, prediction, references) or a CSV with prediction and reference columns "
-        "(the original PanoLLaVA tool's *_predictions_*.csv included). Empty or 'nan' references are dropped "
-        "with a warning.",
-    )
-    parser.add_argument("--predictions", required=True, help="predictions.jsonl or .csv")
-    parser.add_argument("--output_dir", required=True, help="folder for metrics.json")
-    parser.add_argument("--references_column", default=None, help="CSV column holding references (auto-detected)")
-    parser.add_argument("--reference_mode", choices=REFERENCE_MODES, default=REFERENCE_MODES[0],
-                        help="grouped (default): rows of one (image, query) are one sample scored against all its "
-                        "references, with its first row's prediction; per_row: each row's prediction against its "
-                        "own reference (the original tool's protocol; one-reference-per-row CSVs only)")
-    parser.add_argument("--strict_metrics", type=_parse_bool, default=False,
-                        help="true: a metric unavailable here (METEOR without Java, SPICE) is fatal (exit 3)")
-    args = parser.parse_args(argv)
-    from panollava.commands.score import run_score
+    from panollava.commands.function_cli import run_function_command
 
-    run_score(args.predictions, args.output_dir, references_column=args.references_column,
-              reference_mode=args.reference_mode, strict_metrics=args.strict_metrics)
+    module, name, positional = FUNCTION_COMMANDS[command]
+    run_function_command(command, getattr(importlib.import_module(module), name), argv, positional)
     return 0
 
 
@@ -109,57 +73,6 @@ def _parse_bool(text: str) -> bool:
     if text.lower() in ("false", "0", "no"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _cmd_tiny_models(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="panollava-cli tiny-models",
-        description="Write the tiny offline models (SigLIP, SigLIP2 vision towers, Qwen3 LM + tokenizer). Configs "
-        "name them tiny:siglip, tiny:siglip2, tiny:qwen3; they are built on first use anyway.",
-    )
-    parser.add_argument("--output_dir", default=None, help="parent folder (default: $PANOLLAVA_CACHE or ~/.cache/panollava)")
-    parser.add_argument("--force", action="store_true", help="rebuild even if present")
-    args = parser.parse_args(argv)
-    from panollava.models.tiny import build_tiny_models
-
-    for name, path in build_tiny_models(args.output_dir, force=args.force).items():
-        echo(f"{name}: {path}")
-    return 0
-
-
-def _cmd_demo(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="panollava-cli demo",
-        description="Generate a small panorama-captioning dataset, train a tiny model on it, evaluate the run "
-        "directory with 'test --ckpt_dir', and compare with an image-blind baseline. Offline, CPU, about 90 s.",
-    )
-    parser.add_argument("--output_dir", default="panollava_demo", help="folder for the dataset, runs and results")
-    parser.add_argument("--max_epochs", type=int, default=None, help="training epochs (default: the demo config's)")
-    parser.add_argument("--skip_baseline", action="store_true", help="do not train the image-blind baseline")
-    args = parser.parse_args(argv)
-    from panollava.commands.demo import run_demo
-
-    run_demo(args.output_dir, max_epochs=args.max_epochs, skip_baseline=args.skip_baseline)
-    return 0
-
-
-def _cmd_report(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="panollava-cli report",
-        description="(Re)build report.html (metrics with provenance, every sample with its panorama, views, "
-        "prediction, references and scores) from an evaluation's predictions.jsonl and metrics.json.",
-    )
-    parser.add_argument("--predictions", required=True,
-                        help="predictions.jsonl written by test (or predictions_scored.jsonl by score; a CSV, such "
-                        "as the original tool's *_predictions_*.csv, is scored with score first)")
-    parser.add_argument("--metrics", default=None, help="metrics.json (default: the one beside --predictions)")
-    parser.add_argument("--output_dir", default=None, help="folder for report.html (default: --predictions' folder)")
-    parser.add_argument("--image_root", default=None, help="folder that relative image paths resolve against")
-    args = parser.parse_args(argv)
-    from panollava.commands.report import run_report
-
-    run_report(args.predictions, args.metrics, args.output_dir, args.image_root)
-    return 0
 
 
 def _cmd_compare(argv: Sequence[str]) -> int:
@@ -243,11 +156,7 @@ def _cmd_judge(argv: Sequence[str]) -> int:
 
 
 LIGHT_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
-    "views": _cmd_views,
-    "score": _cmd_score,
-    "tiny-models": _cmd_tiny_models,
-    "demo": _cmd_demo,
-    "report": _cmd_report,
+    **{command: functools.partial(_run_function, command) for command in FUNCTION_COMMANDS},
     "compare": _cmd_compare,
     "judge": _cmd_judge,
 }

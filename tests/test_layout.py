@@ -136,9 +136,10 @@ def test_engine_layers_never_import_a_family():
     (panollava.families.base), never a family's own modules."""
     graph = import_graph()
     neutral = ("panollava.data", "panollava.evaluation", "panollava.callbacks.eval_writer", "panollava.captioning",
-               "panollava.generation", "panollava.report")
+               "panollava.generation", "panollava.report", "panollava.compare", "panollava.metrics")
+    chooser = "panollava.evaluation.plan"  # the one place that picks the family a run directory needs
     offenders = sorted(
-        f"{m} -> {t}" for m, targets in graph.items() if m.startswith(neutral)
+        f"{m} -> {t}" for m, targets in graph.items() if m.startswith(neutral) and m != chooser
         for t in targets if t.startswith("panollava.families.") and t != "panollava.families.base"
     )
     assert not offenders, "engine layers import a family: " + ", ".join(offenders)

@@ -148,8 +148,12 @@ class _BackgroundFit:
         self._log.close()
 
 
-def run_demo(output_dir: str | Path, max_epochs: int | None = None, skip_baseline: bool = False) -> dict[str, Any]:
-    """Run the demo; returns the summary written to ``output_dir/summary.json``.
+def run_demo(
+    output_dir: str = "panollava_demo", max_epochs: int | None = None, skip_baseline: bool = False
+) -> dict[str, Any]:
+    """Generate a small panorama-captioning dataset, train a tiny model on it, evaluate the run directory with
+    'test --ckpt_dir', and compare with an image-blind baseline. Offline, CPU, about 90 s. Returns the summary written
+    to ``output_dir/summary.json``.
 
     Args:
         output_dir: Folder for the dataset, runs, evaluation results, leaderboard and summary.

@@ -25,10 +25,11 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from panollava.data.dataset import REFERENCE_MODES, drop_missing_references, is_missing_text, sample_id_for
 from panollava.errors import InputNotFoundError, InvalidInputError
+from panollava.schema import EvaluationOptions, ReferenceMode
 
 logger = logging.getLogger(__name__)
 
@@ -450,11 +451,11 @@ def run_score(
     output_dir: str,
     references_column: str | None = None,
     *,
-    reference_mode: str = "grouped",
-    tokenizer: str = "auto",
+    reference_mode: ReferenceMode = EvaluationOptions.reference_mode,
+    tokenizer: Literal["auto", "python", "java"] = "auto",
     meteor_timeout_s: float = 300.0,
     secondary: bool = False,
-    strict_metrics: bool = False,
+    strict_metrics: bool = EvaluationOptions.strict_metrics,
 ) -> Path:
     """Score a predictions file and write ``metrics.json`` (and the per-sample scores) into ``output_dir``.
 

@@ -13,12 +13,15 @@ import math
 import re
 from pathlib import Path
 
-import torch
-from PIL import Image, ImageDraw, ImageFont
+from typing import TYPE_CHECKING
 
-from panollava.data.images import load_panorama
-from panollava.data.views import ViewConfig, ViewGeometry, render_views, view_geometries
 from panollava.errors import InvalidInputError
+from panollava.schema import CropStrategy, FovDeg, PositiveInt, Ratio, ViewSettings
+
+if TYPE_CHECKING:  # torch, PIL and the view code load when a command runs, not for --help (fast start)
+    import torch
+
+    from panollava.data.views import ViewGeometry
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +78,8 @@ def write_contact_sheet(
     Returns:
         ``path``.
     """
+    from PIL import Image, ImageDraw, ImageFont
+
     v, _, h, w = views_u8.shape
     cols = max(1, math.ceil(math.sqrt(v)))
     rows = math.ceil(v / cols)
@@ -97,11 +102,11 @@ def write_contact_sheet(
 def run_views(
     image: str,
     output_dir: str,
-    crop_strategy: str = "anyres_e2p",
-    fov_deg: float = 90.0,
-    overlap_ratio: float = 0.5,
+    crop_strategy: CropStrategy = ViewSettings.crop_strategy,
+    fov_deg: FovDeg = ViewSettings.fov_deg,
+    overlap_ratio: Ratio = ViewSettings.overlap_ratio,
     image_size: int | list[int] = 224,
-    num_views: int = 8,
+    num_views: PositiveInt = ViewSettings.num_views,
 ) -> Path:
     """Cut ``image`` into views and write them, their geometry and a contact sheet to ``output_dir``.
 
@@ -121,6 +126,12 @@ def run_views(
     Raises:
         InvalidInputError: For an invalid option or image; InputNotFoundError for a missing image.
     """
+    import torch
+    from PIL import Image
+
+    from panollava.data.images import load_panorama
+    from panollava.data.views import ViewConfig, render_views, view_geometries
+
     config = ViewConfig(
         crop_strategy=crop_strategy,
         image_size=parse_image_size(image_size),
