@@ -70,7 +70,7 @@ CI_METRICS: tuple[str, ...] = ("cider", "meteor")
 #: The LLM judge's column (``panollava-cli judge``): its label, and the digits its scores (20-100) are shown with.
 JUDGE_LABEL = "LLM judge"
 _JUDGE_DIGITS = 2
-_OTHER_JUDGE = "another judge than the baseline's: not comparable"
+_OTHER_JUDGE = "other judge: not comparable"
 #: The per-sample files of an evaluation folder, in the order they are looked for (``test``'s, then ``score``'s).
 PREDICTION_FILES: tuple[str, ...] = ("predictions.jsonl", "predictions_scored.jsonl")
 # decoding entries that describe how generation ran, not what it computes

@@ -804,9 +804,10 @@ def test_compare_judge_column_same_judge(judged, shared_data_dir, tmp_path):
     assert page.count("failed 1 = 6.7%") == 2 and "judge judge-test-model" in page
 
 
-def test_compare_judge_column_warns_of_another_judge(judged, tmp_path, capsys):
+def test_compare_judge_column_warns_of_another_judge(judged, tmp_path, capsys, chromium):
     """Another judge model (and text only): a warning naming the differences; a row without a judge block shows no
-    judge value; a block judged on predictions that have changed since: a warning."""
+    judge value; a block judged on predictions that have changed since: a warning. The leaderboard page sorts by
+    the judge column in headless Chromium, the row without a judge last."""
     folders = [str(judged[k]) for k in ("A", "B", "C", "D", "E")]
     assert main(["compare", *folders, "--output_dir", str(tmp_path)]) == 0
     captured = capsys.readouterr()
@@ -833,3 +834,19 @@ def test_compare_judge_column_warns_of_another_judge(judged, tmp_path, capsys):
     assert [float(r["p_judge_holm"]) for r in (b, e)] == pytest.approx(holm_adjust(ps))
     assert float(b["p_judge_holm"]) == pytest.approx(2 / 2001) and b["judge_comparable"] == "True"
     assert float(e["p_judge"]) == 1.0 and float(e["delta_judge"]) == 0.0  # the same scores as A
+    page = chromium.load(tmp_path / "leaderboard.html", "sort=-judge")
+    assert page.values("judge") == pytest.approx([float(r["judge"]) for r in (b, c, a, e)])
+    assert [int(r["data-index"]) for r in page.visible_rows][-1] == 4 and "not judged" in page.dom
+
+    import shutil
+
+    from panollava.compare import run_compare
+    from panollava.errors import InvalidInputError
+
+    broken = tmp_path / "broken"
+    shutil.copytree(judged["A"], broken)
+    metrics = json.loads((broken / "metrics.json").read_text())
+    metrics["judge"]["per_sample"][next(iter(metrics["judge"]["per_sample"]))] = "high"
+    (broken / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(InvalidInputError, match=r"judge per_sample\[.*\] is 'high', not a finite number"):
+        run_compare([str(judged["A"]), str(broken)], str(tmp_path))
