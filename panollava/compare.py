@@ -11,7 +11,11 @@
   CIDEr-D's document frequencies held fixed (:mod:`panollava.metrics.bootstrap`);
 - a paired cluster-bootstrap p-value against the baseline, on the samples (``sample_id``) both rows share, Holm's
   correction across the rows compared with the baseline, and a verdict in words (significant or not at
-  :data:`~panollava.metrics.bootstrap.SIGNIFICANCE_LEVEL`).
+  :data:`~panollava.metrics.bootstrap.SIGNIFICANCE_LEVEL`);
+- for evaluations judged by ``panollava-cli judge`` (a ``judge`` block in metrics.json): the mean per-sample judge
+  score with the same panorama-cluster interval, its failure rate beside it, and a paired p-value against the
+  baseline over the samples both have a judge score for, Holm-corrected with the other rows. A row without a judge
+  block shows no judge value; rows judged by another judge (model, backend, rubric, judge settings) are warned of.
 
 Rows scored on another dataset (sha256, or the references' digest that ``score`` records), with another reference
 mode, another choice of prediction per sample or other decoding settings are not comparable: each such difference
@@ -34,6 +38,7 @@ from typing import Any
 
 from panollava.commands.score import PREDICTION_CHOICES, is_original_predictions_csv
 from panollava.errors import InputNotFoundError, InvalidInputError, PanoLLaVAError
+from panollava.judge.scores import JudgeScores, judge_scores_from_metrics
 from panollava.metrics.bootstrap import (
     DEFAULT_RESAMPLES,
     SIGNIFICANCE_LEVEL,
@@ -47,14 +52,36 @@ from panollava.schema import GENERATOR_OPTIONS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CI_METRICS", "LEADERBOARD_METRICS", "Evaluation", "find_evaluation", "load_evaluation", "run_compare"]
+__all__ = [
+    "CI_METRICS",
+    "LEADERBOARD_METRICS",
+    "PREDICTION_FILES",
+    "Evaluation",
+    "find_evaluation",
+    "load_evaluation",
+    "panorama_key",
+    "run_compare",
+]
 
 #: Corpus metrics shown per row, with their labels.
 LEADERBOARD_METRICS: dict[str, str] = {"bleu_4": "BLEU-4", "meteor": "METEOR", "rouge_l": "ROUGE-L", "cider": "CIDEr-D"}
 #: Metrics that get a bootstrap interval and a paired p-value.
 CI_METRICS: tuple[str, ...] = ("cider", "meteor")
-_PREDICTION_FILES = ("predictions.jsonl", "predictions_scored.jsonl")
+#: The LLM judge's column (``panollava-cli judge``): its label, and the digits its scores (20-100) are shown with.
+JUDGE_LABEL = "LLM judge"
+_JUDGE_DIGITS = 2
+_OTHER_JUDGE = "other judge: not comparable"
+#: The per-sample files of an evaluation folder, in the order they are looked for (``test``'s, then ``score``'s).
+PREDICTION_FILES: tuple[str, ...] = ("predictions.jsonl", "predictions_scored.jsonl")
 # decoding entries that describe how generation ran, not what it computes
+# the judge's figures of a row (all None without a judge block); p_judge_holm, judge_significant and
+# judge_verdict come with the other metrics' verdicts
+_JUDGE_COLUMNS = (
+    "judge", "judge_ci_low", "judge_ci_high", "judge_n", "judge_num_samples", "judge_num_failed",
+    "judge_failure_rate", "judge_num_panoramas", "delta_judge", "paired_mean_delta_judge", "p_judge",
+    "judge_paired_samples", "judge_paired_panoramas", "judge_comparable", "judge_backend", "judge_model",
+    "judge_rubric_sha256",
+)
 _NOT_DECODING = frozenset({"path", "kv_cache", "attention", "fallback_reason", "compile_mode", *GENERATOR_OPTIONS})
 _SEED = 0
 
@@ -70,6 +97,8 @@ class Evaluation:
         picked: How the folder was found (for run directories: which evaluation was picked and why).
         clusters: ``sample_id`` → its panorama (``image_path``, else ``image``; the sample id itself when the
             record names no image), the unit the bootstrap resamples.
+        judge: The judge scores of its metrics.json's ``judge`` block (None: not judged).
+        predictions: The predictions file the scores were read from.
     """
 
     folder: Path
@@ -78,6 +107,8 @@ class Evaluation:
     picked: str
     row: dict[str, Any] = field(default_factory=dict)
     clusters: dict[str, str] = field(default_factory=dict)
+    judge: JudgeScores | None = None
+    predictions: Path | None = None
 
     @property
     def without_image(self) -> int:
@@ -195,31 +226,39 @@ def find_evaluation(path: str | Path, cwd: str | Path | None = None) -> tuple[Pa
     return picked, reason
 
 
+def panorama_key(record: Mapping[str, Any]) -> str:
+    """The bootstrap cluster of a per-sample record: its panorama.
+
+    The record's ``image_path``, else its ``image``; a record naming neither is a cluster of its own
+    (``sample:<sample_id>``). ``compare`` and ``judge`` resample these keys.
+    """
+    image = record.get("image_path") or record.get("image")
+    return str(image) if image else f"sample:{record['sample_id']}"
+
+
 def load_evaluation(path: str | Path, cwd: str | Path | None = None) -> Evaluation:
     """Find (see :func:`find_evaluation`) and read an evaluation: its metrics and per-sample scores.
 
     Raises:
         InputNotFoundError: No evaluation found, or no predictions file beside metrics.json.
-        InvalidInputError: Malformed metrics.json or predictions file.
+        InvalidInputError: Malformed metrics.json, predictions file or judge block.
     """
     folder, picked = find_evaluation(path, cwd)
     metrics_path = folder / "metrics.json"
     metrics = read_json_object(metrics_path)
-    predictions = next((folder / n for n in _PREDICTION_FILES if (folder / n).is_file()), None)
+    predictions = next((folder / n for n in PREDICTION_FILES if (folder / n).is_file()), None)
     if predictions is None:
         raise InputNotFoundError(
-            f"no predictions file in '{folder}' (looked for {', '.join(_PREDICTION_FILES)}; found: "
+            f"no predictions file in '{folder}' (looked for {', '.join(PREDICTION_FILES)}; found: "
             f"{_listing(folder)}): the per-sample scores are needed for the bootstrap"
         )
     from panollava.commands.report import read_records
 
     records = read_records(predictions)
     scores = {str(r["sample_id"]): dict(r.get("scores") or {}) for r in records}
-    clusters = {}
-    for r in records:
-        image = r.get("image_path") or r.get("image")
-        clusters[str(r["sample_id"])] = str(image) if image else f"sample:{r['sample_id']}"
-    return Evaluation(folder=folder, metrics=metrics, scores=scores, picked=picked, clusters=clusters)
+    clusters = {str(r["sample_id"]): panorama_key(r) for r in records}
+    return Evaluation(folder=folder, metrics=metrics, scores=scores, picked=picked, clusters=clusters,
+                      judge=judge_scores_from_metrics(metrics, folder), predictions=predictions)
 
 
 def _decoding(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -301,6 +340,41 @@ def _comparability_warnings(evals: Sequence[Evaluation], base: Evaluation) -> li
         failed = e.metrics.get("failed") or {}
         for key, reason in failed.items():
             warnings.append(f"{label(e)}: {key} failed ({reason})")
+    warnings += _judge_warnings(evals, base, label)
+    return warnings
+
+
+def _judge_warnings(evals: Sequence[Evaluation], base: Evaluation, label: Any) -> list[str]:
+    """Rows whose judge scores cannot be set beside the baseline's: not judged, judged on other predictions than
+    the folder holds now, or by another judge (model, endpoint or local backend, rubric, images, judge decoding)."""
+    if all(e.judge is None for e in evals):
+        return []
+    from panollava.report import sha256_file
+
+    warnings = []
+    for e in evals:
+        if e.judge is None:
+            what = "; no row gets a judge difference or p-value" if e is base else ""
+            warnings.append(
+                f"{label(e)} was not judged (no judge block in {e.folder / 'metrics.json'}): no judge score is shown "
+                f"for it{what}. Run 'panollava-cli judge --eval_dir {e.folder}' with the judge of the other rows"
+            )
+            continue
+        recorded = (e.judge.block.get("predictions") or {}).get("sha256")
+        if recorded and e.predictions is not None and recorded != sha256_file(e.predictions):
+            warnings.append(
+                f"{label(e)}: its judge scores were computed on other predictions than '{e.predictions}' holds now "
+                f"(sha256 {str(recorded)[:12]} recorded by the judge); judge the folder again"
+            )
+        if e is base or base.judge is None:
+            continue
+        mine, theirs = e.judge.identity, base.judge.identity
+        diffs = [f"{k} {mine.get(k)!r} vs {theirs.get(k)!r}" for k in mine if mine.get(k) != theirs.get(k)]
+        if diffs:
+            warnings.append(
+                f"{label(e)} was judged differently from the baseline ({'; '.join(diffs)}); a different judge is a "
+                "different ruler: the judge scores are not comparable"
+            )
     return warnings
 
 
@@ -380,6 +454,60 @@ def _build_row(e: Evaluation, base: Evaluation, index: int, warnings: list[str],
                 f"row {index} ({e.run}): the paired test uses the {len(shared)} samples it shares with the "
                 f"baseline (it has {len(e.scores)}, the baseline {len(base.scores)})"
             )
+    row.update(_judge_row(e, base, index, warnings, num_resamples))
+    return row
+
+
+def _judge_row(e: Evaluation, base: Evaluation, index: int, warnings: list[str], num_resamples: int
+               ) -> dict[str, Any]:
+    """The judge's figures of a row: the mean of its per-sample judge scores with their panorama-cluster interval,
+    the failures, and against the baseline the difference and a paired p-value over the samples both judged.
+    All None for a row without a judge block (nothing stands in for a missing judge); no difference and no p-value
+    for a row judged by another judge than the baseline (``judge_comparable`` False: another ruler)."""
+    row: dict[str, Any] = {k: None for k in _JUDGE_COLUMNS}
+    judge = e.judge
+    if judge is None:
+        return row
+    ids = list(judge.per_sample)
+    row.update(
+        judge_n=len(ids), judge_num_samples=len(ids) + len(judge.failed), judge_num_failed=len(judge.failed),
+        judge_backend=judge.identity.get("backend"), judge_model=judge.identity.get("model"),
+        judge_rubric_sha256=judge.identity.get("rubric_sha256"),
+    )
+    row["judge_failure_rate"] = len(judge.failed) / row["judge_num_samples"] if row["judge_num_samples"] else None
+    if ids:
+        interval = bootstrap_interval([judge.per_sample[i] for i in ids], num_resamples=num_resamples, seed=_SEED,
+                                      clusters=[e.clusters.get(i, f"sample:{i}") for i in ids])
+        row.update(judge=interval.mean, judge_ci_low=interval.low, judge_ci_high=interval.high,
+                   judge_num_panoramas=interval.num_clusters)
+    else:
+        warnings.append(f"row {index} ({e.run}): the judge scored none of its {len(judge.failed)} samples")
+    if e is base or base.judge is None:
+        row["judge_comparable"] = True if e is base else None
+        return row
+    row["judge_comparable"] = judge.identity == base.judge.identity
+    if not row["judge_comparable"]:
+        return row  # the warning says how the judges differ
+    theirs = base.judge.per_sample
+    if row["judge"] is not None and theirs:
+        row["delta_judge"] = row["judge"] - sum(theirs.values()) / len(theirs)
+    both = [i for i in ids if i in theirs]
+    row["judge_paired_samples"] = len(both)
+    row["judge_paired_panoramas"] = len({base.clusters.get(i, f"sample:{i}") for i in both})
+    if not both:
+        warnings.append(f"row {index} ({e.run}): no sample was judged in both it and the baseline: no judge p-value")
+        return row
+    row["paired_mean_delta_judge"] = sum(judge.per_sample[i] - theirs[i] for i in both) / len(both)
+    row["p_judge"] = paired_bootstrap_pvalue(
+        [theirs[i] for i in both], [judge.per_sample[i] for i in both], num_resamples=num_resamples, seed=_SEED,
+        clusters=[base.clusters.get(i, f"sample:{i}") for i in both],
+    )
+    if len(both) < max(len(ids), len(theirs)):
+        warnings.append(
+            f"row {index} ({e.run}): the paired judge test uses the {len(both)} samples both it and the baseline "
+            f"have a judge score for (it has {len(ids)}, the baseline {len(theirs)}; a sample the judge failed on "
+            "either side is left out)"
+        )
     return row
 
 
@@ -392,62 +520,110 @@ def _ci(row: Mapping[str, Any], key: str) -> str:
 
 
 def _delta(row: Mapping[str, Any], key: str) -> str:
+    if key == "judge" and row.get("judge_n") is None:
+        return "not judged"
     if row["baseline"]:
         return "baseline"
-    text = _fmt(row.get(f"delta_{key}"), signed=True)
-    if key in CI_METRICS:
+    if key == "judge" and row.get("judge_comparable") is False:
+        return _OTHER_JUDGE
+    text = _fmt(row.get(f"delta_{key}"), digits=_JUDGE_DIGITS if key == "judge" else 4, signed=True)
+    if key in CI_METRICS or key == "judge":
         significant = row.get(f"{key}_significant")
         word = "" if significant is None else ("; significant" if significant else "; not significant")
         text += f" (p {_fmt_p(row.get(f'p_{key}'))}, Holm {_fmt_p(row.get(f'p_{key}_holm'))}{word})"
     return text
 
 
+def _tested(rows: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    """The figures with a paired test: CIDEr-D, METEOR, and the judge's score when some row was judged."""
+    return (*CI_METRICS, "judge") if any(r.get("judge_n") is not None for r in rows) else CI_METRICS
+
+
+def _label(key: str) -> str:
+    return JUDGE_LABEL if key == "judge" else LEADERBOARD_METRICS[key]
+
+
 def _add_verdicts(rows: Sequence[dict[str, Any]]) -> None:
     """Holm-adjust each metric's p-values across the rows compared with the baseline, and say what they mean."""
     compared = [r for r in rows if not r["baseline"]]
-    for key in CI_METRICS:
-        adjusted = holm_adjust([r.get(f"p_{key}") for r in compared])
-        tests = sum(1 for a in adjusted if a is not None)
+    base = next(r for r in rows if r["baseline"])
+    tested = _tested(rows)
+    for key in (*CI_METRICS, "judge"):
         for r in rows:
             r[f"p_{key}_holm"] = None
             r[f"{key}_significant"] = None
-            r[f"{key}_verdict"] = "baseline" if r["baseline"] else ""
+            r[f"{key}_verdict"] = "baseline" if r["baseline"] and key in tested else ""
+    for key in tested:
+        adjusted = holm_adjust([r.get(f"p_{key}") for r in compared])
+        tests = sum(1 for a in adjusted if a is not None)
+        label, digits = _label(key), _JUDGE_DIGITS if key == "judge" else 4
         for r, adj in zip(compared, adjusted):
-            label = LEADERBOARD_METRICS[key]
             if adj is None:
-                r[f"{key}_verdict"] = f"{label}: no paired test (no sample shared with the baseline)"
+                if key == "judge" and (r["judge_n"] is None or base["judge_n"] is None):
+                    who = "this row" if r["judge_n"] is None else "the baseline"
+                    r[f"{key}_verdict"] = f"{label}: no paired test ({who} was not judged)"
+                elif key == "judge" and r["judge_comparable"] is False:
+                    r[f"{key}_verdict"] = (f"{label}: no paired test (judged by another judge than the baseline; "
+                                           "not comparable)")
+                else:
+                    what = "judged in both" if key == "judge" else "shared with the baseline"
+                    r[f"{key}_verdict"] = f"{label}: no paired test (no sample {what})"
                 continue
             r[f"p_{key}_holm"] = adj
             r[f"{key}_significant"] = significant = adj < SIGNIFICANCE_LEVEL
             delta = r.get(f"paired_mean_delta_{key}") or 0.0
-            where = (f"paired over {r['paired_samples']} samples on {r['paired_panoramas']} panoramas, "
+            paired = "judge_paired" if key == "judge" else "paired"
+            where = (f"paired over {r[f'{paired}_samples']} samples on {r[f'{paired}_panoramas']} panoramas, "
                      f"Holm-adjusted p {_fmt_p(adj)} over {tests} comparison{'s' if tests > 1 else ''}")
             if significant:
                 r[f"{key}_verdict"] = (
                     f"{label} is significantly {'higher' if delta > 0 else 'lower'} than the baseline's "
-                    f"(mean per-sample difference {delta:+.4f}; {where} < {SIGNIFICANCE_LEVEL})"
+                    f"(mean per-sample difference {delta:+.{digits}f}; {where} < {SIGNIFICANCE_LEVEL})"
                 )
             else:
                 r[f"{key}_verdict"] = (
                     f"{label}: no significant difference from the baseline (mean per-sample difference "
-                    f"{delta:+.4f}; {where} ≥ {SIGNIFICANCE_LEVEL}): within the sampling noise"
+                    f"{delta:+.{digits}f}; {where} ≥ {SIGNIFICANCE_LEVEL}): within the sampling noise"
                 )
 
 
 def _verdict_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    return [f"row {r['row']} ({r['run']}): " + "; ".join(r[f"{k}_verdict"] for k in CI_METRICS)
+    return [f"row {r['row']} ({r['run']}): " + "; ".join(r[f"{k}_verdict"] for k in _tested(rows))
             for r in rows if not r["baseline"]]
+
+
+def _judge_block(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row's judge figures in the shape of a judge block, for :func:`panollava.report_html.format_judge_score`
+    (the one wording of a judge score: always with its failure rate)."""
+    ci = None if row["judge_ci_low"] is None else {"low": row["judge_ci_low"], "high": row["judge_ci_high"]}
+    return {"score": row["judge"], "ci95": ci, "n": row["judge_n"], "num_samples": row["judge_num_samples"],
+            "num_failed": row["judge_num_failed"], "failure_rate": row["judge_failure_rate"],
+            "identity": {"model": row["judge_model"]}}
+
+
+def _judge_text(row: Mapping[str, Any]) -> str:
+    """``"65.50 [49.78, 80.62] (n 8 of 15, failed 7 = 46.7%; judge NAME)"``, or ``"not judged"``."""
+    if row.get("judge_n") is None:
+        return "not judged"
+    from panollava.report_html import format_judge_score
+
+    return format_judge_score(_judge_block(row))
 
 
 def _markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     head = ["#", "evaluation", "run", "checkpoint", "n", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D [95% CI]",
             "Δ CIDEr-D (p)", "METEOR per-sample mean [95% CI]", "Δ METEOR (p)"]
+    judged = "judge" in _tested(rows)
+    if judged:
+        head += [f"{JUDGE_LABEL} (20-100) [95% CI] (n, failures)", f"Δ {JUDGE_LABEL} (p)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
         ckpt = f"{r['checkpoint_rule']}: {r['checkpoint']}" if r["checkpoint_rule"] else r["checkpoint"] or "n/a"
         cells = [str(r["row"]), Path(r["folder"]).name, r["run"], ckpt, str(r["num_samples"]),
                  _fmt(r["bleu_4"]), _fmt(r["meteor"]),
                  _fmt(r["rouge_l"]), _ci(r, "cider"), _delta(r, "cider"), _ci(r, "meteor"), _delta(r, "meteor")]
+        if judged:
+            cells += [_judge_text(r), _delta(r, "judge")]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     verdicts = _verdict_lines(rows)
     if verdicts:
@@ -461,7 +637,8 @@ _CSV_COLUMNS = (
     "row", "run", "checkpoint_rule", "checkpoint", "num_samples", "bleu_4", "meteor", "rouge_l", "cider",
     "delta_bleu_4", "delta_meteor", "delta_rouge_l", "delta_cider", "cider_ci_low", "cider_ci_high",
     "meteor_ci_low", "meteor_ci_high", "p_cider", "p_meteor", "p_cider_holm", "p_meteor_holm", "cider_significant",
-    "meteor_significant", "cider_verdict", "meteor_verdict", "paired_samples", "paired_panoramas", "num_panoramas",
+    "meteor_significant", "cider_verdict", "meteor_verdict", *_JUDGE_COLUMNS, "p_judge_holm", "judge_significant",
+    "judge_verdict", "paired_samples", "paired_panoramas", "num_panoramas",
     "baseline", "dataset_sha256", "reference_mode", "prediction_choice", "folder", "picked",
 )
 
@@ -487,6 +664,10 @@ def _html(rows: Sequence[Mapping[str, Any]], warnings: Sequence[str], num_resamp
             "p_meteor"]
     labels = ["BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D [95% CI]", "Δ CIDEr-D", "p", "METEOR mean [95% CI]",
               "Δ METEOR", "p"]
+    judged = "judge" in _tested(rows)
+    if judged:
+        keys += ["judge", "delta_judge", "p_judge"]
+        labels += [f"{JUDGE_LABEL} [95% CI]", f"Δ {JUDGE_LABEL}", "p"]
 
     def ci_html(row: Mapping[str, Any], key: str) -> str:
         if row.get(f"{key}_ci_low") is None:
@@ -501,6 +682,24 @@ def _html(rows: Sequence[Mapping[str, Any]], warnings: Sequence[str], num_resamp
         return (f"{esc(_fmt_p(row.get(f'p_{key}')))}<div class=\"muted\">Holm {esc(_fmt_p(row.get(f'p_{key}_holm')))}"
                 f"<br>{word}</div>")
 
+    def judge_html(row: Mapping[str, Any]) -> list[str]:
+        """The judge's score with its interval, n and failure rate, and who judged; its difference; its p."""
+        if row.get("judge_n") is None:
+            return ["<span class=\"muted\">not judged</span>", "", ""]
+        rate = row["judge_failure_rate"]
+        interval = ("" if row["judge_ci_low"] is None else
+                    f"[{_fmt(row['judge_ci_low'], _JUDGE_DIGITS)}, {_fmt(row['judge_ci_high'], _JUDGE_DIGITS)}]<br>")
+        bad = " bad" if row["judge_num_failed"] else ""
+        score = (f"{esc(_fmt(row['judge'], _JUDGE_DIGITS))}<div class=\"muted\">{interval}n {row['judge_n']} of "
+                 f"{row['judge_num_samples']}, <span class=\"judge-failed{bad}\">failed {row['judge_num_failed']}"
+                 + (f" = {100 * rate:.1f}%" if rate is not None else "")
+                 + f"</span><br>judge {esc(str(row['judge_model']))}</div>")
+        if row["baseline"]:
+            return [score, "baseline", ""]
+        if row["judge_comparable"] is False:
+            return [score, f"<span class=\"warn\">{esc(_OTHER_JUDGE)}</span>", ""]
+        return [score, esc(_fmt(row["delta_judge"], _JUDGE_DIGITS, signed=True)), p_html(row, "judge")]
+
     head = ("<th class=\"num\" data-key=\"index\">#</th><th data-key=\"run\">run</th><th>checkpoint</th>"
             "<th class=\"num\" data-key=\"num_samples\">n</th>"
             + "".join(f"<th class=\"num\" data-key=\"{k}\">{esc(l)}</th>" for k, l in zip(keys, labels)))
@@ -514,6 +713,8 @@ def _html(rows: Sequence[Mapping[str, Any]], warnings: Sequence[str], num_resamp
             "baseline" if r["baseline"] else esc(_fmt(r["delta_meteor"], signed=True)),
             p_html(r, "meteor"),
         ]
+        if judged:
+            cells += judge_html(r)
         body_rows.append(
             f"<tr class=\"row\" data-index=\"{r['row']}\" data-run=\"{esc(r['run'])}\" "
             f"data-num_samples=\"{r['num_samples']}\"{attrs}>"
@@ -544,6 +745,11 @@ def _html(rows: Sequence[Mapping[str, Any]], warnings: Sequence[str], num_resamp
         "per-sample values. p: two-sided paired bootstrap test against the baseline on the samples both rows "
         f"share, resampling panoramas; Holm: adjusted across the rows compared with the baseline, significant "
         f"below {SIGNIFICANCE_LEVEL} (docs/reporting.md).</p>"
+        + ("<p class=\"muted\">LLM judge (<code>panollava-cli judge</code>, docs/judge.md): the mean of the "
+           "per-sample rubric scores (20-100) of the samples the judge scored, with the same panorama bootstrap; "
+           "failed samples are left out of it and counted beside it. Its p compares the samples both rows have a "
+           "judge score for. Judge scores are comparable only for the same judge model, rubric and judge "
+           "settings: see the warnings.</p>" if judged else "")
     )
     return render_page("panollava leaderboard", body, extra_css=".ckpt{min-width:240px}")
 

@@ -279,6 +279,13 @@ def test_endpoint_means_failures_and_rerun(shared_data_dir, tmp_path, judge_key)
             assert piece in block["failed"][ids[c]], (c, block["failed"][ids[c]])
         ci = block["ci95"]
         assert ci["low"] < block["score"] < ci["high"] and ci["num_clusters"] == 5 and ci["confidence"] == 0.95
+        # the shared panorama-cluster bootstrap (compare's), clusters = each sample's image_path
+        from panollava.metrics.bootstrap import bootstrap_interval
+
+        image_of = {r["sample_id"]: r["image_path"] for r in _samples(shared_data_dir)}
+        shared = bootstrap_interval(list(block["per_sample"].values()), seed=0,
+                                    clusters=[image_of[s] for s in block["per_sample"]])
+        assert (ci["low"], ci["high"], ci["num_resamples"]) == (shared.low, shared.high, 2000)
         assert block["images"] == {"attached": True, "width": 256, "text_only": False}
         assert block["identity"]["model"] == "judge-test-model" and block["identity"]["served_model"] == [
             "judge-test-model"]
@@ -592,26 +599,25 @@ def test_rubric_files_are_validated(tmp_path):
         load_rubric(write(scale=[5, 1]))
 
 
-def test_cluster_bootstrap():
+def test_judge_interval_is_the_shared_cluster_bootstrap():
+    """The judge's interval is panollava.metrics.bootstrap's panorama-cluster bootstrap (compare's), not its own."""
     import numpy as np
 
-    from panollava.judge.stats import cluster_bootstrap_interval
-    from panollava.metrics.bootstrap import bootstrap_interval
+    from panollava.judge.run import BOOTSTRAP_SEED, panorama_interval
+    from panollava.metrics.bootstrap import DEFAULT_RESAMPLES, bootstrap_interval
 
     rng = np.random.default_rng(1)
-    values = rng.normal(60, 10, size=40).tolist()
-    # one sample per cluster (labels in value order): the plain bootstrap of the mean, draw for draw
-    single = cluster_bootstrap_interval(values, [f"c{i:02d}" for i in range(40)], num_resamples=500, seed=3)
-    plain = bootstrap_interval(values, num_resamples=500, seed=3)
-    assert (single.low, single.high) == pytest.approx((plain.low, plain.high), abs=1e-9)
     # 8 panoramas with 5 near-identical queries each: the interval resamples 8 units, not 40
     panorama_means = rng.normal(60, 10, size=8)
     clustered = [m + rng.normal(0, 0.1) for m in panorama_means for _ in range(5)]
     labels = [f"p{i}" for i in range(8) for _ in range(5)]
-    by_cluster = cluster_bootstrap_interval(clustered, labels, num_resamples=2000, seed=0)
+    by_cluster = panorama_interval(clustered, labels)
+    shared = bootstrap_interval(clustered, seed=BOOTSTRAP_SEED, clusters=labels)
+    assert (by_cluster["low"], by_cluster["high"]) == (shared.low, shared.high)
+    assert by_cluster["num_clusters"] == 8 and by_cluster["num_resamples"] == DEFAULT_RESAMPLES == 2000
     naive = bootstrap_interval(clustered, num_resamples=2000, seed=0)
-    assert by_cluster.high - by_cluster.low > 1.8 * (naive.high - naive.low)
-    assert by_cluster.num_clusters == 8 and by_cluster.mean == pytest.approx(float(np.mean(clustered)))
+    assert by_cluster["high"] - by_cluster["low"] > 1.8 * (naive.high - naive.low)
+    assert panorama_interval([], []) is None
 
 
 def test_retry_after_parsing():
@@ -707,3 +713,140 @@ def test_several_folders_and_a_predictions_file(shared_data_dir, tmp_path, judge
     for folder in (a, b, loose):
         assert json.loads((folder / "metrics.json").read_text())["judge"]["score"] == pytest.approx(expected)
     assert set(json.loads((loose / "metrics.json").read_text())) == {"judge"}  # created with the judge block only
+
+
+# -- compare: the judge column ---------------------------------------------------------------------------------------
+def graded(body: dict[str, Any]) -> dict[str, Any]:
+    """A judge that gives 'a lamp' captions 1 + case % 5 on every dimension and 'two lamps' captions one more
+    (capped at 5); it cannot grade case 7 of 'a lamp' nor case 4 of 'two lamps'."""
+    case, text = case_of(body), user_text(body)
+    better = "two lamps" in text
+    if (case, better) in ((7, False), (4, True)):
+        return {"text": "I cannot grade this"}
+    return scores_answer([min(5, 1 + case % 5 + better)] * 5)
+
+
+@pytest.fixture(scope="module")
+def judged(shared_data_dir, tmp_path_factory):
+    """Evaluations A and B judged by one judge through the real CLI and server; C by another judge (other model,
+    text only); D not judged; E: A's folder whose predictions changed after judging."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("judged")
+    out = {name: write_evaluation(folder / name, shared_data_dir, lambda i, w=words: f"{w} case-{i:02d}")
+           for name, words in (("A", "a lamp"), ("B", "two lamps"), ("C", "two lamps"), ("D", "a lamp"))}
+    env = {"PANOLLAVA_TEST_JUDGE_KEY": "sk-test"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        with ChatServer(default=graded) as server:
+            args = judge_args(out["A"], server)
+            assert main(args[:2] + [str(out["A"]), str(out["B"])] + args[3:]) == 3  # one failure in each
+            other = judge_args(out["C"], server, "--judge_images", "false")
+            other[other.index("judge-test-model")] = "judge-other"
+            assert main(other) == 3
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    out["E"] = folder / "E"
+    shutil.copytree(out["A"], out["E"])
+    lines = (out["E"] / "predictions.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    first["prediction"] = "a lamp, edited after judging case-00"
+    (out["E"] / "predictions.jsonl").write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    return out
+
+
+def test_compare_judge_column_same_judge(judged, shared_data_dir, tmp_path):
+    """Two evaluations judged by one judge: the judge score, its interval and failure rate, and a paired p-value
+    over the samples both were scored on, equal to a computation by hand."""
+    from panollava.compare import run_compare
+    from panollava.metrics.bootstrap import bootstrap_interval
+
+    result = run_compare([str(judged["A"]), str(judged["B"])], str(tmp_path))
+    a, b = result["rows"]
+    recs = _samples(shared_data_dir)
+    ids, image_of = [r["sample_id"] for r in recs], {r["sample_id"]: r["image_path"] for r in recs}
+    score_a = {ids[c]: 20.0 * (1 + c % 5) for c in range(15) if c != 7}
+    score_b = {ids[c]: 20.0 * min(5, 2 + c % 5) for c in range(15) if c != 4}
+    assert a["judge"] == pytest.approx(sum(score_a.values()) / 14) == pytest.approx(60.0)  # (900 - 60) / 14
+    assert b["judge"] == pytest.approx(sum(score_b.values()) / 14) == pytest.approx(74 + 2 / 7)  # (1140 - 100) / 14
+    assert (a["judge_n"], a["judge_num_samples"], a["judge_num_failed"]) == (14, 15, 1)
+    assert a["judge_failure_rate"] == pytest.approx(1 / 15) and a["judge_model"] == "judge-test-model"
+    interval = bootstrap_interval(list(score_a.values()), seed=0, clusters=[image_of[s] for s in score_a])
+    assert (a["judge_ci_low"], a["judge_ci_high"]) == pytest.approx((interval.low, interval.high), abs=1e-12)
+    block = json.loads((judged["A"] / "metrics.json").read_text())["judge"]
+    assert (a["judge_ci_low"], a["judge_ci_high"]) == (block["ci95"]["low"], block["ci95"]["high"])  # one bootstrap
+    assert b["delta_judge"] == pytest.approx(b["judge"] - a["judge"]) and a["p_judge"] is None
+    # paired over the 13 samples both have a score for: +20 on each but the two A already has at 100 (cases 9 and
+    # 14; case 4 failed in B), so no resample of the 5 panoramas reaches a mean difference of 0: p is the floor
+    both = [s for s in score_a if s in score_b]
+    assert b["judge_paired_samples"] == 13 and b["judge_paired_panoramas"] == 5
+    assert b["paired_mean_delta_judge"] == pytest.approx(sum(score_b[s] - score_a[s] for s in both) / 13)
+    assert b["p_judge"] == pytest.approx(1 / 2001) and b["p_judge_holm"] == b["p_judge"]
+    assert b["judge_significant"] is True and "LLM judge is significantly higher" in b["judge_verdict"]
+    assert "paired over 13 samples on 5 panoramas" in b["judge_verdict"]
+    assert any("paired judge test uses the 13 samples" in w for w in result["warnings"])
+    assert not any("judged differently" in w or "not judged" in w for w in result["warnings"])
+
+    # the failure rate beside the score, wherever the score shows
+    table = result["markdown"].splitlines()
+    assert "LLM judge (20-100) [95% CI] (n, failures)" in table[0]
+    shown = f"{a['judge']:.2f} [{a['judge_ci_low']:.2f}, {a['judge_ci_high']:.2f}] (n 14 of 15, failed 1 = 6.7%"
+    assert shown in table[2] and "judge judge-test-model" in table[2]
+    assert f"+{b['delta_judge']:.2f} (p <0.001, Holm <0.001; significant)" in table[3]
+    with result["csv_path"].open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert float(rows[1]["judge"]) == pytest.approx(b["judge"]) and rows[1]["judge_failure_rate"] == str(1 / 15)
+    assert rows[1]["judge_num_failed"] == "1" and float(rows[1]["p_judge"]) == pytest.approx(1 / 2001)
+    page = result["html_path"].read_text()
+    assert 'data-key="judge"' in page and f'data-judge="{b["judge"]!r}"' in page
+    assert page.count("failed 1 = 6.7%") == 2 and "judge judge-test-model" in page
+
+
+def test_compare_judge_column_warns_of_another_judge(judged, tmp_path, capsys, chromium):
+    """Another judge model (and text only): a warning naming the differences; a row without a judge block shows no
+    judge value; a block judged on predictions that have changed since: a warning. The leaderboard page sorts by
+    the judge column in headless Chromium, the row without a judge last."""
+    folders = [str(judged[k]) for k in ("A", "B", "C", "D", "E")]
+    assert main(["compare", *folders, "--output_dir", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    with (tmp_path / "leaderboard.csv").open(newline="") as fh:
+        a, b, c, d, e = list(csv.DictReader(fh))
+    other = [w for w in captured.err.splitlines() if "row 3" in w and "judged differently" in w]
+    assert len(other) == 1 and "model 'judge-other' vs 'judge-test-model'" in other[0]
+    assert "images False vs True" in other[0] and "not comparable" in other[0]
+    assert not any("judged differently" in w for w in captured.err.splitlines() if "row 2" in w)
+    assert "row 4" in captured.err and "was not judged" in captured.err
+    assert "row 5" in captured.err and "judge scores were computed on other predictions" in captured.err
+    # no stand-in for the missing judge: empty in the CSV, 'not judged' in the table
+    assert d["judge"] == d["judge_failure_rate"] == d["p_judge"] == "" and d["judge_verdict"].endswith(
+        "no paired test (this row was not judged)")
+    table = [line for line in captured.out.splitlines() if line.startswith("| 4 ")]
+    assert len(table) == 1 and table[0].count("not judged") == 2
+    # another ruler: its score is shown (with the warning), but no difference from the baseline and no p-value
+    assert float(c["judge"]) == pytest.approx(float(b["judge"])) and c["judge_comparable"] == "False"
+    assert c["delta_judge"] == c["p_judge"] == "" and "judged by another judge" in c["judge_verdict"]
+    # Holm across the rows with a judge p-value (B, E), as for the other metrics
+    from panollava.metrics.bootstrap import holm_adjust
+
+    ps = [float(r["p_judge"]) for r in (b, e)]
+    assert [float(r["p_judge_holm"]) for r in (b, e)] == pytest.approx(holm_adjust(ps))
+    assert float(b["p_judge_holm"]) == pytest.approx(2 / 2001) and b["judge_comparable"] == "True"
+    assert float(e["p_judge"]) == 1.0 and float(e["delta_judge"]) == 0.0  # the same scores as A
+    page = chromium.load(tmp_path / "leaderboard.html", "sort=-judge")
+    assert page.values("judge") == pytest.approx([float(r["judge"]) for r in (b, c, a, e)])
+    assert [int(r["data-index"]) for r in page.visible_rows][-1] == 4 and "not judged" in page.dom
+
+    import shutil
+
+    from panollava.compare import run_compare
+    from panollava.errors import InvalidInputError
+
+    broken = tmp_path / "broken"
+    shutil.copytree(judged["A"], broken)
+    metrics = json.loads((broken / "metrics.json").read_text())
+    metrics["judge"]["per_sample"][next(iter(metrics["judge"]["per_sample"]))] = "high"
+    (broken / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(InvalidInputError, match=r"judge per_sample\[.*\] is 'high', not a finite number"):
+        run_compare([str(judged["A"]), str(broken)], str(tmp_path))

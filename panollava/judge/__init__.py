@@ -6,7 +6,6 @@
 - :mod:`panollava.judge.run`: the resumable run over evaluation folders (settings, cache, concurrency);
 - :mod:`panollava.judge.pairwise`: A vs B with the judge's position bias;
 - :mod:`panollava.judge.cost`: the calls still to make and their prompt tokens (``--count_tokens``);
-- :mod:`panollava.judge.stats`: the panorama-cluster bootstrap interval;
 - :mod:`panollava.judge.scores`: reading the scores back (for ``compare``).
 
 docs/judge.md explains the command, serving a judge with vLLM, the cost, and what the numbers mean. Importing the

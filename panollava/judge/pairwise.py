@@ -16,13 +16,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from panollava.compare import panorama_key
 from panollava.errors import InvalidInputError
 from panollava.judge.protocol import pairwise_messages, pairwise_response_format, parse_pairwise_answer
 from panollava.judge.rubric import load_rubric
 from panollava.judge.run import (
-    BOOTSTRAP_SEED,
-    CONFIDENCE,
-    NUM_RESAMPLES,
     PAIRWISE_CACHE_FILE,
     PAIRWISE_FILE,
     ImageCache,
@@ -31,14 +29,13 @@ from panollava.judge.run import (
     JudgeSettings,
     ask_all,
     build_backend,
-    cluster_of,
     digest,
     find_targets,
     image_path_of,
     judge_key_identity,
+    panorama_interval,
     read_cache,
 )
-from panollava.judge.stats import cluster_bootstrap_interval
 
 logger = logging.getLogger(__name__)
 
@@ -173,14 +170,8 @@ def run_pairwise(settings: JudgeSettings, eval_a: str, eval_b: str, output_dir: 
     ids = [str(r["sample_id"]) for r in shared]
     decided = [s for s in ids if s in outcome]
     value = {"A": 1.0, "B": 0.0, "tie": 0.5}
-    interval = None
-    clusters = {str(r["sample_id"]): cluster_of(r) for r in shared}
-    if decided:
-        ci = cluster_bootstrap_interval([value[outcome[s]] for s in decided], [clusters[s] for s in decided],
-                                        confidence=CONFIDENCE, num_resamples=NUM_RESAMPLES, seed=BOOTSTRAP_SEED)
-        interval = {"low": ci.low, "high": ci.high, "confidence": ci.confidence, "num_clusters": ci.num_clusters,
-                    "num_resamples": ci.num_resamples, "seed": ci.seed,
-                    "method": "percentile bootstrap resampling panoramas (clusters of samples)"}
+    clusters = {str(r["sample_id"]): panorama_key(r) for r in shared}
+    interval = panorama_interval([value[outcome[s]] for s in decided], [clusters[s] for s in decided])
 
     def bias(subset: Iterable[str]) -> dict[str, Any]:
         chosen = [s for s in subset if first_won.get(s) is not None]

@@ -36,11 +36,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from panollava.compare import PREDICTION_FILES, find_evaluation, panorama_key
 from panollava.errors import InputNotFoundError, InvalidInputError
 from panollava.judge.backends import EndpointJudge, JudgeConfigError, JudgeReply, LocalJudge
 from panollava.judge.protocol import build_messages, image_data_url, parse_answer, response_format
 from panollava.judge.rubric import SCORE_MULTIPLIER, Rubric, load_rubric
-from panollava.judge.stats import cluster_bootstrap_interval
+from panollava.metrics.bootstrap import DEFAULT_RESAMPLES, bootstrap_interval
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ __all__ = [
     "EvaluationTarget",
     "JudgeSettings",
     "find_targets",
+    "panorama_interval",
     "request_key",
     "run_judge",
 ]
@@ -66,11 +68,10 @@ SCORES_FILE = "judge_scores.jsonl"
 #: Pairwise results and their cache, in ``--output_dir``.
 PAIRWISE_FILE = "judge_pairwise.json"
 PAIRWISE_CACHE_FILE = "judge_pairwise_cache.jsonl"
-#: The interval's coverage and resamples.
 #: Stop when the first this many requests are all refused with the same 4xx: the settings, not the samples, are wrong.
 REFUSED_TO_STOP = 3
+#: The interval's coverage and seed (its resamples: :data:`panollava.metrics.bootstrap.DEFAULT_RESAMPLES`).
 CONFIDENCE = 0.95
-NUM_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 
 
@@ -185,16 +186,15 @@ def find_targets(eval_dirs: Sequence[str] = (), predictions: Sequence[str] = ())
         InvalidInputError: A record without a query or references, or the same evaluation twice.
     """
     from panollava.commands.report import read_records
-    from panollava.compare import _PREDICTION_FILES, find_evaluation
     from panollava.report import read_json_object
 
     targets = []
     for path in eval_dirs:
         folder, picked = find_evaluation(path)
-        source = next((folder / n for n in _PREDICTION_FILES if (folder / n).is_file()), None)
+        source = next((folder / n for n in PREDICTION_FILES if (folder / n).is_file()), None)
         if source is None:
             raise InputNotFoundError(
-                f"no predictions file in '{folder}' (looked for {', '.join(_PREDICTION_FILES)}): the judge grades "
+                f"no predictions file in '{folder}' (looked for {', '.join(PREDICTION_FILES)}): the judge grades "
                 "the per-sample predictions that 'panollava-cli test' writes there"
             )
         targets.append(EvaluationTarget(folder, source, read_json_object(folder / "metrics.json"),
@@ -474,9 +474,26 @@ def image_path_of(record: Mapping[str, Any], metrics: Mapping[str, Any], image_r
     return str(resolve_image_path(record, metrics, image_root).expanduser().resolve())
 
 
-def cluster_of(record: Mapping[str, Any]) -> str:
-    """The bootstrap cluster of a sample: its panorama."""
-    return str(record.get("image") or record.get("image_path") or record["sample_id"])
+def panorama_interval(values: Sequence[float], clusters: Sequence[str]) -> dict[str, Any] | None:
+    """The 95 % interval of the mean of ``values``, resampling panoramas, as the judge's results record it.
+
+    The cluster bootstrap of :func:`panollava.metrics.bootstrap.bootstrap_interval` (the one ``compare`` uses),
+    with :data:`~panollava.metrics.bootstrap.DEFAULT_RESAMPLES` resamples and seed :data:`BOOTSTRAP_SEED`.
+
+    Args:
+        values: ``(N,)`` per-sample values (scores, or pairwise outcomes).
+        clusters: ``(N,)`` the panorama of each (:func:`panollava.compare.panorama_key` of its record).
+
+    Returns:
+        ``{"low", "high", "confidence", "method", "num_clusters", "num_resamples", "seed"}``, or None without values.
+    """
+    if not values:
+        return None
+    ci = bootstrap_interval(values, confidence=CONFIDENCE, num_resamples=DEFAULT_RESAMPLES, seed=BOOTSTRAP_SEED,
+                            clusters=list(clusters))
+    return {"low": ci.low, "high": ci.high, "confidence": ci.confidence,
+            "method": "percentile bootstrap resampling panoramas (image_path, else image, of each sample)",
+            "num_clusters": ci.num_clusters, "num_resamples": ci.num_resamples, "seed": BOOTSTRAP_SEED}
 
 
 # -- single mode ----------------------------------------------------------------------------------------------------
@@ -560,14 +577,8 @@ def _single(target: EvaluationTarget, backend: Any, rubric: Rubric, settings: Ju
     order = [str(r["sample_id"]) for r in target.records]
     failed = {sid: failed[sid] for sid in order if sid in failed}
     scored = [sid for sid in order if sid in per_sample]
-    clusters = {str(r["sample_id"]): cluster_of(r) for r in target.records}
-    interval = None
-    if scored:
-        ci = cluster_bootstrap_interval([per_sample[s] for s in scored], [clusters[s] for s in scored],
-                                        confidence=CONFIDENCE, num_resamples=NUM_RESAMPLES, seed=BOOTSTRAP_SEED)
-        interval = {"low": ci.low, "high": ci.high, "confidence": ci.confidence,
-                    "method": "percentile bootstrap resampling panoramas (clusters of samples)",
-                    "num_clusters": ci.num_clusters, "num_resamples": ci.num_resamples, "seed": ci.seed}
+    clusters = {str(r["sample_id"]): panorama_key(r) for r in target.records}
+    interval = panorama_interval([per_sample[s] for s in scored], [clusters[s] for s in scored])
     total = len(order)
     block = {
         "score": (sum(per_sample[s] for s in scored) / len(scored)) if scored else None,

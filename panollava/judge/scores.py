@@ -11,6 +11,7 @@ Light module: reads JSON only (no panollava module but errors and report).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,8 +75,16 @@ def judge_scores_from_metrics(metrics: Mapping[str, Any], folder: str | Path = "
     block = metrics.get("judge")
     if block is None:
         return None
+    where = f"'{Path(folder) / 'metrics.json'}'"
+    fix = "run 'panollava-cli judge' on the folder again (unchanged answers come from its cache)"
     if not isinstance(block, dict) or not isinstance(block.get("per_sample"), dict):
-        raise InvalidInputError(f"'{Path(folder) / 'metrics.json'}': the judge block is malformed (no per_sample)")
+        raise InvalidInputError(f"{where}: the judge block is malformed (no per_sample mapping); {fix}")
+    bad = next((k for k, v in block["per_sample"].items()
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)), None)
+    if bad is not None:
+        raise InvalidInputError(
+            f"{where}: judge per_sample[{bad!r}] is {block['per_sample'][bad]!r}, not a finite number; {fix}"
+        )
     ci = block.get("ci95")
     return JudgeScores(
         folder=Path(folder),
