@@ -1,0 +1,1 @@
+"""Model families served by the evaluation engine (each delivers a ``CaptionModel``)."""

@@ -1,0 +1,557 @@
+"""Off-the-shelf Hugging Face VLMs as a ``CaptionModel`` (the ``hf`` family).
+
+:func:`load_hf_model` loads a hub id or a local folder with ``AutoModelForImageTextToText``, its own processor
+(see :mod:`.processor`) and, optionally, a peft LoRA adapter trained on it. Captions are made by the model's own
+``generate`` on the model's own prompt format:
+
+* the user turn holds the panorama's images first, then exactly our prompt text
+  (``panollava.schema.DEFAULT_PROMPT_TEMPLATE`` with the query, overridable), rendered by the model's chat template
+  with the generation prompt; no system message is added (a template that inserts its own default one keeps it);
+* the images come from the crop strategy (:func:`.processor.panorama_images`): ``resize`` 1, ``cubemap`` 4,
+  ``anyres_e2p`` 9 (with the default view settings), in the order documented in ``docs/baselines.md``;
+* greedy decoding: no sampling, one beam, no repetition penalty (the model's ``generation_config`` sampling
+  defaults are not used: a fresh ``GenerationConfig`` carries only our settings and the model's eos/pad/bos ids);
+  sampling: :class:`.sampling.SeededSampler` (seeded per sample);
+* batches are left-padded whatever the tokenizer's default; special tokens are skipped when decoding, and the
+  caption is stripped of surrounding whitespace.
+
+Speed: the image processor runs once per panorama (``input_transform``, in the loader's workers) and so does the
+vision encoder: each panorama's ``get_image_features`` output is computed once and handed to ``generate`` as
+``mm_encoder_outputs`` (transformers' own pre-encoded input), repeated for each of its queries, so ``generate``
+never re-encodes pixels. The encoder outputs of the previous batch's last panoramas are kept (by ``panorama_key``)
+for a panorama that continues into the next batch. The language model runs one batched, left-padded ``generate``
+per batch (``describe_decoding()["path"] == "generate"``); no shared prefix: a prefix cache is only exact where the
+positions come out the same (multimodal rotary positions), and is not built here.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from panollava.data.prompts import format_user_text
+from panollava.data.views import ViewConfig, view_geometries
+from panollava.errors import InputNotFoundError, InvalidInputError, ModelUnavailableError
+from panollava.generation.settings import DecodeSettings
+from panollava.schema import DEFAULT_PROMPT_TEMPLATE
+from panollava.families.hf.processor import (
+    LoadedProcessor,
+    PanoramaProcessor,
+    chat_template_sha256,
+    image_processor_settings,
+    load_processor,
+    merged_call_kwargs,
+    prompt_inputs,
+    render_prompt,
+)
+from panollava.families.hf.sampling import SeededSampler
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ARCHITECTURES", "Architecture", "HFCaptionModel", "load_hf_model"]
+
+FAMILY = "hf"
+DTYPES = ("float32", "bfloat16", "float16")
+_PIXEL_KEYS = ("pixel_values", "pixel_values_images", "image_patches")
+_SNAPSHOT_RE = re.compile(r"models--(?P<repo>[^/]+)/snapshots/(?P<rev>[0-9a-f]{40})(/|$)")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What the family knows of one model type.
+
+    Attributes:
+        label: Human name.
+        max_images: Images one prompt can hold (None: any number).
+        notes: How its inputs differ (for the docs and the provenance).
+    """
+
+    label: str
+    max_images: int | None
+    notes: str
+
+
+#: Model types (``config.model_type``) the family serves, each proven on a tiny model in tests/test_hf_family.py.
+ARCHITECTURES: dict[str, Architecture] = {
+    "qwen2_vl": Architecture("Qwen2-VL", None, "multimodal rotary positions (image_grid_thw, mm_token_type_ids)"),
+    "qwen2_5_vl": Architecture("Qwen2.5-VL", None, "multimodal rotary positions, windowed vision attention"),
+    "llava": Architecture("LLaVA", None, "fixed-size images, one placeholder token per patch"),
+    "gemma3": Architecture("Gemma 3", None, "pooled image tokens between <start_of_image>/<end_of_image>, "
+                                           "bidirectional attention over them (token_type_ids)"),
+    "blip-2": Architecture("BLIP-2", 1, "one image per prompt: Q-Former query tokens before the text"),
+}
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin"))
+
+
+def resolve_model_folder(name_or_dir: str | Path) -> tuple[Path, str, str | None]:
+    """A local folder for a hub id or a folder, and its resolved revision.
+
+    Args:
+        name_or_dir: A local model folder, or a hub id (``org/name``), downloaded into / read from the
+            Hugging Face cache.
+
+    Returns:
+        ``(folder, model_id, revision)``: the absolute folder; the hub id (the folder's repo when it is a cache
+        snapshot, else the folder path as given); the snapshot's commit hash when the folder is a
+        Hugging Face cache snapshot, else None.
+
+    Raises:
+        InputNotFoundError: A path-like name that is not a folder.
+        ModelUnavailableError: A hub id that is neither cached nor downloadable.
+    """
+    text = str(name_or_dir)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        folder = path.resolve()
+        if not (folder / "config.json").is_file():
+            raise InputNotFoundError(
+                f"'{folder}' is a folder but holds no config.json: pass a Hugging Face model folder (config.json, "
+                "weights, processor and tokenizer files) or a hub id such as Qwen/Qwen2.5-VL-3B-Instruct"
+            )
+        match = _SNAPSHOT_RE.search(folder.as_posix())
+        if match:
+            return folder, match.group("repo").replace("--", "/"), match.group("rev")
+        return folder, text, None
+    if path.exists():
+        raise InputNotFoundError(f"--hf_model '{path.resolve()}' is a file; pass a model folder or a hub id")
+    if text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text:
+        raise InputNotFoundError(
+            f"--hf_model '{path.absolute()}' does not exist; pass an existing model folder or a hub id (org/name)"
+        )
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = Path(snapshot_download(
+            text, allow_patterns=["*.json", "*.jinja", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.py"]
+        ))
+    except Exception as exc:  # noqa: BLE001 - hub/network errors come in many classes
+        raise ModelUnavailableError(
+            f"cannot get the model {text!r} from the Hugging Face hub or its local cache: {type(exc).__name__}: "
+            f"{exc}. Check the id, your network / HF_HUB_OFFLINE, or pass a local folder"
+        ) from exc
+    match = _SNAPSHOT_RE.search(folder.resolve().as_posix()) or _SNAPSHOT_RE.search(folder.as_posix())
+    return folder, text, match.group("rev") if match else None
+
+
+@dataclass
+class _Adapter:
+    path: Path
+    files: dict[str, str] = field(default_factory=dict)  # name -> sha256
+    base_model: str | None = None
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(json.dumps(self.files, sort_keys=True).encode()).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "sha256": self.sha256, "files": dict(self.files),
+                "base_model_name_or_path": self.base_model}
+
+
+def _read_adapter(adapter: str | Path) -> _Adapter:
+    path = Path(adapter).expanduser().resolve()
+    if not path.is_dir():
+        raise InputNotFoundError(f"--hf_adapter '{path}' is not a folder; pass the folder peft's save_pretrained wrote")
+    config = path / "adapter_config.json"
+    weights = [p for p in ("adapter_model.safetensors", "adapter_model.bin") if (path / p).is_file()]
+    if not config.is_file() or not weights:
+        found = ", ".join(sorted(p.name for p in path.iterdir())) or "nothing"
+        raise InputNotFoundError(
+            f"--hf_adapter '{path}' is not a peft adapter: expected adapter_config.json and "
+            f"adapter_model.safetensors (found: {found}); pass the folder peft's save_pretrained wrote"
+        )
+    try:
+        base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except ValueError as exc:
+        raise InvalidInputError(f"cannot read the adapter config '{config}': {exc}") from exc
+    files = {p.name: _sha256_file(p) for p in [config, *(path / w for w in weights)]}
+    return _Adapter(path=path, files=files, base_model=base)
+
+
+def _check_dtype(dtype: str | torch.dtype) -> str:
+    name = str(dtype).removeprefix("torch.")
+    if name not in DTYPES:
+        raise InvalidInputError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+    return name
+
+
+class HFCaptionModel:
+    """A Hugging Face VLM behind the ``CaptionModel`` protocol (build it with :func:`load_hf_model`).
+
+    Args:
+        module: The model (a ``PeftModel`` when an adapter is loaded); the caller moves it.
+        hf_model: The ``...ForConditionalGeneration`` inside ``module`` (``module`` itself without an adapter).
+        loaded: The processor.
+        views: View settings.
+        prompt_template: User text with ``{query}``.
+        decode: Decoding settings.
+        identity: model id, folder, revision, model type, dtype, adapter.
+    """
+
+    family = FAMILY
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        hf_model: Any,
+        loaded: LoadedProcessor,
+        views: ViewConfig,
+        prompt_template: str,
+        decode: DecodeSettings,
+        identity: dict[str, Any],
+    ) -> None:
+        self.module = module
+        self.hf_model = hf_model
+        self.loaded = loaded
+        self.processor = loaded.processor
+        self.views = views
+        self.prompt_template = prompt_template
+        self.decode = decode
+        self.identity = identity
+        self._kwargs = merged_call_kwargs(self.processor)
+        self._transform = PanoramaProcessor(
+            self.processor.image_processor, dict(self._kwargs["images_kwargs"]), views
+        )
+        self._unused = set(getattr(self.processor, "unused_input_names", ()) or ())
+        self._prompt_cache: dict[tuple[str, int], str] = {}
+        self._features: dict[Any, Any] = {}  # panorama_key -> encoder output (previous batch's)
+        pixels = inspect.signature(hf_model.generate).parameters.get("pixel_values")
+        self._encode_once = (
+            hf_model._supports_mm_encoder_outputs()
+            and hasattr(hf_model.base_model, "get_image_features")
+            and (pixels is None or pixels.default is not inspect.Parameter.empty)  # BLIP-2's generate needs pixels
+        )
+        tokenizer = self.processor.tokenizer
+        gen = hf_model.generation_config
+        self.pad_token_id = next(
+            (t for t in (tokenizer.pad_token_id, gen.pad_token_id, tokenizer.eos_token_id) if t is not None), None
+        )
+        if self.pad_token_id is None:
+            raise ModelUnavailableError(
+                f"the model '{identity['folder']}' defines no pad, and no eos token: batches cannot be padded"
+            )
+        eos = gen.eos_token_id if gen.eos_token_id is not None else tokenizer.eos_token_id
+        self.eos_token_ids = [eos] if isinstance(eos, int) else list(eos or [])
+        self._weights_sha256: dict[str, str] | None = None
+
+    # -- inputs ---------------------------------------------------------------------------------------------
+    def input_transform(self) -> PanoramaProcessor:
+        """The picklable ``panorama → image inputs`` callable (the processor's image half)."""
+        return self._transform
+
+    def panorama_inputs(self, panorama: torch.Tensor) -> dict[str, Any]:
+        """Image inputs of one uint8 ``(3, H, W)`` panorama (see :class:`.processor.PanoramaProcessor`)."""
+        return self._transform(panorama)
+
+    def collate_panoramas(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The batch's ``pixel_values``: the P panoramas' image inputs, as a list."""
+        return list(items)
+
+    # -- generation -----------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget the encoder outputs kept from the previous batch."""
+        self._features.clear()
+
+    def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
+        param = next(self.module.parameters())
+        return param.device, param.dtype
+
+    def _to(self, value: Any, device: torch.device, dtype: torch.dtype) -> Any:
+        if isinstance(value, torch.Tensor):
+            return value.to(device, dtype) if value.is_floating_point() else value.to(device)
+        return value
+
+    def _encode(self, item: dict[str, Any], device: torch.device, dtype: torch.dtype) -> Any:
+        encoder = self.hf_model.base_model.get_image_features
+        names = [n for n in inspect.signature(encoder).parameters if n != "kwargs"]
+        kwargs = {n: self._to(item["image_inputs"][n], device, dtype) for n in names if n in item["image_inputs"]}
+        return encoder(**kwargs, return_dict=True)
+
+    def _prompt(self, query: str, num_images: int) -> str:
+        key = (query, num_images)
+        if key not in self._prompt_cache:
+            user_text = format_user_text(self.prompt_template, query)
+            self._prompt_cache[key] = render_prompt(self.processor, self.loaded.chat_template, num_images, user_text)
+        return self._prompt_cache[key]
+
+    @torch.inference_mode()
+    def generate(self, batch: dict[str, Any]) -> list[str]:
+        """One caption per sample, in batch order (see the module docstring for the decoding).
+
+        Args:
+            batch: ``query`` (B), ``sample_id`` (B), ``pixel_values`` (P panoramas' image inputs),
+                ``panorama_index`` (B,) long, ``panorama_key`` (P) (optional: enables reuse across batches).
+
+        Returns:
+            B captions.
+        """
+        from transformers import GenerationConfig, LogitsProcessorList
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        queries, sample_ids, items = list(batch["query"]), list(batch["sample_id"]), batch["pixel_values"]
+        index = [int(i) for i in torch.as_tensor(batch["panorama_index"]).tolist()]
+        keys = list(batch.get("panorama_key") or [None] * len(items))
+        if not (len(queries) == len(sample_ids) == len(index)):
+            raise ValueError(f"batch sizes differ: {len(queries)} queries, {len(sample_ids)} ids, {len(index)} indices")
+        device, dtype = self._device_dtype()
+
+        rows = [prompt_inputs(self.processor, self._prompt(q, items[p]["num_images"]),
+                              items[p]["image_inputs"], items[p]["num_images"]) for q, p in zip(queries, index)]
+        length = max(r["input_ids"].shape[1] for r in rows)
+        text: dict[str, torch.Tensor] = {}
+        for name in rows[0]:
+            fill = self.pad_token_id if name == "input_ids" else 0
+            out = torch.full((len(rows), length), fill, dtype=rows[0][name].dtype)
+            for k, r in enumerate(rows):
+                out[k, length - r[name].shape[1]:] = r[name][0]
+            text[name] = out.to(device)
+
+        extra: dict[str, Any] = {}
+        image_names = [n for n in items[index[0]]["image_inputs"] if n not in self._unused]
+        if self._encode_once:
+            encoded = {}
+            for p in sorted(set(index)):
+                key = keys[p]
+                if key is not None and key in self._features:
+                    encoded[p] = self._features[key]
+                else:
+                    encoded[p] = self._encode(items[p], device, dtype)
+            pooled = [encoded[p].pooler_output for p in index]
+            if isinstance(pooled[0], torch.Tensor):
+                combined: Any = torch.cat(pooled, dim=0)
+            else:
+                combined = type(pooled[0])(x for group in pooled for x in group)
+            extra["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=combined)}
+            self._features = {keys[p]: encoded[p] for p in encoded if keys[p] is not None}
+            image_names = [n for n in image_names if n not in _PIXEL_KEYS]
+        for name in image_names:
+            values = [items[p]["image_inputs"][name] for p in index]
+            if isinstance(values[0], torch.Tensor):
+                extra[name] = self._to(torch.cat(values, dim=0), device, dtype)
+            else:
+                extra[name] = [v for group in values for v in group]
+
+        config = GenerationConfig(
+            max_new_tokens=self.decode.max_new_tokens,
+            do_sample=False,
+            num_beams=self.decode.num_beams,
+            repetition_penalty=self.decode.repetition_penalty,
+            eos_token_id=self.eos_token_ids,
+            pad_token_id=self.pad_token_id,
+            bos_token_id=self.hf_model.generation_config.bos_token_id,
+        )
+        processors = LogitsProcessorList()
+        if self.decode.do_sample:
+            processors.append(SeededSampler(self.decode, sample_ids, length))
+        out = self.hf_model.generate(**text, **extra, generation_config=config, logits_processor=processors)
+        new = out[:, length:].cpu()
+        captions = self.processor.tokenizer.batch_decode(
+            new, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+        return [c.strip() for c in captions]
+
+    # -- provenance -----------------------------------------------------------------------------------------
+    def describe_decoding(self) -> dict[str, Any]:
+        """Settings, path and eos ids of the decoding that runs."""
+        return {
+            "family": FAMILY,
+            "settings": self.decode.to_dict(),
+            "path": "generate",
+            "padding": "left",
+            "vision_encoder": "once_per_panorama" if self._encode_once else "per_sample",
+            "image_processor": "once_per_panorama",
+            "sampling": "seeded_per_sample_logits_processor" if self.decode.do_sample else None,
+            "eos_token_ids": list(self.eos_token_ids),
+            "pad_token_id": self.pad_token_id,
+            "skip_special_tokens": True,
+        }
+
+    def provenance(self) -> dict[str, Any]:
+        """Identity of the model and its inputs (JSON-able)."""
+        return {
+            "family": FAMILY,
+            "model": self.identity["model_id"],
+            "folder": self.identity["folder"],
+            "revision": self.identity["revision"],
+            "model_type": self.identity["model_type"],
+            "architecture": self.identity["architecture"],
+            "adapter": self.identity["adapter"],
+            "dtype": self.identity["dtype"],
+            "protocol": {
+                "crop_strategy": self.views.crop_strategy,
+                "num_images": len(view_geometries(self.views)) if self.views.crop_strategy != "resize" else 1,
+                "views": _view_dict(self.views),
+            },
+            "prompt_template": self.prompt_template,
+            "processor": {
+                "class": type(self.processor).__name__,
+                "how": self.loaded.how,
+                "why_not_auto": self.loaded.reason,
+                "image_processor": image_processor_settings(self.processor.image_processor),
+                "chat_template_sha256": chat_template_sha256(self.loaded.chat_template),
+            },
+        }
+
+    def weights_sha256(self) -> dict[str, str]:
+        """sha256 of each weight file of the model folder (computed once; used when there is no revision)."""
+        if self._weights_sha256 is None:
+            folder = Path(self.identity["folder"])
+            self._weights_sha256 = {p.name: _sha256_file(p) for p in _weight_files(folder)}
+        return self._weights_sha256
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What changes captions besides the decoding settings: weights identity (revision, else file hashes),
+        adapter hash, dtype, protocol, prompt, chat template and image-processor settings."""
+        prov = self.provenance()
+        return {
+            "family": FAMILY,
+            "model": prov["model"],
+            "revision": prov["revision"],
+            "weights_sha256": None if prov["revision"] else self.weights_sha256(),
+            "adapter_sha256": prov["adapter"]["sha256"] if prov["adapter"] else None,
+            "dtype": prov["dtype"],
+            "protocol": prov["protocol"],
+            "prompt_template": self.prompt_template,
+            "chat_template_sha256": prov["processor"]["chat_template_sha256"],
+            "image_processor": prov["processor"]["image_processor"],
+        }
+
+
+def _view_dict(views: ViewConfig) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return json.loads(json.dumps(asdict(views)))
+
+
+def load_hf_model(
+    name_or_dir: str | Path,
+    *,
+    adapter: str | Path | None = None,
+    crop_strategy: str = "anyres_e2p",
+    views: ViewConfig | None = None,
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+    decode: DecodeSettings | None = None,
+    dtype: str = "float32",
+    device: str | torch.device = "cpu",
+    force_assembled_processor: bool = False,
+) -> HFCaptionModel:
+    """Load a Hugging Face VLM (and optionally its peft LoRA adapter) as a ``CaptionModel``.
+
+    Args:
+        name_or_dir: Hub id (``Qwen/Qwen2.5-VL-3B-Instruct``) or local model folder.
+        adapter: Folder of a peft LoRA adapter trained on this model (``adapter_config.json`` +
+            ``adapter_model.safetensors``).
+        crop_strategy: ``resize`` (the whole panorama, 1 image), ``cubemap`` (4 faces), ``anyres_e2p``
+            (global view + tiles, 9 images by default), or ``e2p`` / ``sliding_window``. Ignored when ``views``
+            is given.
+        views: Full view settings (``image_size`` is the size of every rendered view); default
+            ``ViewConfig(crop_strategy=crop_strategy)``.
+        prompt_template: User text; ``{query}`` is replaced by the query.
+        decode: Decoding settings (default: greedy, 64 new tokens).
+        dtype: ``float32``, ``bfloat16`` or ``float16``.
+        device: Where the weights are loaded.
+        force_assembled_processor: Build the processor from its parts even where ``AutoProcessor`` works.
+
+    Returns:
+        The caption model.
+
+    Raises:
+        InputNotFoundError: Missing model folder or adapter folder.
+        ModelUnavailableError: Unknown or unsupported architecture; the model cannot be loaded.
+        InvalidInputError: The protocol asks for more images than the architecture takes; no chat template;
+            bad dtype, views or prompt template.
+    """
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    dtype_name = _check_dtype(dtype)
+    views = views if views is not None else ViewConfig(crop_strategy=crop_strategy)
+    views.validate()
+    if "{query}" not in prompt_template:
+        raise InvalidInputError(f"prompt template {prompt_template!r} has no '{{query}}' field")
+    decode = decode if decode is not None else DecodeSettings()
+    folder, model_id, revision = resolve_model_folder(name_or_dir)
+    try:
+        config = AutoConfig.from_pretrained(str(folder))
+    except Exception as exc:  # noqa: BLE001 - unknown model types raise ValueError / KeyError
+        raise ModelUnavailableError(
+            f"cannot read the model config '{folder / 'config.json'}': {type(exc).__name__}: {exc}. The hf family "
+            f"serves {', '.join(sorted(ARCHITECTURES))}"
+        ) from exc
+    arch = ARCHITECTURES.get(config.model_type)
+    if arch is None:
+        raise ModelUnavailableError(
+            f"the model '{folder}' is a {config.model_type!r} ({', '.join(config.architectures or [])}), which the hf "
+            f"family does not serve; supported model types: {', '.join(sorted(ARCHITECTURES))} "
+            "(image-text-to-text models whose processor takes the images and a chat-templated prompt)"
+        )
+    num_images = 1 if views.crop_strategy == "resize" else len(view_geometries(views))
+    if arch.max_images is not None and num_images > arch.max_images:
+        raise InvalidInputError(
+            f"{arch.label} ('{folder}') takes {arch.max_images} image per prompt, but crop_strategy "
+            f"{views.crop_strategy!r} gives {num_images} images per panorama; use --data.crop_strategy resize "
+            "(the whole panorama as one image) with this model"
+        )
+    loaded = load_processor(folder, config.model_type, force_assembled=force_assembled_processor)
+    try:
+        hf_model = AutoModelForImageTextToText.from_pretrained(
+            str(folder), dtype=getattr(torch, dtype_name), device_map=None
+        )
+    except Exception as exc:  # noqa: BLE001
+        raise ModelUnavailableError(
+            f"cannot load '{folder}' with AutoModelForImageTextToText: {type(exc).__name__}: {exc}"
+        ) from exc
+    hf_model.to(device).eval()
+    module: torch.nn.Module = hf_model
+    adapter_info = None
+    if adapter is not None:
+        from peft import PeftModel
+
+        adapter_info = _read_adapter(adapter)
+        if adapter_info.base_model and Path(adapter_info.base_model).name != Path(str(model_id)).name:
+            logger.warning(
+                "adapter '%s' was trained on %r; loading it on %r", adapter_info.path, adapter_info.base_model, model_id
+            )
+        try:
+            module = PeftModel.from_pretrained(hf_model, str(adapter_info.path), is_trainable=False)
+        except Exception as exc:  # noqa: BLE001
+            raise InvalidInputError(
+                f"cannot load the adapter '{adapter_info.path}' on '{folder}': {type(exc).__name__}: {exc}. Pass an "
+                "adapter trained on this model"
+            ) from exc
+        module.eval()
+        hf_model = module.get_base_model()
+    identity = {
+        "model_id": str(model_id),
+        "folder": str(folder),
+        "revision": revision or getattr(config, "_commit_hash", None),
+        "model_type": config.model_type,
+        "architecture": (config.architectures or [type(hf_model).__name__])[0],
+        "dtype": dtype_name,
+        "adapter": adapter_info.to_dict() if adapter_info else None,
+    }
+    logger.info(
+        "hf model %s (%s, revision %s, %s)%s, processor %s, %s: %d image(s) per panorama",
+        model_id, config.model_type, identity["revision"], dtype_name,
+        f" + adapter {adapter_info.path}" if adapter_info else "", loaded.how, views.crop_strategy, num_images,
+    )
+    return HFCaptionModel(module, hf_model, loaded, views, prompt_template, decode, identity)

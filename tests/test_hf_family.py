@@ -1,0 +1,447 @@
+"""The hf family: off-the-shelf Hugging Face VLMs (tiny random-weight folders saved here) as CaptionModels.
+
+Captions are checked against the model's own ``generate`` called per sample at batch 1 on inputs built
+independently here (AutoProcessor where it builds; for Qwen2-VL without torchvision, the image processor, the
+chat template and the placeholder expansion by hand), on three real QuIC-360 panoramas with 1-3 queries each.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from panollava.data.images import load_panorama
+from panollava.data.views import ViewConfig, letterbox, render_views
+from panollava.errors import InputNotFoundError, InvalidInputError, ModelUnavailableError
+from panollava.families.hf.model import load_hf_model
+from panollava.families.hf.processor import load_processor, merged_call_kwargs, panorama_images, prompt_inputs
+from panollava.families.hf.tiny import build_tiny_hf_model
+from panollava.generation.settings import DecodeSettings
+from panollava.schema import DEFAULT_PROMPT_TEMPLATE
+
+MAX_NEW = 10
+VIEW_SIZE = (56, 56)
+# (panorama, query): 3 panoramas with 1, 3 and 2 queries (real QuIC-360 test queries of these images)
+SAMPLES = [
+    (0, "interior"),
+    (1, "furniture"), (1, "interior"), (1, "small objects"),
+    (2, "monuments"), (2, "people"),
+]
+
+
+def _torchvision_importable() -> bool:
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # noqa: BLE001 - a broken wheel raises RuntimeError, not ImportError
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf_tiny")
+    cache = {}
+
+    def get(kind: str) -> Path:
+        if kind not in cache:
+            cache[kind] = build_tiny_hf_model(kind, root / kind)
+        return cache[kind]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def panoramas(sample_panoramas):
+    chosen = [sample_panoramas[i] for i in (0, 1, 2)]
+    return [(p.stem, load_panorama(p, max_width=512)) for p in chosen]
+
+
+def _views(strategy: str) -> ViewConfig:
+    return ViewConfig(crop_strategy=strategy, image_size=VIEW_SIZE)
+
+
+def _batches(samples, batch_size):
+    for start in range(0, len(samples), batch_size):
+        yield samples[start:start + batch_size]
+
+
+def run_engine(model, panoramas, samples=SAMPLES, batch_size=4, order=None, ids=None):
+    """What the engine does: batches of samples, each with the panoramas it reads (image inputs made once)."""
+    inputs = {}
+    transform = model.input_transform()
+    indexed = [(f"s{k}", p, q) for k, (p, q) in enumerate(samples)] if ids is None else [
+        (sid, p, q) for sid, (p, q) in zip(ids, samples)]
+    if order is not None:
+        indexed = [indexed[i] for i in order]
+    captions = {}
+    model.reset()
+    for chunk in _batches(indexed, batch_size):
+        used = list(dict.fromkeys(p for _, p, _ in chunk))
+        for p in used:
+            if p not in inputs:
+                inputs[p] = transform(panoramas[p][1])
+        batch = {
+            "query": [q for _, _, q in chunk],
+            "sample_id": [sid for sid, _, _ in chunk],
+            "pixel_values": model.collate_panoramas([inputs[p] for p in used]),
+            "panorama_index": torch.tensor([used.index(p) for _, p, _ in chunk]),
+            "panorama_key": [panoramas[p][0] for p in used],
+        }
+        for (sid, _, _), caption in zip(chunk, model.generate(batch)):
+            captions[sid] = caption
+    return captions
+
+
+def _images(pano: torch.Tensor, views: ViewConfig):
+    """The protocol's images, built here from the view functions (not through the family)."""
+    from PIL import Image
+
+    if views.crop_strategy == "resize":
+        return [Image.fromarray(pano.permute(1, 2, 0).contiguous().numpy())]
+    rendered = (render_views(pano, views) * 255).round().clamp(0, 255).to(torch.uint8)
+    return [Image.fromarray(v.permute(1, 2, 0).contiguous().numpy()) for v in rendered]
+
+
+def _messages(n: int, query: str):
+    text = DEFAULT_PROMPT_TEMPLATE.replace("{query}", query)
+    return [{"role": "user", "content": [{"type": "image"}] * n + [{"type": "text", "text": text}]}]
+
+
+def _chat(processor, messages) -> str:
+    # Blip2Processor drops its chat template at init; the tokenizer reads it from the folder's chat_template.jinja
+    template = processor.chat_template or processor.tokenizer.chat_template
+    return processor.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
+
+
+def reference_inputs(folder: Path, kind: str, pano: torch.Tensor, query: str, views: ViewConfig) -> dict:
+    """Inputs of one prompt as a user of the model would build them."""
+    images = _images(pano, views)
+    if kind in ("qwen2_vl", "qwen2_5_vl") and not _torchvision_importable():
+        # AutoProcessor needs torchvision: image processor + chat template + placeholder expansion by hand
+        from transformers import AutoImageProcessor, AutoTokenizer
+
+        image_processor = AutoImageProcessor.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        template = json.loads((folder / "chat_template.json").read_text())["chat_template"]
+        pixels = image_processor(images, return_tensors="pt")
+        text = tokenizer.apply_chat_template(
+            _messages(len(images), query), chat_template=template, tokenize=False, add_generation_prompt=True
+        )
+        parts = text.split("<|image_pad|>")
+        assert len(parts) == len(images) + 1
+        counts = (pixels["image_grid_thw"].prod(-1) // image_processor.merge_size**2).tolist()
+        text = parts[0] + "".join("<|image_pad|>" * c + rest for c, rest in zip(counts, parts[1:]))
+        ids = tokenizer(text, return_tensors="pt")
+        image_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+        return {**ids, "mm_token_type_ids": (ids["input_ids"] == image_id).long(), **pixels}
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(folder)
+    text = _chat(processor, _messages(len(images), query))
+    return dict(processor(images=images, text=[text], return_tensors="pt"))
+
+
+def reference_caption(model, tokenizer, inputs: dict, max_new: int = MAX_NEW) -> str:
+    out = model.generate(**inputs, do_sample=False, num_beams=1, max_new_tokens=max_new, repetition_penalty=1.0)
+    new = out[0, inputs["input_ids"].shape[1]:]
+    return tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
+def reference_captions(folder, kind, panoramas, views, adapter=None):
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+    model = AutoModelForImageTextToText.from_pretrained(folder).eval()
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    captions = {}
+    with torch.inference_mode():
+        for k, (p, q) in enumerate(SAMPLES):
+            inputs = reference_inputs(folder, kind, panoramas[p][1], q, views)
+            captions[f"s{k}"] = reference_caption(model, tokenizer, inputs)
+    return captions
+
+
+FAMILIES = [("qwen2_vl", "anyres_e2p"), ("qwen2_5_vl", "cubemap"), ("llava", "anyres_e2p"), ("gemma3", "cubemap")]
+
+
+@pytest.mark.parametrize("kind,strategy", FAMILIES)
+def test_greedy_equals_per_sample_generate(tiny, panoramas, kind, strategy):
+    folder = tiny(kind)
+    views = _views(strategy)
+    model = load_hf_model(folder, views=views, decode=DecodeSettings(max_new_tokens=MAX_NEW))
+    expected = reference_captions(folder, kind, panoramas, views)
+    assert any(expected.values()), expected
+    assert len(set(expected.values())) > 1, f"{kind}: every caption is the same, the check would be weak: {expected}"
+    for batch_size in (1, 4):
+        assert run_engine(model, panoramas, batch_size=batch_size) == expected, (kind, batch_size)
+    info = model.describe_decoding()
+    assert info["path"] == "generate" and info["padding"] == "left"
+    assert info["vision_encoder"] == "once_per_panorama"
+
+
+def test_single_image_family_resize_equals_generate_and_refuses_several(tiny, panoramas):
+    folder = tiny("blip2")
+    views = _views("resize")
+    model = load_hf_model(folder, views=views, decode=DecodeSettings(max_new_tokens=MAX_NEW))
+    assert run_engine(model, panoramas, batch_size=4) == reference_captions(folder, "blip2", panoramas, views)
+    assert model.describe_decoding()["vision_encoder"] == "per_sample"  # its generate takes pixels only
+    with pytest.raises(InvalidInputError, match=r"BLIP-2 .* takes 1 image per prompt, but crop_strategy 'anyres_e2p' "
+                                                r"gives 9 images .* use --data.crop_strategy resize"):
+        load_hf_model(folder, crop_strategy="anyres_e2p")
+
+
+def test_vision_encoder_runs_once_per_panorama(tiny, panoramas):
+    model = load_hf_model(tiny("qwen2_vl"), views=_views("cubemap"), decode=DecodeSettings(max_new_tokens=3))
+    base = model.hf_model.base_model
+    calls = []
+    original = base.get_image_features
+
+    @functools.wraps(original)  # keeps the signature, which decides what the family hands it
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    base.get_image_features = counting
+    try:
+        run_engine(model, panoramas, batch_size=len(SAMPLES))
+        assert len(calls) == 3  # 6 samples, 3 panoramas
+        calls.clear()
+        run_engine(model, panoramas, batch_size=2)  # batches [0,1] [1,1] [2,2]: panorama 1 carried over
+        assert len(calls) == 3
+    finally:
+        del base.get_image_features
+
+
+SAMPLING = dict(do_sample=True, temperature=1.3, top_k=50, top_p=0.95, seed=11, max_new_tokens=MAX_NEW)
+
+
+@pytest.mark.parametrize("kind,strategy", FAMILIES)
+def test_sampled_captions_do_not_depend_on_batching_or_ranks(tiny, panoramas, kind, strategy):
+    folder = tiny(kind)
+    model = load_hf_model(folder, views=_views(strategy), decode=DecodeSettings(**SAMPLING))
+    reference = run_engine(model, panoramas, batch_size=1)
+    assert run_engine(model, panoramas, batch_size=4) == reference
+    assert run_engine(model, panoramas, batch_size=6, order=[5, 2, 0, 4, 1, 3]) == reference
+    # two ranks: panoramas {0, 2} and {1}
+    rank0 = [(p, q) for p, q in SAMPLES if p != 1]
+    rank1 = [(p, q) for p, q in SAMPLES if p == 1]
+    ids0 = [f"s{k}" for k, (p, _) in enumerate(SAMPLES) if p != 1]
+    ids1 = [f"s{k}" for k, (p, _) in enumerate(SAMPLES) if p == 1]
+    split = {}
+    for ids, part in ((ids0, rank0), (ids1, rank1)):  # sample ids stay global, as the engine's do
+        split.update(run_engine(model, panoramas, samples=part, ids=ids, batch_size=3))
+    assert split == reference
+    greedy = load_hf_model(folder, views=_views(strategy), decode=DecodeSettings(max_new_tokens=MAX_NEW))
+    assert run_engine(greedy, panoramas, batch_size=6) != reference
+    other_seed = load_hf_model(folder, views=_views(strategy), decode=DecodeSettings(**{**SAMPLING, "seed": 12}))
+    assert run_engine(other_seed, panoramas, batch_size=6) != reference
+    assert model.describe_decoding()["sampling"] == "seeded_per_sample_logits_processor"
+
+
+def test_peft_adapter_changes_captions_and_equals_generate_on_adapted_model(tiny, panoramas, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    folder = tiny("llava")
+    views = _views("cubemap")
+    base = AutoModelForImageTextToText.from_pretrained(folder)
+    torch.manual_seed(3)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)",
+                        init_lora_weights=False)
+    peft_model = get_peft_model(base, config)
+    with torch.no_grad():  # B != 0 and large enough to change greedy tokens
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter)
+    assert (adapter / "adapter_model.safetensors").is_file()
+
+    decode = DecodeSettings(max_new_tokens=MAX_NEW)
+    plain = run_engine(load_hf_model(folder, views=views, decode=decode), panoramas)
+    adapted_model = load_hf_model(folder, adapter=adapter, views=views, decode=decode)
+    adapted = run_engine(adapted_model, panoramas, batch_size=4)
+    assert adapted != plain
+    assert adapted == reference_captions(folder, "llava", panoramas, views, adapter=adapter)
+    prov = adapted_model.provenance()["adapter"]
+    assert prov["path"] == str(adapter.resolve())
+    weights_sha = hashlib.sha256((adapter / "adapter_model.safetensors").read_bytes()).hexdigest()
+    assert prov["files"]["adapter_model.safetensors"] == weights_sha
+    assert adapted_model.fingerprint()["adapter_sha256"] == prov["sha256"]
+
+
+@pytest.mark.parametrize("strategy,count", [("resize", 1), ("cubemap", 4), ("anyres_e2p", 9)])
+def test_protocol_image_counts_and_order(tiny, panoramas, strategy, count):
+    model = load_hf_model(tiny("qwen2_vl"), views=_views(strategy), decode=DecodeSettings(max_new_tokens=2))
+    pano = panoramas[1][1]
+    item = model.panorama_inputs(pano)
+    assert item["num_images"] == count
+    assert item["image_inputs"]["image_grid_thw"].shape[0] == count
+    images = panorama_images(pano, _views(strategy))
+    assert len(images) == count
+    if strategy == "resize":  # the whole panorama, aspect kept; the processor keeps ~2:1 too
+        assert images[0].shape == (pano.shape[1], pano.shape[2], 3)
+        np.testing.assert_array_equal(images[0], pano.permute(1, 2, 0).numpy())
+        _, h, w = item["image_inputs"]["image_grid_thw"][0].tolist()
+        assert w >= 2 * h - 2
+    else:
+        views = render_views(pano, _views(strategy))
+        for k in range(count):
+            expected = (views[k] * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+            np.testing.assert_array_equal(images[k], expected)
+        if strategy == "anyres_e2p":  # view 0 is the letterboxed whole panorama
+            glob = (letterbox(pano, VIEW_SIZE) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+            np.testing.assert_array_equal(images[0], glob)
+        if strategy == "cubemap":  # F, R, B, L: face 0 looks at the panorama's centre column
+            from panollava.data.views import view_geometries
+
+            assert [g.yaw_deg for g in view_geometries(_views(strategy))] == [0.0, 90.0, -180.0, -90.0]
+    assert model.provenance()["protocol"]["num_images"] == count
+
+
+def test_input_transform_is_picklable_and_deterministic(tiny, panoramas):
+    model = load_hf_model(tiny("gemma3"), views=_views("anyres_e2p"))
+    transform = pickle.loads(pickle.dumps(model.input_transform()))
+    a, b = transform(panoramas[0][1]), model.panorama_inputs(panoramas[0][1])
+    assert a.keys() == b.keys()
+    for name in a["image_inputs"]:
+        torch.testing.assert_close(a["image_inputs"][name], b["image_inputs"][name], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["llava", "gemma3", "blip2"])
+def test_assembled_processor_gives_autoprocessor_inputs(tiny, panoramas, kind):
+    """Without AutoProcessor (the Qwen2-VL route without torchvision), the same processor class built from the
+    folder's parts and fed the panorama's precomputed image outputs gives exactly AutoProcessor's inputs."""
+    from transformers import AutoProcessor
+
+    folder = tiny(kind)
+    views = _views("resize" if kind == "blip2" else "anyres_e2p")
+    pano = panoramas[2][1]
+    auto = AutoProcessor.from_pretrained(folder)
+    images = _images(pano, views)
+    text = _chat(auto, _messages(len(images), "people"))
+    expected = auto(images=images, text=[text], return_tensors="pt")
+    model_type = json.loads((folder / "config.json").read_text())["model_type"]
+    loaded = load_processor(folder, model_type, force_assembled=True)
+    assert loaded.how == "assembled" and type(loaded.processor).__name__ == type(auto).__name__
+    from panollava.families.hf.processor import PanoramaProcessor
+
+    transform = PanoramaProcessor(loaded.processor.image_processor,
+                                  merged_call_kwargs(loaded.processor)["images_kwargs"], views)
+    item = transform(pano)
+    got = {**prompt_inputs(loaded.processor, text, item["image_inputs"], item["num_images"]), **item["image_inputs"]}
+    unused = set(getattr(auto, "unused_input_names", ()) or ())
+    assert set(expected.keys()) == set(got.keys()) - unused
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+
+
+def test_qwen_inputs_equal_reference_assembly(tiny, panoramas):
+    """Qwen2-VL's inputs (assembled processor without torchvision) equal the hand-built reference, token-type ids
+    included; with torchvision importable, AutoProcessor's too."""
+    folder = tiny("qwen2_vl")
+    views = _views("anyres_e2p")
+    model = load_hf_model(folder, views=views)
+    pano = panoramas[0][1]
+    item = model.panorama_inputs(pano)
+    text = model._prompt("interior", item["num_images"])
+    got = {**prompt_inputs(model.processor, text, item["image_inputs"], item["num_images"]), **item["image_inputs"]}
+    if _torchvision_importable():
+        from transformers import AutoProcessor
+
+        auto = AutoProcessor.from_pretrained(folder)
+        expected = dict(auto(images=_images(pano, views), text=[text], return_tensors="pt"))
+    else:
+        assert model.loaded.how == "assembled" and "torchvision" in model.loaded.reason.lower()
+        expected = reference_inputs(folder, "qwen2_vl", pano, "interior", views)
+    assert set(expected) == set(got)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+
+
+def test_qwen_autoprocessor_and_assembled_agree_with_torchvision(tiny, panoramas):
+    if not _torchvision_importable():
+        pytest.skip("torchvision is not importable here (it does not import beside torch 2.13 CPU), so "
+                    "AutoProcessor cannot build Qwen2-VL's processor; the assembled inputs are checked against the "
+                    "hand-built reference in test_qwen_inputs_equal_reference_assembly")
+    from transformers import AutoProcessor
+
+    folder = tiny("qwen2_vl")
+    views = _views("cubemap")
+    pano = panoramas[1][1]
+    auto = AutoProcessor.from_pretrained(folder)
+    loaded = load_processor(folder, "qwen2_vl", force_assembled=True)
+    images = _images(pano, views)
+    text = auto.apply_chat_template(_messages(4, "furniture"), tokenize=False, add_generation_prompt=True)
+    a = auto(images=images, text=[text], return_tensors="pt")
+    b = loaded.processor(images=images, text=[text], return_tensors="pt")
+    assert set(a) == set(b)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+
+
+def test_provenance_and_fingerprint(tiny, tmp_path):
+    folder = tiny("qwen2_vl")
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = tmp_path / "hub" / "models--Org--Tiny-VL" / "snapshots" / revision
+    shutil.copytree(folder, snapshot)
+    model = load_hf_model(snapshot, crop_strategy="cubemap", dtype="bfloat16")
+    prov = model.provenance()
+    assert prov["model"] == "Org/Tiny-VL" and prov["revision"] == revision
+    assert prov["dtype"] == "bfloat16" and next(model.module.parameters()).dtype == torch.bfloat16
+    assert prov["protocol"]["crop_strategy"] == "cubemap" and prov["protocol"]["num_images"] == 4
+    assert prov["processor"]["how"] == ("AutoProcessor" if _torchvision_importable() else "assembled")
+    assert prov["processor"]["image_processor"]["class"].startswith("Qwen2VLImageProcessor")
+    assert prov["prompt_template"] == DEFAULT_PROMPT_TEMPLATE and prov["adapter"] is None
+    json.dumps(prov)
+    fp = model.fingerprint()
+    assert fp["revision"] == revision and fp["weights_sha256"] is None
+    local = load_hf_model(folder, crop_strategy="anyres_e2p")
+    lfp = local.fingerprint()
+    assert lfp["revision"] is None
+    assert lfp["weights_sha256"]["model.safetensors"] == hashlib.sha256(
+        (folder / "model.safetensors").read_bytes()).hexdigest()
+    assert lfp["protocol"] != fp["protocol"]
+    json.dumps(lfp)
+    other_prompt = load_hf_model(folder, crop_strategy="anyres_e2p", prompt_template="Describe {query}.")
+    assert other_prompt.fingerprint() != lfp
+
+
+def test_clear_errors(tiny, tmp_path):
+    with pytest.raises(InputNotFoundError, match="does not exist"):
+        load_hf_model(tmp_path / "nowhere")
+    # unknown architecture: a text-only model folder
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    text_only = tmp_path / "text-only"
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(text_only)
+    with pytest.raises(ModelUnavailableError, match=r"'qwen2' .* which the hf family does not serve; supported"):
+        load_hf_model(text_only)
+    # missing chat template
+    bare = tmp_path / "no-template"
+    shutil.copytree(tiny("llava"), bare)
+    (bare / "chat_template.jinja").unlink()
+    config = json.loads((bare / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (bare / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(InvalidInputError, match="has no chat template"):
+        load_hf_model(bare)
+    # adapter folder that is not an adapter
+    with pytest.raises(InputNotFoundError, match="is not a peft adapter"):
+        load_hf_model(tiny("llava"), adapter=tiny("llava"))
+    with pytest.raises(InvalidInputError, match="dtype must be one of"):
+        load_hf_model(tiny("llava"), dtype="int8")
+    with pytest.raises(InvalidInputError, match="has no '{query}' field"):
+        load_hf_model(tiny("llava"), prompt_template="Describe it.")
