@@ -188,6 +188,10 @@ def test_greedy_equals_per_sample_generate(tiny, panoramas, kind, strategy):
     info = model.describe_decoding()
     assert info["path"] == "generate" and info["padding"] == "left"
     assert info["vision_encoder"] == "once_per_panorama"
+    # the path of transformers without pre-encoded inputs (e.g. 5.17): pixels through generate, per sample
+    model._encode_once = False
+    assert run_engine(model, panoramas, batch_size=4) == expected, (kind, "per-sample encoder")
+    assert model.describe_decoding()["vision_encoder"] == "per_sample"
 
 
 def test_single_image_family_resize_equals_generate_and_refuses_several(tiny, panoramas):
@@ -308,6 +312,42 @@ def test_protocol_image_counts_and_order(tiny, panoramas, strategy, count):
 
             assert [g.yaw_deg for g in view_geometries(_views(strategy))] == [0.0, 90.0, -180.0, -90.0]
     assert model.provenance()["protocol"]["num_images"] == count
+
+
+def test_resize_downscales_with_antialiasing_only_when_asked(tiny, panoramas):
+    from panollava.data.views import resize_panorama
+
+    pano = panoramas[0][1]  # 512 x 256
+    as_is = panorama_images(pano, _views("resize"))[0]
+    assert as_is.shape == (256, 512, 3)
+    reduced = panorama_images(pano, _views("resize"), max_side=128)[0]
+    assert reduced.shape == (64, 128, 3)
+    expected = (resize_panorama(pano, (64, 128)) * 255).round().clamp(0, 255).to(torch.uint8)
+    np.testing.assert_array_equal(reduced, expected.permute(1, 2, 0).numpy())
+    # antialiased: not a nearest-neighbour subsample of the panorama
+    assert not np.array_equal(reduced, pano.permute(1, 2, 0).numpy()[::4, ::4])
+    model = load_hf_model(tiny("qwen2_vl"), crop_strategy="resize", resize_max_side=128)
+    assert model.panorama_inputs(pano)["image_inputs"]["image_grid_thw"].shape[0] == 1
+    assert model.fingerprint()["protocol"]["resize_max_side"] == 128
+    with pytest.raises(InvalidInputError, match="resize_max_side must be an integer >= 8"):
+        load_hf_model(tiny("qwen2_vl"), crop_strategy="resize", resize_max_side=0)
+
+
+def test_beam_search_equals_per_sample_generate(tiny, panoramas):
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+    folder = tiny("qwen2_vl")
+    views = _views("cubemap")
+    model = load_hf_model(folder, views=views, decode=DecodeSettings(max_new_tokens=6, num_beams=2))
+    reference = AutoModelForImageTextToText.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    expected = {}
+    with torch.inference_mode():
+        for k, (p, q) in enumerate(SAMPLES):
+            inputs = reference_inputs(folder, "qwen2_vl", panoramas[p][1], q, views)
+            out = reference.generate(**inputs, do_sample=False, num_beams=2, max_new_tokens=6)
+            expected[f"s{k}"] = tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    assert run_engine(model, panoramas, batch_size=4) == expected
 
 
 def test_input_transform_is_picklable_and_deterministic(tiny, panoramas):

@@ -50,6 +50,7 @@ from panollava.families.hf.processor import (
     image_processor_settings,
     load_processor,
     merged_call_kwargs,
+    processor_settings,
     prompt_inputs,
     render_prompt,
 )
@@ -219,6 +220,7 @@ class HFCaptionModel:
         prompt_template: str,
         decode: DecodeSettings,
         identity: dict[str, Any],
+        resize_max_side: int | None = None,
     ) -> None:
         self.module = module
         self.hf_model = hf_model
@@ -229,15 +231,18 @@ class HFCaptionModel:
         self.decode = decode
         self.identity = identity
         self._kwargs = merged_call_kwargs(self.processor)
+        self.resize_max_side = resize_max_side
         self._transform = PanoramaProcessor(
-            self.processor.image_processor, dict(self._kwargs["images_kwargs"]), views
+            self.processor.image_processor, dict(self._kwargs["images_kwargs"]), views, resize_max_side
         )
         self._unused = set(getattr(self.processor, "unused_input_names", ()) or ())
         self._prompt_cache: dict[tuple[str, int], str] = {}
         self._features: dict[Any, Any] = {}  # panorama_key -> encoder output (previous batch's)
         pixels = inspect.signature(hf_model.generate).parameters.get("pixel_values")
+        # transformers' pre-encoded input (``mm_encoder_outputs``) is recent (absent from 5.17): without it the
+        # vision encoder runs inside generate, once per sample
         self._encode_once = (
-            hf_model._supports_mm_encoder_outputs()
+            "mm_encoder_outputs" in inspect.signature(hf_model.forward).parameters
             and hasattr(hf_model.base_model, "get_image_features")
             and (pixels is None or pixels.default is not inspect.Parameter.empty)  # BLIP-2's generate needs pixels
         )
@@ -401,6 +406,7 @@ class HFCaptionModel:
                 "crop_strategy": self.views.crop_strategy,
                 "num_images": len(view_geometries(self.views)) if self.views.crop_strategy != "resize" else 1,
                 "views": _view_dict(self.views),
+                "resize_max_side": self.resize_max_side,
             },
             "prompt_template": self.prompt_template,
             "processor": {
@@ -408,6 +414,7 @@ class HFCaptionModel:
                 "how": self.loaded.how,
                 "why_not_auto": self.loaded.reason,
                 "image_processor": image_processor_settings(self.processor.image_processor),
+                **processor_settings(self.processor, self._kwargs["images_kwargs"]),
                 "chat_template_sha256": chat_template_sha256(self.loaded.chat_template),
             },
         }
@@ -434,6 +441,8 @@ class HFCaptionModel:
             "prompt_template": self.prompt_template,
             "chat_template_sha256": prov["processor"]["chat_template_sha256"],
             "image_processor": prov["processor"]["image_processor"],
+            "processor_settings": prov["processor"]["settings"],
+            "images_kwargs": prov["processor"]["images_kwargs"],
         }
 
 
@@ -453,6 +462,7 @@ def load_hf_model(
     decode: DecodeSettings | None = None,
     dtype: str = "float32",
     device: str | torch.device = "cpu",
+    resize_max_side: int | None = None,
     force_assembled_processor: bool = False,
 ) -> HFCaptionModel:
     """Load a Hugging Face VLM (and optionally its peft LoRA adapter) as a ``CaptionModel``.
@@ -470,6 +480,9 @@ def load_hf_model(
         decode: Decoding settings (default: greedy, 64 new tokens).
         dtype: ``float32``, ``bfloat16`` or ``float16``.
         device: Where the weights are loaded.
+        resize_max_side: ``resize`` only: a panorama whose longer side exceeds this is reduced to it (aspect
+            kept, antialiased) before the processor, which then applies its own resizing (None: the panorama
+            as decoded, e.g. Qwen2.5-VL's default ``max_pixels`` then bounds it).
         force_assembled_processor: Build the processor from its parts even where ``AutoProcessor`` works.
 
     Returns:
@@ -486,6 +499,10 @@ def load_hf_model(
     dtype_name = _check_dtype(dtype)
     views = views if views is not None else ViewConfig(crop_strategy=crop_strategy)
     views.validate()
+    if resize_max_side is not None and (
+        not isinstance(resize_max_side, int) or isinstance(resize_max_side, bool) or resize_max_side < 8
+    ):
+        raise InvalidInputError(f"resize_max_side must be an integer >= 8 (pixels) or None; got {resize_max_side!r}")
     if "{query}" not in prompt_template:
         raise InvalidInputError(f"prompt template {prompt_template!r} has no '{{query}}' field")
     decode = decode if decode is not None else DecodeSettings()
@@ -554,4 +571,4 @@ def load_hf_model(
         model_id, config.model_type, identity["revision"], dtype_name,
         f" + adapter {adapter_info.path}" if adapter_info else "", loaded.how, views.crop_strategy, num_images,
     )
-    return HFCaptionModel(module, hf_model, loaded, views, prompt_template, decode, identity)
+    return HFCaptionModel(module, hf_model, loaded, views, prompt_template, decode, identity, resize_max_side)

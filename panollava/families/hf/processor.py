@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from panollava.data.views import ViewConfig, render_views
+from panollava.data.views import ViewConfig, render_views, resize_panorama
 from panollava.errors import InvalidInputError, ModelUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -192,17 +192,20 @@ def merged_call_kwargs(processor: Any) -> dict[str, dict]:
     return processor._merge_kwargs(tokenizer_init_kwargs=tokenizer_init, return_tensors="pt")
 
 
-def panorama_images(panorama: torch.Tensor, views: ViewConfig) -> list[np.ndarray]:
+def panorama_images(panorama: torch.Tensor, views: ViewConfig, max_side: int | None = None) -> list[np.ndarray]:
     """The images a model is given for one panorama, in order (see ``docs/baselines.md``).
 
-    ``resize``: the whole panorama as decoded, aspect ratio kept (the processor does any resizing);
-    the other strategies: :func:`panollava.data.views.render_views` at ``views.image_size`` (``cubemap``:
+    ``resize``: the whole panorama, aspect ratio kept, handed to the processor (which resizes it its own way);
+    with ``max_side``, a panorama whose longer side exceeds it is first reduced to that side, aspect kept, with
+    an antialiased (smoothing) bilinear filter (:func:`panollava.data.views.resize_panorama`); the other
+    strategies: :func:`panollava.data.views.render_views` at ``views.image_size`` (``cubemap``:
     F, R, B, L; ``anyres_e2p``: the letterboxed global view, then the tiles row by row, yaw 0, 45, ..., -45),
     rounded to 8-bit RGB.
 
     Args:
         panorama: uint8 ``(3, H, W)`` RGB.
         views: The view settings.
+        max_side: ``resize`` only: longest side handed to the processor (None: the panorama as decoded).
 
     Returns:
         ``(H, W, 3)`` uint8 arrays.
@@ -212,6 +215,12 @@ def panorama_images(panorama: torch.Tensor, views: ViewConfig) -> list[np.ndarra
     if views.crop_strategy == "resize":
         if panorama.dtype != torch.uint8:
             raise InvalidInputError(f"the panorama must be uint8, got {panorama.dtype}")
+        height, width = panorama.shape[1:]
+        if max_side is not None and max(height, width) > max_side:
+            scale = max_side / max(height, width)
+            size = (max(1, round(height * scale)), max(1, round(width * scale)))
+            reduced = resize_panorama(panorama, size)  # float in [0, 1], antialiased
+            panorama = (reduced * 255.0).round_().clamp_(0, 255).to(torch.uint8)
         return [np.ascontiguousarray(panorama.permute(1, 2, 0).numpy())]
     rendered = render_views(panorama, views)  # (V, 3, h, w) float in [0, 1]
     as_uint8 = (rendered * 255.0).round_().clamp_(0, 255).to(torch.uint8)
@@ -226,11 +235,13 @@ class PanoramaProcessor:
         image_processor: The model's image processor.
         images_kwargs: The processor's merged image kwargs (``return_tensors="pt"`` included).
         views: The view settings.
+        resize_max_side: ``resize`` only: longest side handed to the processor (None: as decoded).
     """
 
     image_processor: Any
     images_kwargs: dict
     views: ViewConfig
+    resize_max_side: int | None = None
 
     def __call__(self, panorama: torch.Tensor) -> dict[str, Any]:
         """Image inputs of one panorama.
@@ -244,7 +255,7 @@ class PanoramaProcessor:
         """
         from PIL import Image
 
-        images = [Image.fromarray(a) for a in panorama_images(panorama, self.views)]
+        images = [Image.fromarray(a) for a in panorama_images(panorama, self.views, self.resize_max_side)]
         out = self.image_processor(images, **self.images_kwargs)
         return {"num_images": len(images), "image_inputs": dict(out)}
 
@@ -332,6 +343,15 @@ def image_processor_settings(image_processor: Any) -> dict[str, Any]:
     settings = json.loads(json.dumps(image_processor.to_dict(), default=str))
     settings["class"] = type(image_processor).__name__
     return settings
+
+
+def processor_settings(processor: Any, images_kwargs: dict) -> dict[str, Any]:
+    """The processor's own settings (e.g. ``image_seq_length``, ``patch_size``) and the image kwargs its call
+    passes, as plain JSON values (the sub-processors and the chat template are recorded apart)."""
+    own = {k: v for k, v in processor.to_dict().items()
+           if k not in ("image_processor", "tokenizer", "video_processor", "chat_template")
+           and not isinstance(v, dict)}
+    return json.loads(json.dumps({"settings": own, "images_kwargs": images_kwargs}, default=str))
 
 
 PanoramaTransform = Callable[[torch.Tensor], dict[str, Any]]
