@@ -126,9 +126,10 @@ def reference_inputs(folder: Path, kind: str, pano: torch.Tensor, query: str, vi
     images = _images(pano, views)
     if kind in ("qwen2_vl", "qwen2_5_vl") and not _torchvision_importable():
         # AutoProcessor needs torchvision: image processor + chat template + placeholder expansion by hand
-        from transformers import AutoImageProcessor, AutoTokenizer
+        from transformers import AutoTokenizer
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-        image_processor = AutoImageProcessor.from_pretrained(folder)
+        image_processor = Qwen2VLImageProcessorPil.from_pretrained(folder)
         tokenizer = AutoTokenizer.from_pretrained(folder)
         template = json.loads((folder / "chat_template.json").read_text())["chat_template"]
         pixels = image_processor(images, return_tensors="pt")
@@ -172,6 +173,15 @@ def reference_captions(folder, kind, panoramas, views, adapter=None):
     return captions
 
 
+def _pre_encoded() -> bool:
+    import inspect
+
+    from transformers import Qwen2VLForConditionalGeneration
+
+    return "mm_encoder_outputs" in inspect.signature(Qwen2VLForConditionalGeneration.forward).parameters
+
+
+PRE_ENCODED = _pre_encoded()
 FAMILIES = [("qwen2_vl", "anyres_e2p"), ("qwen2_5_vl", "cubemap"), ("llava", "anyres_e2p"), ("gemma3", "cubemap")]
 
 
@@ -187,7 +197,7 @@ def test_greedy_equals_per_sample_generate(tiny, panoramas, kind, strategy):
         assert run_engine(model, panoramas, batch_size=batch_size) == expected, (kind, batch_size)
     info = model.describe_decoding()
     assert info["path"] == "generate" and info["padding"] == "left"
-    assert info["vision_encoder"] == "once_per_panorama"
+    assert info["vision_encoder"] == ("once_per_panorama" if PRE_ENCODED else "per_sample")
     # the path of transformers without pre-encoded inputs (e.g. 5.17): pixels through generate, per sample
     model._encode_once = False
     assert run_engine(model, panoramas, batch_size=4) == expected, (kind, "per-sample encoder")
@@ -205,6 +215,8 @@ def test_single_image_family_resize_equals_generate_and_refuses_several(tiny, pa
         load_hf_model(folder, crop_strategy="anyres_e2p")
 
 
+@pytest.mark.skipif(not PRE_ENCODED, reason="this transformers has no mm_encoder_outputs (pre-encoded images, absent "
+                                         "from 5.17): the vision encoder runs inside generate, per sample")
 def test_vision_encoder_runs_once_per_panorama(tiny, panoramas):
     model = load_hf_model(tiny("qwen2_vl"), views=_views("cubemap"), decode=DecodeSettings(max_new_tokens=3))
     base = model.hf_model.base_model

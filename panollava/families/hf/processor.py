@@ -102,8 +102,34 @@ def _processor_class(folder: Path, model_type: str) -> type:
     return cls
 
 
+def _image_processor(folder: Path) -> Any:
+    """The folder's image processor: ``AutoImageProcessor`` (which picks the Pil variant without torchvision),
+    else, where ``AutoImageProcessor`` itself needs torchvision (transformers 5.17), the Pil variant of the class
+    its config names."""
+    import transformers
+    from transformers import AutoImageProcessor
+
+    try:
+        return AutoImageProcessor.from_pretrained(str(folder))
+    except ImportError as exc:
+        name = None
+        for config_name in ("preprocessor_config.json", "processor_config.json"):
+            path = folder / config_name
+            if path.is_file():
+                config = json.loads(path.read_text(encoding="utf-8"))
+                config = config.get("image_processor", config) if config_name == "processor_config.json" else config
+                name = config.get("image_processor_type")
+                if name:
+                    break
+        base = (name or "").removesuffix("Fast").removesuffix("Pil")
+        cls = getattr(transformers, f"{base}Pil", None) if base else None
+        if cls is None:
+            raise exc
+        return cls.from_pretrained(str(folder))
+
+
 def _assemble(folder: Path, model_type: str) -> Any:
-    from transformers import AutoImageProcessor, AutoTokenizer
+    from transformers import AutoTokenizer
 
     cls = _processor_class(folder, model_type)
     processor_dict, _ = cls.get_processor_dict(str(folder))
@@ -111,7 +137,7 @@ def _assemble(folder: Path, model_type: str) -> Any:
     parts: dict[str, Any] = {}
     for attribute in attributes:
         if attribute == "image_processor":
-            parts[attribute] = AutoImageProcessor.from_pretrained(str(folder))
+            parts[attribute] = _image_processor(folder)
         elif attribute == "tokenizer":
             parts[attribute] = AutoTokenizer.from_pretrained(str(folder))
         elif attribute == "video_processor":
@@ -188,7 +214,14 @@ def load_processor(folder: str | Path, model_type: str, force_assembled: bool = 
 def merged_call_kwargs(processor: Any) -> dict[str, dict]:
     """The processor's kwargs per modality as its ``__call__`` merges them (defaults, tokenizer init kwargs,
     ``return_tensors="pt"``)."""
+    import inspect
+
     tokenizer_init = processor.tokenizer.init_kwargs if hasattr(processor, "tokenizer") else {}
+    first = inspect.signature(processor._merge_kwargs).parameters.get("ModelProcessorKwargs")
+    if first is not None and first.default is inspect.Parameter.empty:  # transformers 5.17: passed explicitly
+        return processor._merge_kwargs(
+            processor.valid_processor_kwargs, tokenizer_init_kwargs=tokenizer_init, return_tensors="pt"
+        )
     return processor._merge_kwargs(tokenizer_init_kwargs=tokenizer_init, return_tensors="pt")
 
 
