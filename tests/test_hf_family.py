@@ -124,30 +124,49 @@ def _chat(processor, messages) -> str:
 def reference_inputs(folder: Path, kind: str, pano: torch.Tensor, query: str, views: ViewConfig) -> dict:
     """Inputs of one prompt as a user of the model would build them."""
     images = _images(pano, views)
-    if kind in ("qwen2_vl", "qwen2_5_vl") and not _torchvision_importable():
-        # AutoProcessor needs torchvision: image processor + chat template + placeholder expansion by hand
-        from transformers import AutoTokenizer
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-        image_processor = Qwen2VLImageProcessorPil.from_pretrained(folder)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        template = json.loads((folder / "chat_template.json").read_text())["chat_template"]
-        pixels = image_processor(images, return_tensors="pt")
-        text = tokenizer.apply_chat_template(
-            _messages(len(images), query), chat_template=template, tokenize=False, add_generation_prompt=True
-        )
-        parts = text.split("<|image_pad|>")
-        assert len(parts) == len(images) + 1
-        counts = (pixels["image_grid_thw"].prod(-1) // image_processor.merge_size**2).tolist()
-        text = parts[0] + "".join("<|image_pad|>" * c + rest for c, rest in zip(counts, parts[1:]))
-        ids = tokenizer(text, return_tensors="pt")
-        image_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
-        return {**ids, "mm_token_type_ids": (ids["input_ids"] == image_id).long(), **pixels}
+    if kind in ("qwen2_vl", "qwen2_5_vl", "internvl") and not _torchvision_importable():
+        return manual_inputs(folder, kind, images, query)
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(folder)
     text = _chat(processor, _messages(len(images), query))
     return dict(processor(images=images, text=[text], return_tensors="pt"))
+
+
+def manual_inputs(folder: Path, kind: str, images, query: str) -> dict:
+    """AutoProcessor needs torchvision for these (their processors hold a video processor): the inputs by hand,
+    from the Pil image processor, the chat template and each model's documented placeholder expansion."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if kind == "internvl":
+        from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+        image_processor = GotOcr2ImageProcessorPil.from_pretrained(folder)
+        pixels = dict(image_processor(images, crop_to_patches=True, return_tensors="pt"))
+        template = (folder / "chat_template.jinja").read_text()
+        placeholder = "<IMG_CONTEXT>"
+        seq = json.loads((folder / "processor_config.json").read_text())["image_seq_length"]
+        expansions = [f"<img>{placeholder * seq * int(n)}</img>" for n in pixels.pop("num_patches")]
+    else:
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        image_processor = Qwen2VLImageProcessorPil.from_pretrained(folder)
+        pixels = dict(image_processor(images, return_tensors="pt"))
+        template = json.loads((folder / "chat_template.json").read_text())["chat_template"]
+        placeholder = "<|image_pad|>"
+        counts = (pixels["image_grid_thw"].prod(-1) // image_processor.merge_size**2).tolist()
+        expansions = [placeholder * c for c in counts]
+    text = tokenizer.apply_chat_template(
+        _messages(len(images), query), chat_template=template, tokenize=False, add_generation_prompt=True
+    )
+    parts = text.split(placeholder)
+    assert len(parts) == len(images) + 1
+    text = parts[0] + "".join(e + rest for e, rest in zip(expansions, parts[1:]))
+    ids = dict(tokenizer(text, return_tensors="pt"))
+    if kind != "internvl":  # Qwen2-VL's processor marks image tokens for the multimodal rotary positions
+        ids["mm_token_type_ids"] = (ids["input_ids"] == tokenizer.convert_tokens_to_ids(placeholder)).long()
+    return {**ids, **pixels}
 
 
 def reference_caption(model, tokenizer, inputs: dict, max_new: int = MAX_NEW) -> str:
@@ -182,7 +201,8 @@ def _pre_encoded() -> bool:
 
 
 PRE_ENCODED = _pre_encoded()
-FAMILIES = [("qwen2_vl", "anyres_e2p"), ("qwen2_5_vl", "cubemap"), ("llava", "anyres_e2p"), ("gemma3", "cubemap")]
+FAMILIES = [("qwen2_vl", "anyres_e2p"), ("qwen2_5_vl", "cubemap"), ("llava", "anyres_e2p"), ("gemma3", "cubemap"),
+            ("internvl", "anyres_e2p")]
 
 
 @pytest.mark.parametrize("kind,strategy", FAMILIES)
@@ -392,23 +412,25 @@ def test_assembled_processor_gives_autoprocessor_inputs(tiny, panoramas, kind):
     transform = PanoramaProcessor(loaded.processor.image_processor,
                                   merged_call_kwargs(loaded.processor)["images_kwargs"], views)
     item = transform(pano)
-    got = {**prompt_inputs(loaded.processor, text, item["image_inputs"], item["num_images"]), **item["image_inputs"]}
-    unused = set(getattr(auto, "unused_input_names", ()) or ())
-    assert set(expected.keys()) == set(got.keys()) - unused
+    text_inputs, image_keys = prompt_inputs(loaded.processor, text, item["image_inputs"], item["num_images"])
+    got = {**text_inputs, **{k: item["image_inputs"][k] for k in image_keys}}
+    assert set(expected.keys()) == set(got.keys())
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
 
 
-def test_qwen_inputs_equal_reference_assembly(tiny, panoramas):
-    """Qwen2-VL's inputs (assembled processor without torchvision) equal the hand-built reference, token-type ids
-    included; with torchvision importable, AutoProcessor's too."""
-    folder = tiny("qwen2_vl")
+@pytest.mark.parametrize("kind", ["qwen2_vl", "internvl"])
+def test_assembled_inputs_equal_reference_assembly(tiny, panoramas, kind):
+    """Qwen2-VL's and InternVL's inputs (assembled processor without torchvision) equal the hand-built reference,
+    token-type ids included; with torchvision importable, AutoProcessor's."""
+    folder = tiny(kind)
     views = _views("anyres_e2p")
     model = load_hf_model(folder, views=views)
     pano = panoramas[0][1]
     item = model.panorama_inputs(pano)
     text = model._prompt("interior", item["num_images"])
-    got = {**prompt_inputs(model.processor, text, item["image_inputs"], item["num_images"]), **item["image_inputs"]}
+    text_inputs, image_keys = prompt_inputs(model.processor, text, item["image_inputs"], item["num_images"])
+    got = {**text_inputs, **{k: item["image_inputs"][k] for k in image_keys}}
     if _torchvision_importable():
         from transformers import AutoProcessor
 
@@ -416,7 +438,7 @@ def test_qwen_inputs_equal_reference_assembly(tiny, panoramas):
         expected = dict(auto(images=_images(pano, views), text=[text], return_tensors="pt"))
     else:
         assert model.loaded.how == "assembled" and "torchvision" in model.loaded.reason.lower()
-        expected = reference_inputs(folder, "qwen2_vl", pano, "interior", views)
+        expected = reference_inputs(folder, kind, pano, "interior", views)
     assert set(expected) == set(got)
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
@@ -426,7 +448,7 @@ def test_qwen_autoprocessor_and_assembled_agree_with_torchvision(tiny, panoramas
     if not _torchvision_importable():
         pytest.skip("torchvision is not importable here (it does not import beside torch 2.13 CPU), so "
                     "AutoProcessor cannot build Qwen2-VL's processor; the assembled inputs are checked against the "
-                    "hand-built reference in test_qwen_inputs_equal_reference_assembly")
+                    "hand-built reference in test_assembled_inputs_equal_reference_assembly")
     from transformers import AutoProcessor
 
     folder = tiny("qwen2_vl")

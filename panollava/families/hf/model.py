@@ -88,6 +88,9 @@ ARCHITECTURES: dict[str, Architecture] = {
     "llava": Architecture("LLaVA", None, "fixed-size images, one placeholder token per patch"),
     "gemma3": Architecture("Gemma 3", None, "pooled image tokens between <start_of_image>/<end_of_image>, "
                                            "bidirectional attention over them (token_type_ids)"),
+    "internvl": Architecture("InternVL (transformers-native, -HF checkpoints)", None,
+                             "each image cut into 448 px patches (+ thumbnail) by the processor, "
+                             "<img><IMG_CONTEXT>...</img> per image"),
     "blip-2": Architecture("BLIP-2", 1, "one image per prompt: Q-Former query tokens before the text"),
 }
 
@@ -235,7 +238,6 @@ class HFCaptionModel:
         self._transform = PanoramaProcessor(
             self.processor.image_processor, dict(self._kwargs["images_kwargs"]), views, resize_max_side
         )
-        self._unused = set(getattr(self.processor, "unused_input_names", ()) or ())
         self._prompt_cache: dict[tuple[str, int], str] = {}
         self._features: dict[Any, Any] = {}  # panorama_key -> encoder output (previous batch's)
         pixels = inspect.signature(hf_model.generate).parameters.get("pixel_values")
@@ -320,8 +322,14 @@ class HFCaptionModel:
             raise ValueError(f"batch sizes differ: {len(queries)} queries, {len(sample_ids)} ids, {len(index)} indices")
         device, dtype = self._device_dtype()
 
-        rows = [prompt_inputs(self.processor, self._prompt(q, items[p]["num_images"]),
-                              items[p]["image_inputs"], items[p]["num_images"]) for q, p in zip(queries, index)]
+        rows, image_names = [], []
+        for q, p in zip(queries, index):
+            row, names = prompt_inputs(
+                self.processor, self._prompt(q, items[p]["num_images"]), items[p]["image_inputs"],
+                items[p]["num_images"],
+            )
+            rows.append(row)
+            image_names = names  # the same names for every panorama (one processor, one protocol)
         length = max(r["input_ids"].shape[1] for r in rows)
         text: dict[str, torch.Tensor] = {}
         for name in rows[0]:
@@ -332,7 +340,6 @@ class HFCaptionModel:
             text[name] = out.to(device)
 
         extra: dict[str, Any] = {}
-        image_names = [n for n in items[index[0]]["image_inputs"] if n not in self._unused]
         if self._encode_once:
             encoded = {}
             for p in sorted(set(index)):

@@ -331,7 +331,9 @@ class _PrecomputedImages:
         return getattr(self._image_processor, name)
 
 
-def prompt_inputs(processor: Any, text: str, image_inputs: dict[str, Any], num_images: int) -> dict[str, torch.Tensor]:
+def prompt_inputs(
+    processor: Any, text: str, image_inputs: dict[str, Any], num_images: int
+) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Text inputs of one prompt, by the processor's own ``__call__`` with the images already processed.
 
     The call runs on a shallow copy of the processor whose image processor returns ``image_inputs`` instead of
@@ -345,8 +347,10 @@ def prompt_inputs(processor: Any, text: str, image_inputs: dict[str, Any], num_i
         num_images: How many images they hold.
 
     Returns:
-        ``(1, L)`` tensors: ``input_ids``, ``attention_mask`` and any token-type ids the processor adds
-        (``mm_token_type_ids``, ``token_type_ids``); no image tensors.
+        ``(text_inputs, image_keys)``: ``(1, L)`` tensors ``input_ids``, ``attention_mask`` and any token-type
+        ids the processor adds (``mm_token_type_ids``, ``token_type_ids``); and the names of the image inputs
+        the processor's call hands the model (it drops some, e.g. Gemma 3's ``num_crops``, InternVL's
+        ``num_patches``).
 
     Raises:
         InvalidInputError: When the prompt's placeholders do not match the images (e.g. the template drops
@@ -363,7 +367,8 @@ def prompt_inputs(processor: Any, text: str, image_inputs: dict[str, Any], num_i
         raise InvalidInputError(
             f"the prompt does not fit the {num_images} image(s) of the panorama: {exc}. Prompt: {text!r}"
         ) from exc
-    return {k: v for k, v in out.items() if k not in image_inputs and isinstance(v, torch.Tensor)}
+    text_inputs = {k: v for k, v in out.items() if k not in image_inputs and isinstance(v, torch.Tensor)}
+    return text_inputs, [k for k in out if k in image_inputs]
 
 
 def chat_template_sha256(template: str) -> str:

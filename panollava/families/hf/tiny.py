@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["TINY_HF_KINDS", "build_tiny_hf_model", "build_tiny_hf_models"]
 
 #: The tiny folders this module can write.
-TINY_HF_KINDS = ("qwen2_vl", "qwen2_5_vl", "llava", "gemma3", "blip2")
+TINY_HF_KINDS = ("qwen2_vl", "qwen2_5_vl", "llava", "gemma3", "internvl", "blip2")
 
 _INIT_RANGE = 0.2
 
@@ -84,6 +84,20 @@ GEMMA3_CHAT_TEMPLATE = (
     "<end_of_turn>\n"
     "{% endfor %}"
     "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+INTERNVL_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}{{ '<IMG_CONTEXT>\n' }}"
+    "{% elif content['type'] == 'video' %}{{ '<video>\n' }}"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
 BLIP2_CHAT_TEMPLATE = (
@@ -261,6 +275,42 @@ def _write_gemma3(output_dir: Path) -> None:
     processor.save_pretrained(output_dir)
 
 
+def _write_internvl(output_dir: Path) -> None:
+    import torch
+    from transformers import InternVLConfig, InternVLForConditionalGeneration
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+    tokenizer = _tokenizer(
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"],
+        eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        extra={"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+               "video_token": "<video>"},
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    text = dict(model_type="qwen2", **_text_kwargs(tokenizer), tie_word_embeddings=True, bos_token_id=None,
+                eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"))
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  image_size=[32, 32], patch_size=[8, 8], initializer_range=_INIT_RANGE)
+    torch.manual_seed(0)
+    config = InternVLConfig(vision_config=vision, text_config=text, image_token_id=ids("<IMG_CONTEXT>"),
+                            image_seq_length=4, downsample_ratio=0.5, initializer_range=_INIT_RANGE)
+    model = InternVLForConditionalGeneration(config)
+    _finish(model, output_dir, [ids("<|im_end|>"), ids("<|endoftext|>")], ids("<|endoftext|>"))
+    # the hub's InternVL-HF folders: image processor + tokenizer + chat template + processor_config (the
+    # processor needs a video processor, i.e. torchvision, so it is not built here)
+    image_processor = GotOcr2ImageProcessorPil(size={"height": 32, "width": 32}, max_patches=4)
+    image_processor.save_pretrained(output_dir)
+    config_path = output_dir / "preprocessor_config.json"
+    pre = json.loads(config_path.read_text())
+    pre["processor_class"] = "InternVLProcessor"
+    config_path.write_text(json.dumps(pre, indent=2))
+    (output_dir / "processor_config.json").write_text(
+        json.dumps({"processor_class": "InternVLProcessor", "image_seq_length": 4}, indent=2)
+    )
+    tokenizer.save_pretrained(output_dir)
+    (output_dir / "chat_template.jinja").write_text(INTERNVL_CHAT_TEMPLATE)
+
+
 def _write_blip2(output_dir: Path) -> None:
     import torch
     from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor
@@ -296,6 +346,7 @@ _WRITERS = {
     "qwen2_5_vl": lambda d: _write_qwen(d, "qwen2_5_vl"),
     "llava": _write_llava,
     "gemma3": _write_gemma3,
+    "internvl": _write_internvl,
     "blip2": _write_blip2,
 }
 
