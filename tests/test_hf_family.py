@@ -492,6 +492,23 @@ def test_provenance_and_fingerprint(tiny, tmp_path):
     assert other_prompt.fingerprint() != lfp
 
 
+def test_hub_id_resolves_to_the_cached_snapshot(tiny, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # the hub is unreachable here anyway
+    revision = "89abcdef0123456789abcdef0123456789abcdef"
+    repo = tmp_path / "cache" / "models--Org--Tiny-Llava"
+    shutil.copytree(tiny("llava"), repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    model = load_hf_model("Org/Tiny-Llava", crop_strategy="cubemap", cache_dir=tmp_path / "cache")
+    prov = model.provenance()
+    assert prov["model"] == "Org/Tiny-Llava" and prov["revision"] == revision
+    assert Path(prov["folder"]) == (repo / "snapshots" / revision).resolve()
+    with pytest.raises(ModelUnavailableError, match=r"cannot get the model 'Org/Absent' from the Hugging Face hub"):
+        load_hf_model("Org/Absent", cache_dir=tmp_path / "cache")
+
+
 def test_clear_errors(tiny, tmp_path):
     with pytest.raises(InputNotFoundError, match="does not exist"):
         load_hf_model(tmp_path / "nowhere")

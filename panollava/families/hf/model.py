@@ -107,12 +107,15 @@ def _weight_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin"))
 
 
-def resolve_model_folder(name_or_dir: str | Path) -> tuple[Path, str, str | None]:
+def resolve_model_folder(
+    name_or_dir: str | Path, cache_dir: str | Path | None = None
+) -> tuple[Path, str, str | None]:
     """A local folder for a hub id or a folder, and its resolved revision.
 
     Args:
         name_or_dir: A local model folder, or a hub id (``org/name``), downloaded into / read from the
-            Hugging Face cache.
+            Hugging Face cache (offline, ``HF_HUB_OFFLINE=1``: the cached snapshot).
+        cache_dir: Hugging Face cache folder (None: the hub library's default, ``$HF_HUB_CACHE``).
 
     Returns:
         ``(folder, model_id, revision)``: the absolute folder; the hub id (the folder's repo when it is a cache
@@ -146,7 +149,8 @@ def resolve_model_folder(name_or_dir: str | Path) -> tuple[Path, str, str | None
 
     try:
         folder = Path(snapshot_download(
-            text, allow_patterns=["*.json", "*.jinja", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.py"]
+            text, cache_dir=None if cache_dir is None else str(cache_dir),
+            allow_patterns=["*.json", "*.jinja", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.py"],
         ))
     except Exception as exc:  # noqa: BLE001 - hub/network errors come in many classes
         raise ModelUnavailableError(
@@ -470,6 +474,7 @@ def load_hf_model(
     dtype: str = "float32",
     device: str | torch.device = "cpu",
     resize_max_side: int | None = None,
+    cache_dir: str | Path | None = None,
     force_assembled_processor: bool = False,
 ) -> HFCaptionModel:
     """Load a Hugging Face VLM (and optionally its peft LoRA adapter) as a ``CaptionModel``.
@@ -490,6 +495,7 @@ def load_hf_model(
         resize_max_side: ``resize`` only: a panorama whose longer side exceeds this is reduced to it (aspect
             kept, antialiased) before the processor, which then applies its own resizing (None: the panorama
             as decoded, e.g. Qwen2.5-VL's default ``max_pixels`` then bounds it).
+        cache_dir: Hugging Face cache folder for a hub id (None: the hub library's default).
         force_assembled_processor: Build the processor from its parts even where ``AutoProcessor`` works.
 
     Returns:
@@ -513,7 +519,7 @@ def load_hf_model(
     if "{query}" not in prompt_template:
         raise InvalidInputError(f"prompt template {prompt_template!r} has no '{{query}}' field")
     decode = decode if decode is not None else DecodeSettings()
-    folder, model_id, revision = resolve_model_folder(name_or_dir)
+    folder, model_id, revision = resolve_model_folder(name_or_dir, cache_dir)
     try:
         config = AutoConfig.from_pretrained(str(folder))
     except Exception as exc:  # noqa: BLE001 - unknown model types raise ValueError / KeyError
