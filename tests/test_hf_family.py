@@ -382,8 +382,9 @@ def test_beam_search_equals_per_sample_generate(tiny, panoramas):
     assert run_engine(model, panoramas, batch_size=4) == expected
 
 
-def test_input_transform_is_picklable_and_deterministic(tiny, panoramas):
-    model = load_hf_model(tiny("gemma3"), views=_views("anyres_e2p"))
+@pytest.mark.parametrize("kind", ["gemma3", "qwen2_vl", "internvl"])
+def test_input_transform_is_picklable_and_deterministic(tiny, panoramas, kind):
+    model = load_hf_model(tiny(kind), views=_views("anyres_e2p"))
     transform = pickle.loads(pickle.dumps(model.input_transform()))
     a, b = transform(panoramas[0][1]), model.panorama_inputs(panoramas[0][1])
     assert a.keys() == b.keys()
@@ -529,6 +530,15 @@ def test_clear_errors(tiny, tmp_path):
     (bare / "tokenizer_config.json").write_text(json.dumps(config))
     with pytest.raises(InvalidInputError, match="has no chat template"):
         load_hf_model(bare)
+    # a chat template that drops the images: refused at load time
+    textual = tmp_path / "text-template"
+    shutil.copytree(tiny("llava"), textual)
+    (textual / "chat_template.jinja").write_text(
+        "{% for m in messages %}{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
+        "{% endfor %}{% endfor %}{% if add_generation_prompt %} ASSISTANT:{% endif %}"
+    )
+    with pytest.raises(InvalidInputError, match=r"the prompt does not fit the 9 image\(s\) of the panorama"):
+        load_hf_model(textual, crop_strategy="anyres_e2p")
     # adapter folder that is not an adapter
     with pytest.raises(InputNotFoundError, match="is not a peft adapter"):
         load_hf_model(tiny("llava"), adapter=tiny("llava"))

@@ -264,6 +264,15 @@ class HFCaptionModel:
         eos = gen.eos_token_id if gen.eos_token_id is not None else tokenizer.eos_token_id
         self.eos_token_ids = [eos] if isinstance(eos, int) else list(eos or [])
         self._weights_sha256: dict[str, str] | None = None
+        self._probe()
+
+    def _probe(self) -> None:
+        """Run the input half once on a blank panorama, so that a template that drops the images (or a processor
+        that cannot take this many) fails at load time, not in the first batch."""
+        blank = torch.zeros((3, 64, 128), dtype=torch.uint8)
+        item = self._transform(blank)
+        prompt_inputs(self.processor, self._prompt("probe", item["num_images"]), item["image_inputs"],
+                      item["num_images"])
 
     # -- inputs ---------------------------------------------------------------------------------------------
     def input_transform(self) -> PanoramaProcessor:
@@ -324,6 +333,12 @@ class HFCaptionModel:
         keys = list(batch.get("panorama_key") or [None] * len(items))
         if not (len(queries) == len(sample_ids) == len(index)):
             raise ValueError(f"batch sizes differ: {len(queries)} queries, {len(sample_ids)} ids, {len(index)} indices")
+        if any(not 0 <= p < len(items) for p in index) or len(keys) != len(items):
+            raise ValueError(
+                f"panorama_index {index} / panorama_key ({len(keys)}) do not fit the batch's {len(items)} panoramas"
+            )
+        if not queries:
+            return []
         device, dtype = self._device_dtype()
 
         rows, image_names = [], []

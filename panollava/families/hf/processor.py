@@ -365,7 +365,9 @@ def prompt_inputs(
         out = call(images=stand_ins, text=[text], return_tensors="pt")
     except ValueError as exc:
         raise InvalidInputError(
-            f"the prompt does not fit the {num_images} image(s) of the panorama: {exc}. Prompt: {text!r}"
+            f"the prompt does not fit the {num_images} image(s) of the panorama: {exc}. Check that the model's chat "
+            f"template places an image for each {{'type': 'image'}} item (and that the query holds no image token). "
+            f"Prompt: {text[:500]!r}"
         ) from exc
     text_inputs = {k: v for k, v in out.items() if k not in image_inputs and isinstance(v, torch.Tensor)}
     return text_inputs, [k for k in out if k in image_inputs]
