@@ -346,6 +346,39 @@ def test_protocol_image_counts_and_order(tiny, panoramas, strategy, count):
     assert model.provenance()["protocol"]["num_images"] == count
 
 
+def test_repetition_penalty_applies_to_generated_tokens_only(tiny, panoramas):
+    from transformers import AutoModelForImageTextToText, AutoTokenizer, LogitsProcessorList
+
+    folder = tiny("llava")
+    views = _views("cubemap")
+    model = load_hf_model(folder, views=views, decode=DecodeSettings(max_new_tokens=MAX_NEW, repetition_penalty=3.0))
+    reference = AutoModelForImageTextToText.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+
+    def penalise_generated(prompt_length):
+        def processor(input_ids, scores):
+            for row in range(scores.shape[0]):
+                for token in set(input_ids[row, prompt_length:].tolist()):
+                    value = scores[row, token]
+                    scores[row, token] = value * 3.0 if value < 0 else value / 3.0
+            return scores
+        return processor
+
+    expected = {}
+    with torch.inference_mode():
+        for k, (p, q) in enumerate(SAMPLES):
+            inputs = reference_inputs(folder, "llava", panoramas[p][1], q, views)
+            length = inputs["input_ids"].shape[1]
+            out = reference.generate(**inputs, do_sample=False, max_new_tokens=MAX_NEW,
+                                     logits_processor=LogitsProcessorList([penalise_generated(length)]))
+            expected[f"s{k}"] = tokenizer.decode(out[0, length:], skip_special_tokens=True).strip()
+    assert run_engine(model, panoramas, batch_size=1) == expected
+    assert run_engine(model, panoramas, batch_size=4) == expected
+    plain = load_hf_model(folder, views=views, decode=DecodeSettings(max_new_tokens=MAX_NEW))
+    assert run_engine(plain, panoramas, batch_size=4) != expected
+    assert model.describe_decoding()["repetition_penalty_on"] == "generated_tokens"
+
+
 def test_resize_downscales_with_antialiasing_only_when_asked(tiny, panoramas):
     from panollava.data.views import resize_panorama
 

@@ -11,7 +11,8 @@
   ``anyres_e2p`` 9 (with the default view settings), in the order documented in ``docs/baselines.md``;
 * greedy decoding: no sampling, one beam, no repetition penalty (the model's ``generation_config`` sampling
   defaults are not used: a fresh ``GenerationConfig`` carries only our settings and the model's eos/pad/bos ids);
-  sampling: :class:`.sampling.SeededSampler` (seeded per sample);
+  a repetition penalty applies to the generated tokens only, and sampling is seeded per sample (both in
+  :class:`.sampling.TokenChooser`);
 * batches are left-padded whatever the tokenizer's default; special tokens are skipped when decoding, and the
   caption is stripped of surrounding whitespace.
 
@@ -54,7 +55,7 @@ from panollava.families.hf.processor import (
     prompt_inputs,
     render_prompt,
 )
-from panollava.families.hf.sampling import SeededSampler
+from panollava.families.hf.sampling import TokenChooser
 
 logger = logging.getLogger(__name__)
 
@@ -386,14 +387,13 @@ class HFCaptionModel:
             max_new_tokens=self.decode.max_new_tokens,
             do_sample=False,
             num_beams=self.decode.num_beams,
-            repetition_penalty=self.decode.repetition_penalty,
             eos_token_id=self.eos_token_ids,
             pad_token_id=self.pad_token_id,
             bos_token_id=self.hf_model.generation_config.bos_token_id,
         )
         processors = LogitsProcessorList()
-        if self.decode.do_sample:
-            processors.append(SeededSampler(self.decode, sample_ids, length))
+        if TokenChooser.needed(self.decode):
+            processors.append(TokenChooser(self.decode, sample_ids, length))
         out = self.hf_model.generate(**text, **extra, generation_config=config, logits_processor=processors)
         new = out[:, length:].cpu()
         captions = self.processor.tokenizer.batch_decode(
@@ -412,6 +412,7 @@ class HFCaptionModel:
             "vision_encoder": "once_per_panorama" if self._encode_once else "per_sample",
             "image_processor": "once_per_panorama",
             "sampling": "seeded_per_sample_logits_processor" if self.decode.do_sample else None,
+            "repetition_penalty_on": "generated_tokens",
             "eos_token_ids": list(self.eos_token_ids),
             "pad_token_id": self.pad_token_id,
             "skip_special_tokens": True,
