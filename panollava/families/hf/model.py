@@ -272,8 +272,19 @@ class HFCaptionModel:
         that cannot take this many) fails at load time, not in the first batch."""
         blank = torch.zeros((3, 64, 128), dtype=torch.uint8)
         item = self._transform(blank)
-        prompt_inputs(self.processor, self._prompt("probe", item["num_images"]), item["image_inputs"],
-                      item["num_images"])
+        text = self._prompt("probe", item["num_images"])
+        inputs, _ = prompt_inputs(self.processor, text, item["image_inputs"], item["num_images"])
+        config = self.hf_model.config
+        token_id = getattr(config, "image_token_id", None)
+        token_id = token_id if token_id is not None else getattr(config, "image_token_index", None)
+        # older processors (transformers 5.17) do not count placeholders against images: the model would fail
+        # on the first batch
+        if token_id is not None and not bool((inputs["input_ids"] == token_id).any()):
+            raise InvalidInputError(
+                f"the prompt does not fit the {item['num_images']} image(s) of the panorama: no image token "
+                f"(id {token_id}) in the prompt. Check that the model's chat template places an image for each "
+                f"{{'type': 'image'}} item. Prompt: {text[:500]!r}"
+            )
 
     # -- inputs ---------------------------------------------------------------------------------------------
     def input_transform(self) -> PanoramaProcessor:
