@@ -411,7 +411,8 @@ def test_beam_search_equals_per_sample_generate(tiny, panoramas):
         for k, (p, q) in enumerate(SAMPLES):
             inputs = reference_inputs(folder, "qwen2_vl", panoramas[p][1], q, views)
             out = reference.generate(**inputs, do_sample=False, num_beams=2, max_new_tokens=6)
-            expected[f"s{k}"] = tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+            new = out[0, inputs["input_ids"].shape[1]:]
+            expected[f"s{k}"] = tokenizer.decode(new, skip_special_tokens=True).strip()
     assert run_engine(model, panoramas, batch_size=4) == expected
 
 

@@ -244,7 +244,8 @@ def panorama_images(panorama: torch.Tensor, views: ViewConfig, max_side: int | N
         ``(H, W, 3)`` uint8 arrays.
     """
     if not isinstance(panorama, torch.Tensor) or panorama.ndim != 3 or panorama.shape[0] != 3:
-        raise InvalidInputError(f"the panorama must be a uint8 (3, H, W) tensor, got {getattr(panorama, 'shape', panorama)!r}")
+        got = getattr(panorama, "shape", panorama)
+        raise InvalidInputError(f"the panorama must be a uint8 (3, H, W) tensor, got {got!r}")
     if views.crop_strategy == "resize":
         if panorama.dtype != torch.uint8:
             raise InvalidInputError(f"the panorama must be uint8, got {panorama.dtype}")

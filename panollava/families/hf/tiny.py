@@ -46,7 +46,8 @@ _INIT_RANGE = 0.2
 QWEN2_VL_CHAT_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}"
     "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
     "<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
     "{% else %}{% for content in message['content'] %}"
@@ -64,9 +65,11 @@ LLAVA_CHAT_TEMPLATE = (
     "{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}{% endif %}"
     "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
     "{% if message['role'] != 'assistant' %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' ' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] + ' ' }}{% endfor %}"
     "{% else %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{% generation %}{{ content['text'] + ' ' }}{% endgeneration %}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% generation %}{{ content['text'] + ' ' }}{% endgeneration %}{% endfor %}"
     "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
@@ -79,7 +82,8 @@ GEMMA3_CHAT_TEMPLATE = (
     "<start_of_turn>{{ role }}\n"
     "{% if message['content'] is string %}{{ message['content'] | trim }}"
     "{% else %}{% for item in message['content'] %}"
-    "{% if item['type'] == 'image' %}<start_of_image>{% elif item['type'] == 'text' %}{{ item['text'] | trim }}{% endif %}"
+    "{% if item['type'] == 'image' %}<start_of_image>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] | trim }}{% endif %}"
     "{% endfor %}{% endif %}"
     "<end_of_turn>\n"
     "{% endfor %}"
@@ -257,7 +261,8 @@ def _write_gemma3(output_dir: Path) -> None:
     )
     ids = tokenizer.convert_tokens_to_ids
     text = dict(
-        model_type="gemma3_text", **{**_text_kwargs(tokenizer), "initializer_range": 0.02}, head_dim=16, sliding_window=64,
+        model_type="gemma3_text", **{**_text_kwargs(tokenizer), "initializer_range": 0.02}, head_dim=16,
+        sliding_window=64,
         layer_types=["sliding_attention", "full_attention"], query_pre_attn_scalar=16,
     )
     torch.manual_seed(0)
