@@ -128,9 +128,18 @@ def reference_inputs(folder: Path, kind: str, pano: torch.Tensor, query: str, vi
         return manual_inputs(folder, kind, images, query)
     from transformers import AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(folder)
-    text = _chat(processor, _messages(len(images), query))
-    return dict(processor(images=images, text=[text], return_tensors="pt"))
+    return canonical_inputs(AutoProcessor.from_pretrained(folder), images, query)
+
+
+def canonical_inputs(processor, images, query: str) -> dict:
+    """The documented way: the processor's apply_chat_template with the images in the conversation, tokenised."""
+    messages = _messages(len(images), query)
+    messages[0]["content"] = [{"type": "image", "image": img} for img in images] + messages[0]["content"][-1:]
+    template = processor.chat_template or processor.tokenizer.chat_template  # Blip2Processor drops its own
+    return dict(processor.apply_chat_template(
+        messages, chat_template=template, tokenize=True, return_dict=True, return_tensors="pt",
+        add_generation_prompt=True,
+    ))
 
 
 def manual_inputs(folder: Path, kind: str, images, query: str) -> dict:
@@ -438,7 +447,7 @@ def test_assembled_processor_gives_autoprocessor_inputs(tiny, panoramas, kind):
     auto = AutoProcessor.from_pretrained(folder)
     images = _images(pano, views)
     text = _chat(auto, _messages(len(images), "people"))
-    expected = auto(images=images, text=[text], return_tensors="pt")
+    expected = canonical_inputs(auto, images, "people")
     model_type = json.loads((folder / "config.json").read_text())["model_type"]
     loaded = load_processor(folder, model_type, force_assembled=True)
     assert loaded.how == "assembled" and type(loaded.processor).__name__ == type(auto).__name__

@@ -362,8 +362,12 @@ def prompt_inputs(
     call = copy.copy(processor)  # shallow: only this copy's image processor is replaced
     call.image_processor = _PrecomputedImages(processor.image_processor, image_inputs)
     stand_ins = [Image.new("RGB", (1, 1)) for _ in range(num_images)]  # counted by the checks, never processed
+    # as the processor's own apply_chat_template(tokenize=True) does: a prompt that already starts with the BOS
+    # token (Gemma's template) is tokenised without adding special tokens again
+    bos = getattr(processor.tokenizer, "bos_token", None)
+    extra = {"add_special_tokens": False} if bos and text.startswith(bos) else {}
     try:
-        out = call(images=stand_ins, text=[text], return_tensors="pt")
+        out = call(images=stand_ins, text=[text], return_tensors="pt", **extra)
     except ValueError as exc:
         raise InvalidInputError(
             f"the prompt does not fit the {num_images} image(s) of the panorama: {exc}. Check that the model's chat "

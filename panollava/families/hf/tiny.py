@@ -12,11 +12,12 @@ the chat template. Nothing is downloaded.
   processor config (``AutoProcessor`` would also need the video processor, i.e. torchvision).
 - ``qwen2_5_vl``: the same for ``Qwen2_5_VLForConditionalGeneration`` (windowed vision attention).
 - ``llava``: ``LlavaForConditionalGeneration`` with a SigLIP tower and a Qwen2 language model,
-  ``SiglipImageProcessorPil``, llava-hf's ``USER: <image>\\n... ASSISTANT:`` template, a full
-  ``LlavaProcessor`` save.
+  ``SiglipImageProcessorPil``, llava-hf's ``USER: <image>\\n... ASSISTANT:`` template (no BOS: the tokenizer
+  prepends ``<s>``, as Llama's does), a full ``LlavaProcessor`` save.
 - ``gemma3``: ``Gemma3ForConditionalGeneration`` (SigLIP tower, pooled image tokens between
   ``<start_of_image>``/``<end_of_image>``, bidirectional attention over them), ``Gemma3ImageProcessorPil``,
-  Gemma's ``<start_of_turn>user`` template, a full ``Gemma3Processor`` save.
+  Gemma's ``<start_of_turn>user`` template, which starts with ``<bos>`` while the tokenizer also prepends it (as
+  Gemma's does: the processor's tokenising path then adds no second one), a full ``Gemma3Processor`` save.
 - ``blip2``: ``Blip2ForConditionalGeneration`` (Q-Former, one image per prompt: the family refuses several),
   with a chat template.
 
@@ -117,9 +118,13 @@ def _corpus() -> list[str]:
     return base_corpus() + ["USER ASSISTANT Question Answer model user system Picture"] * 4
 
 
-def _tokenizer(specials: list[str], extra: dict[str, str] | None = None, **named: str):
-    """A byte-level BPE trained on the tiny corpus with ``specials`` (ids 0..n-1), wrapped for transformers."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def _tokenizer(specials: list[str], extra: dict[str, str] | None = None, prepend_bos: bool = False, **named: str):
+    """A byte-level BPE trained on the tiny corpus with ``specials`` (ids 0..n-1), wrapped for transformers.
+
+    ``prepend_bos``: the tokenizer adds ``named["bos_token"]`` in front of every encoded text (as Gemma's and
+    Llama's tokenizers do), so that the family's handling of a template that already starts with it is tested.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -132,6 +137,11 @@ def _tokenizer(specials: list[str], extra: dict[str, str] | None = None, **named
         show_progress=False,
     )
     tok.train_from_iterator(_corpus(), trainer=trainer)
+    if prepend_bos:
+        bos = named["bos_token"]
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]
+        )
     named_values = set(named.values()) | set((extra or {}).values())
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -228,8 +238,8 @@ def _write_llava(output_dir: Path) -> None:
     from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
-    tokenizer = _tokenizer(["<pad>", "</s>", "<image>"], eos_token="</s>", pad_token="<pad>",
-                           extra={"image_token": "<image>"})
+    tokenizer = _tokenizer(["<pad>", "<s>", "</s>", "<image>"], eos_token="</s>", pad_token="<pad>", bos_token="<s>",
+                           extra={"image_token": "<image>"}, prepend_bos=True)
     ids = tokenizer.convert_tokens_to_ids
     text = dict(model_type="qwen2", **_text_kwargs(tokenizer), tie_word_embeddings=True)
     torch.manual_seed(0)
@@ -256,7 +266,7 @@ def _write_gemma3(output_dir: Path) -> None:
     tokenizer = _tokenizer(
         ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>",
          "<image_soft_token>"],
-        eos_token="<eos>", pad_token="<pad>", bos_token="<bos>",
+        eos_token="<eos>", pad_token="<pad>", bos_token="<bos>", prepend_bos=True,
         extra={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"},
     )
     ids = tokenizer.convert_tokens_to_ids
