@@ -27,7 +27,6 @@ positions come out the same (multimodal rotary positions), and is not built here
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import inspect
 import json
@@ -42,8 +41,6 @@ import torch
 from panollava.data.prompts import format_user_text
 from panollava.data.views import ViewConfig, view_geometries
 from panollava.errors import InputNotFoundError, InvalidInputError, ModelUnavailableError
-from panollava.generation.settings import DecodeSettings
-from panollava.schema import DEFAULT_PROMPT_TEMPLATE
 from panollava.families.hf.processor import (
     LoadedProcessor,
     PanoramaProcessor,
@@ -56,6 +53,8 @@ from panollava.families.hf.processor import (
     render_prompt,
 )
 from panollava.families.hf.sampling import TokenChooser
+from panollava.generation.settings import DecodeSettings
+from panollava.schema import DEFAULT_PROMPT_TEMPLATE
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,6 @@ import copy
 import hashlib
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -398,5 +397,3 @@ def processor_settings(processor: Any, images_kwargs: dict) -> dict[str, Any]:
            and not isinstance(v, dict)}
     return json.loads(json.dumps({"settings": own, "images_kwargs": images_kwargs}, default=str))
 
-
-PanoramaTransform = Callable[[torch.Tensor], dict[str, Any]]
