@@ -433,6 +433,11 @@ def test_input_transform_is_picklable_and_deterministic(tiny, panoramas, kind):
     assert a.keys() == b.keys()
     for name in a["image_inputs"]:
         torch.testing.assert_close(a["image_inputs"][name], b["image_inputs"][name], rtol=0, atol=0)
+    # the loader's collate_fn and the processor itself (assembled without torchvision: a run-time subclass) pickle
+    assert pickle.loads(pickle.dumps(model.collate_panoramas))([a]) == [a]
+    processor = pickle.loads(pickle.dumps(model.processor))
+    assert type(processor).__name__ == type(model.processor).__name__
+    assert processor.tokenizer("a room")["input_ids"] == model.processor.tokenizer("a room")["input_ids"]
 
 
 @pytest.mark.parametrize("kind", ["llava", "gemma3", "blip2"])

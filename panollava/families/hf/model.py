@@ -294,8 +294,10 @@ class HFCaptionModel:
         """Image inputs of one uint8 ``(3, H, W)`` panorama (see :class:`.processor.PanoramaProcessor`)."""
         return self._transform(panorama)
 
-    def collate_panoramas(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The batch's ``pixel_values``: the P panoramas' image inputs, as a list."""
+    @staticmethod
+    def collate_panoramas(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The batch's ``pixel_values``: the P panoramas' image inputs, as a list (a plain function: picklable
+        as a loader's ``collate_fn``)."""
         return list(items)
 
     # -- generation -----------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ kwargs merged, token-type ids built and renamed exactly as for a plain ``process
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import logging
@@ -63,8 +64,12 @@ class LoadedProcessor:
     chat_template: str
 
 
+@functools.lru_cache(maxsize=None)
 def _no_video_subclass(processor_cls: type) -> type:
-    """``processor_cls`` accepting ``video_processor=None`` (images only: the video half needs torchvision)."""
+    """``processor_cls`` accepting ``video_processor=None`` (images only: the video half needs torchvision).
+
+    Instances pickle through :func:`_rebuild_images_only` (the class is made at run time, so pickle cannot find
+    it by name)."""
 
     class ImagesOnly(processor_cls):  # type: ignore[misc, valid-type]
         def check_argument_for_proper_class(self, argument_name, argument):
@@ -72,8 +77,18 @@ def _no_video_subclass(processor_cls: type) -> type:
                 return None
             return super().check_argument_for_proper_class(argument_name, argument)
 
+        def __reduce__(self):
+            return _rebuild_images_only, (processor_cls, self.__dict__)
+
     ImagesOnly.__name__ = ImagesOnly.__qualname__ = f"{processor_cls.__name__}ImagesOnly"
     return ImagesOnly
+
+
+def _rebuild_images_only(processor_cls: type, state: dict) -> Any:
+    cls = _no_video_subclass(processor_cls)
+    obj = cls.__new__(cls)
+    obj.__dict__.update(state)
+    return obj
 
 
 def _processor_class(folder: Path, model_type: str) -> type:
