@@ -210,6 +210,7 @@ def _pre_encoded() -> bool:
 
 
 PRE_ENCODED = _pre_encoded()
+SHARED_PREFIX_KINDS = ("qwen2_vl", "qwen2_5_vl", "llava", "internvl")
 FAMILIES = [("qwen2_vl", "anyres_e2p"), ("qwen2_5_vl", "cubemap"), ("llava", "anyres_e2p"), ("gemma3", "cubemap"),
             ("internvl", "anyres_e2p")]
 
@@ -225,12 +226,19 @@ def test_greedy_equals_per_sample_generate(tiny, panoramas, kind, strategy):
     for batch_size in (1, 4):
         assert run_engine(model, panoramas, batch_size=batch_size) == expected, (kind, batch_size)
     info = model.describe_decoding()
-    assert info["path"] == "generate" and info["padding"] == "left"
+    shared = PRE_ENCODED and kind in SHARED_PREFIX_KINDS
+    assert info["path"] == ("shared_prefix" if shared else "generate"), info
     assert info["vision_encoder"] == ("once_per_panorama" if PRE_ENCODED else "per_sample")
+    if kind == "gemma3" and PRE_ENCODED:
+        assert "sliding-window" in info["shared_prefix_refused"]
+    # the plain path: one left-padded generate over whole prompts
+    plain = load_hf_model(folder, views=views, decode=DecodeSettings(max_new_tokens=MAX_NEW), share_prefix=False)
+    assert run_engine(plain, panoramas, batch_size=4) == expected, (kind, "generate path")
+    assert plain.describe_decoding()["path"] == "generate" and plain.describe_decoding()["padding"] == "left"
     # the path of transformers without pre-encoded inputs (e.g. 5.17): pixels through generate, per sample
-    model._encode_once = False
-    assert run_engine(model, panoramas, batch_size=4) == expected, (kind, "per-sample encoder")
-    assert model.describe_decoding()["vision_encoder"] == "per_sample"
+    plain._encode_once = False
+    assert run_engine(plain, panoramas, batch_size=4) == expected, (kind, "per-sample encoder")
+    assert plain.describe_decoding()["vision_encoder"] == "per_sample"
 
 
 def test_single_image_family_resize_equals_generate_and_refuses_several(tiny, panoramas):
@@ -287,6 +295,8 @@ def test_sampled_captions_do_not_depend_on_batching_or_ranks(tiny, panoramas, ki
     for ids, part in ((ids0, rank0), (ids1, rank1)):  # sample ids stay global, as the engine's do
         split.update(run_engine(model, panoramas, samples=part, ids=ids, batch_size=3))
     assert split == reference
+    plain = load_hf_model(folder, views=_views(strategy), decode=DecodeSettings(**SAMPLING), share_prefix=False)
+    assert run_engine(plain, panoramas, batch_size=4) == reference  # shared-prefix and plain paths agree
     greedy = load_hf_model(folder, views=_views(strategy), decode=DecodeSettings(max_new_tokens=MAX_NEW))
     assert run_engine(greedy, panoramas, batch_size=6) != reference
     other_seed = load_hf_model(folder, views=_views(strategy), decode=DecodeSettings(**{**SAMPLING, "seed": 12}))

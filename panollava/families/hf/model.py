@@ -63,6 +63,8 @@ __all__ = ["ARCHITECTURES", "Architecture", "HFCaptionModel", "load_hf_model"]
 FAMILY = "hf"
 DTYPES = ("float32", "bfloat16", "float16")
 _PIXEL_KEYS = ("pixel_values", "pixel_values_images", "image_patches")
+# two queries that share no first character: the common prefix of their prompts stops before any query text
+_PROBE_QUERIES = ("a", "Z")
 _SNAPSHOT_RE = re.compile(r"models--(?P<repo>[^/]+)/snapshots/(?P<rev>[0-9a-f]{40})(/|$)")
 
 
@@ -74,23 +76,28 @@ class Architecture:
         label: Human name.
         max_images: Images one prompt can hold (None: any number).
         notes: How its inputs differ (for the docs and the provenance).
+        shared_prefix: Whether the shared-prefix path is proven exact for it (tests/test_hf_family.py); it still
+            needs full attention in every layer (a sliding window counts the padding between prefix and query).
     """
 
     label: str
     max_images: int | None
     notes: str
+    shared_prefix: bool = False
 
 
 #: Model types (``config.model_type``) the family serves, each proven on a tiny model in tests/test_hf_family.py.
 ARCHITECTURES: dict[str, Architecture] = {
-    "qwen2_vl": Architecture("Qwen2-VL", None, "multimodal rotary positions (image_grid_thw, mm_token_type_ids)"),
-    "qwen2_5_vl": Architecture("Qwen2.5-VL", None, "multimodal rotary positions, windowed vision attention"),
-    "llava": Architecture("LLaVA", None, "fixed-size images, one placeholder token per patch"),
+    "qwen2_vl": Architecture("Qwen2-VL", None, "multimodal rotary positions (image_grid_thw, mm_token_type_ids)",
+                             shared_prefix=True),
+    "qwen2_5_vl": Architecture("Qwen2.5-VL", None, "multimodal rotary positions, windowed vision attention",
+                               shared_prefix=True),
+    "llava": Architecture("LLaVA", None, "fixed-size images, one placeholder token per patch", shared_prefix=True),
     "gemma3": Architecture("Gemma 3", None, "pooled image tokens between <start_of_image>/<end_of_image>, "
                                            "bidirectional attention over them (token_type_ids)"),
     "internvl": Architecture("InternVL (transformers-native, -HF checkpoints)", None,
                              "each image cut into 448 px patches (+ thumbnail) by the processor, "
-                             "<img><IMG_CONTEXT>...</img> per image"),
+                             "<img><IMG_CONTEXT>...</img> per image", shared_prefix=True),
     "blip-2": Architecture("BLIP-2", 1, "one image per prompt: Q-Former query tokens before the text"),
 }
 
@@ -228,6 +235,7 @@ class HFCaptionModel:
         decode: DecodeSettings,
         identity: dict[str, Any],
         resize_max_side: int | None = None,
+        share_prefix: bool = True,
     ) -> None:
         self.module = module
         self.hf_model = hf_model
@@ -264,7 +272,29 @@ class HFCaptionModel:
         eos = gen.eos_token_id if gen.eos_token_id is not None else tokenizer.eos_token_id
         self.eos_token_ids = [eos] if isinstance(eos, int) else list(eos or [])
         self._weights_sha256: dict[str, str] | None = None
+        token_id = getattr(hf_model.config, "image_token_id", None)
+        self._image_token_id = token_id if token_id is not None else getattr(hf_model.config, "image_token_index", None)
+        self.shared_prefix_refusal = self._shared_prefix_refusal(share_prefix)
+        self._last_path: str | None = None
         self._probe()
+
+    def _shared_prefix_refusal(self, share_prefix: bool) -> str | None:
+        """Why the shared-prefix path cannot run (None: it runs)."""
+        if not share_prefix:
+            return "share_prefix is off"
+        if not self._encode_once:
+            return "the vision encoder runs inside generate (no mm_encoder_outputs, or a generate that needs pixels)"
+        if self.decode.num_beams != 1:
+            return "beam search"
+        text = self.hf_model.config.get_text_config()
+        layer_types = getattr(text, "layer_types", None)
+        if (layer_types and any(t != "full_attention" for t in layer_types)) or (
+            layer_types is None and getattr(text, "use_sliding_window", False)
+        ):
+            return "the language model has sliding-window layers (the padding between prefix and query would count)"
+        if not ARCHITECTURES[self.identity["model_type"]].shared_prefix:
+            return f"not proven exact for {self.identity['model_type']!r}"
+        return None
 
     def _probe(self) -> None:
         """Run the input half once on a blank panorama, so that a template that drops the images (or a processor
@@ -273,9 +303,7 @@ class HFCaptionModel:
         item = self._transform(blank)
         text = self._prompt("probe", item["num_images"])
         inputs, _ = prompt_inputs(self.processor, text, item["image_inputs"], item["num_images"])
-        config = self.hf_model.config
-        token_id = getattr(config, "image_token_id", None)
-        token_id = token_id if token_id is not None else getattr(config, "image_token_index", None)
+        token_id = self._image_token_id
         # older processors (transformers 5.17) do not count placeholders against images: the model would fail
         # on the first batch
         if token_id is not None and not bool((inputs["input_ids"] == token_id).any()):
@@ -338,8 +366,7 @@ class HFCaptionModel:
         Returns:
             B captions.
         """
-        from transformers import GenerationConfig, LogitsProcessorList
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
+        from transformers import GenerationConfig
 
         queries, sample_ids, items = list(batch["query"]), list(batch["sample_id"]), batch["pixel_values"]
         index = [int(i) for i in torch.as_tensor(batch["panorama_index"]).tolist()]
@@ -371,30 +398,9 @@ class HFCaptionModel:
                 out[k, length - r[name].shape[1]:] = r[name][0]
             text[name] = out.to(device)
 
-        extra: dict[str, Any] = {}
-        if self._encode_once:
-            encoded = {}
-            for p in sorted(set(index)):
-                key = keys[p]
-                if key is not None and key in self._features:
-                    encoded[p] = self._features[key]
-                else:
-                    encoded[p] = self._encode(items[p], device, dtype)
-            pooled = [encoded[p].pooler_output for p in index]
-            if isinstance(pooled[0], torch.Tensor):
-                combined: Any = torch.cat(pooled, dim=0)
-            else:
-                combined = type(pooled[0])(x for group in pooled for x in group)
-            extra["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=combined)}
-            self._features = {keys[p]: encoded[p] for p in encoded if keys[p] is not None}
+        encoded = self._encode_panoramas(items, index, keys, device, dtype) if self._encode_once else None
+        if encoded is not None:
             image_names = [n for n in image_names if n not in _PIXEL_KEYS]
-        for name in image_names:
-            values = [items[p]["image_inputs"][name] for p in index]
-            if isinstance(values[0], torch.Tensor):
-                extra[name] = self._to(torch.cat(values, dim=0), device, dtype)
-            else:
-                extra[name] = [v for group in values for v in group]
-
         config = GenerationConfig(
             max_new_tokens=self.decode.max_new_tokens,
             do_sample=False,
@@ -403,6 +409,61 @@ class HFCaptionModel:
             pad_token_id=self.pad_token_id,
             bos_token_id=self.hf_model.generation_config.bos_token_id,
         )
+        if self.shared_prefix_refusal is None:
+            prefix_length = self._prefix_lengths(rows, items, index)
+            if prefix_length is not None:
+                self._last_path = "shared_prefix"
+                return self._generate_shared(
+                    rows, items, index, sample_ids, encoded, image_names, config, device, dtype, prefix_length
+                )
+        self._last_path = "generate"
+        length = max(r["input_ids"].shape[1] for r in rows)
+        text: dict[str, torch.Tensor] = {}
+        for name in rows[0]:
+            fill = self.pad_token_id if name == "input_ids" else 0
+            out = torch.full((len(rows), length), fill, dtype=rows[0][name].dtype)
+            for k, r in enumerate(rows):
+                out[k, length - r[name].shape[1]:] = r[name][0]
+            text[name] = out.to(device)
+        extra = self._image_extras(items, index, image_names, device, dtype)
+        if encoded is not None:
+            extra["mm_encoder_outputs"] = {"image": _combine([encoded[p] for p in index])}
+        return self._run_generate(text, extra, config, sample_ids, length)
+
+    def _encode_panoramas(
+        self, items: list[dict[str, Any]], index: list[int], keys: list[Any], device: torch.device,
+        dtype: torch.dtype,
+    ) -> dict[int, Any]:
+        """Vision-encoder outputs of the batch's panoramas (reusing the previous batch's by ``panorama_key``)."""
+        encoded = {}
+        for p in sorted(set(index)):
+            key = keys[p]
+            if key is not None and key in self._features:
+                encoded[p] = self._features[key]
+            else:
+                encoded[p] = self._encode(items[p], device, dtype)
+        self._features = {keys[p]: encoded[p] for p in encoded if keys[p] is not None}
+        return encoded
+
+    def _image_extras(
+        self, items: list[dict[str, Any]], panoramas: list[int], names: list[str], device: torch.device,
+        dtype: torch.dtype,
+    ) -> dict[str, Any]:
+        """The image inputs other than pixels (e.g. ``image_grid_thw``), one panorama's per entry of ``panoramas``."""
+        extra: dict[str, Any] = {}
+        for name in names:
+            values = [items[p]["image_inputs"][name] for p in panoramas]
+            if isinstance(values[0], torch.Tensor):
+                extra[name] = self._to(torch.cat(values, dim=0), device, dtype)
+            else:
+                extra[name] = [v for group in values for v in group]
+        return extra
+
+    def _run_generate(
+        self, text: dict[str, torch.Tensor], extra: dict[str, Any], config: Any, sample_ids: list[str], length: int
+    ) -> list[str]:
+        from transformers import LogitsProcessorList
+
         processors = LogitsProcessorList()
         if TokenChooser.needed(self.decode):
             processors.append(TokenChooser(self.decode, sample_ids, length))
@@ -413,13 +474,97 @@ class HFCaptionModel:
         )
         return [c.strip() for c in captions]
 
+    def _query_independent_length(self, item: dict[str, Any], rows: list[torch.Tensor]) -> int:
+        """Tokens shared by every prompt of this panorama: the common prefix of its rows and of two probe
+        prompts (so that it never reaches into a query), leaving each row at least one token of its own."""
+        probes = [
+            prompt_inputs(self.processor, self._prompt(q, item["num_images"]), item["image_inputs"],
+                          item["num_images"])[0]["input_ids"][0]
+            for q in _PROBE_QUERIES
+        ]
+        sequences = rows + probes
+        limit = min(len(r) for r in rows) - 1
+        c = 0
+        while c < limit and all(int(s[c]) == int(sequences[0][c]) for s in sequences):
+            c += 1
+        return c
+
+    def _prefix_lengths(
+        self, rows: list[dict[str, torch.Tensor]], items: list[dict[str, Any]], index: list[int]
+    ) -> dict[int, int] | None:
+        """Each panorama's shared prefix length, or None when some prompt has an image token after it (a template
+        that puts the images after the text: then the batch runs the plain ``generate`` path)."""
+        lengths = {}
+        for p in sorted(set(index)):
+            ids = [rows[k]["input_ids"][0] for k in range(len(rows)) if index[k] == p]
+            c = self._query_independent_length(items[p], ids)
+            if c == 0 or any(bool((row[c:] == self._image_token_id).any()) for row in ids):
+                return None
+            lengths[p] = c
+        return lengths
+
+    def _generate_shared(
+        self, rows: list[dict[str, torch.Tensor]], items: list[dict[str, Any]], index: list[int],
+        sample_ids: list[str], encoded: dict[int, Any], image_names: list[str], config: Any,
+        device: torch.device, dtype: torch.dtype, prefix_length: dict[int, int],
+    ) -> list[str]:
+        """Each panorama's prompt prefix (everything before the query: template, images) is run once; its cache
+        is selected for each of the panorama's rows, and ``generate`` runs the rest: the rows are laid out as
+        ``prefix | padding | query part`` (attention mask 0 on the padding), so every token keeps the position it
+        has in the row's own prompt. Rows are grouped by prefix length (equal when the panoramas give the same
+        number of image tokens)."""
+        groups: dict[int, list[int]] = {}
+        for k, p in enumerate(index):
+            groups.setdefault(prefix_length[p], []).append(k)
+        captions: list[str] = [""] * len(rows)
+        for c, ks in groups.items():
+            panos = list(dict.fromkeys(index[k] for k in ks))
+            first = {p: next(k for k in ks if index[k] == p) for p in panos}
+            prefix = {
+                name: torch.stack([rows[first[p]][name][0, :c] for p in panos]).to(device)
+                for name in rows[0]
+            }
+            out = self.hf_model(
+                **prefix,
+                **self._image_extras(items, panos, image_names, device, dtype),
+                mm_encoder_outputs={"image": _combine([encoded[p] for p in panos])},
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+            local = torch.tensor([panos.index(index[k]) for k in ks], device=device)
+            cache.batch_select_indices(local)
+            deltas = getattr(self.hf_model.base_model, "rope_deltas", None)
+            if deltas is not None:  # multimodal rotary positions: each row continues from its panorama's offset
+                self.hf_model.base_model.rope_deltas = deltas.index_select(0, local)
+            suffix = max(rows[k]["input_ids"].shape[1] - c for k in ks)
+            text = {}
+            for name in rows[0]:
+                fill = self.pad_token_id if name == "input_ids" else 0
+                full = torch.full((len(ks), c + suffix), fill, dtype=rows[0][name].dtype)
+                for r, k in enumerate(ks):
+                    ids = rows[k][name][0]
+                    full[r, :c] = ids[:c]
+                    full[r, c + suffix - (ids.shape[0] - c):] = ids[c:]
+                if name == "attention_mask":
+                    full[:, :c] = 1
+                text[name] = full.to(device)
+            key = "cache" if "cache" in inspect.signature(self.hf_model.forward).parameters else "past_key_values"
+            group_captions = self._run_generate(
+                text, {key: cache}, config, [sample_ids[k] for k in ks], c + suffix
+            )
+            for k, caption in zip(ks, group_captions):
+                captions[k] = caption
+        return captions
+
     # -- provenance -----------------------------------------------------------------------------------------
     def describe_decoding(self) -> dict[str, Any]:
         """Settings, path and eos ids of the decoding that runs."""
         return {
             "family": FAMILY,
             "settings": self.decode.to_dict(),
-            "path": "generate",
+            "path": self._last_path or ("generate" if self.shared_prefix_refusal else "shared_prefix"),
+            "shared_prefix_refused": self.shared_prefix_refusal,
             "padding": "left",
             "vision_encoder": "once_per_panorama" if self._encode_once else "per_sample",
             "image_processor": "once_per_panorama",
@@ -485,6 +630,18 @@ class HFCaptionModel:
         }
 
 
+def _combine(outputs: list[Any]) -> Any:
+    """One encoder output holding the given panoramas' image features, in order (tensors or per-image lists)."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    pooled = [o.pooler_output for o in outputs]
+    if isinstance(pooled[0], torch.Tensor):
+        combined: Any = torch.cat(pooled, dim=0)
+    else:
+        combined = type(pooled[0])(x for group in pooled for x in group)
+    return BaseModelOutputWithPooling(pooler_output=combined)
+
+
 def _view_dict(views: ViewConfig) -> dict[str, Any]:
     from dataclasses import asdict
 
@@ -503,6 +660,7 @@ def load_hf_model(
     device: str | torch.device = "cpu",
     resize_max_side: int | None = None,
     cache_dir: str | Path | None = None,
+    share_prefix: bool = True,
     force_assembled_processor: bool = False,
 ) -> HFCaptionModel:
     """Load a Hugging Face VLM (and optionally its peft LoRA adapter) as a ``CaptionModel``.
@@ -524,6 +682,8 @@ def load_hf_model(
             kept, antialiased) before the processor, which then applies its own resizing (None: the panorama
             as decoded, e.g. Qwen2.5-VL's default ``max_pixels`` then bounds it).
         cache_dir: Hugging Face cache folder for a hub id (None: the hub library's default).
+        share_prefix: Run each panorama's image prefix once for all its queries where that is proven exact
+            (see the module docstring); False: one batched ``generate`` over the whole prompts.
         force_assembled_processor: Build the processor from its parts even where ``AutoProcessor`` works.
 
     Returns:
@@ -612,4 +772,6 @@ def load_hf_model(
         model_id, config.model_type, identity["revision"], dtype_name,
         f" + adapter {adapter_info.path}" if adapter_info else "", loaded.how, views.crop_strategy, num_images,
     )
-    return HFCaptionModel(module, hf_model, loaded, views, prompt_template, decode, identity, resize_max_side)
+    return HFCaptionModel(
+        module, hf_model, loaded, views, prompt_template, decode, identity, resize_max_side, share_prefix
+    )
