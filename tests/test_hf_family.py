@@ -252,6 +252,21 @@ def test_single_image_family_resize_equals_generate_and_refuses_several(tiny, pa
         load_hf_model(folder, crop_strategy="anyres_e2p")
 
 
+@pytest.mark.skipif(not PRE_ENCODED, reason="the shared prefix needs mm_encoder_outputs (absent from 5.17)")
+def test_shared_prefix_with_prefixes_of_different_lengths(tiny, panoramas):
+    """resize with Qwen2-VL: a 3:2 crop gives another image-token count, so another prefix length (two groups)."""
+    folder = tiny("qwen2_vl")
+    views = _views("resize")
+    mixed = list(panoramas)
+    mixed[1] = ("cropped", panoramas[1][1][:, :, : panoramas[1][1].shape[2] * 3 // 4].contiguous())
+    model = load_hf_model(folder, views=views, decode=DecodeSettings(max_new_tokens=MAX_NEW))
+    counts = {model.panorama_inputs(p)["image_inputs"]["image_grid_thw"].prod().item() for _, p in mixed}
+    assert len(counts) == 2
+    expected = reference_captions(folder, "qwen2_vl", mixed, views)
+    assert run_engine(model, mixed, batch_size=6) == expected
+    assert model.describe_decoding()["path"] == "shared_prefix"
+
+
 @pytest.mark.skipif(not PRE_ENCODED, reason="this transformers has no mm_encoder_outputs (pre-encoded images, absent "
                                          "from 5.17): the vision encoder runs inside generate, per sample")
 def test_vision_encoder_runs_once_per_panorama(tiny, panoramas):

@@ -20,9 +20,18 @@ Speed: the image processor runs once per panorama (``input_transform``, in the l
 vision encoder: each panorama's ``get_image_features`` output is computed once and handed to ``generate`` as
 ``mm_encoder_outputs`` (transformers' own pre-encoded input), repeated for each of its queries, so ``generate``
 never re-encodes pixels. The encoder outputs of the previous batch's last panoramas are kept (by ``panorama_key``)
-for a panorama that continues into the next batch. The language model runs one batched, left-padded ``generate``
-per batch (``describe_decoding()["path"] == "generate"``); no shared prefix: a prefix cache is only exact where the
-positions come out the same (multimodal rotary positions), and is not built here.
+for a panorama that continues into the next batch. The language model then takes one of two paths
+(``describe_decoding()["path"]``):
+
+* ``shared_prefix``: each panorama's prompt prefix (template and images: everything before the query, found as
+  the common prefix of its prompts and of two probe prompts) is run once; its cache is selected for each of the
+  panorama's rows, and ``generate`` runs the rest with the rows laid out as ``prefix | padding | query part``
+  (attention mask 0 on the padding), so every token keeps the position it has in its own prompt, multimodal
+  rotary positions included (Qwen's per-row ``rope_deltas`` are selected with the cache). Used where proven exact
+  against per-sample ``generate`` (Qwen2-VL/2.5-VL, LLaVA, InternVL; greedy, sampled and penalised), with
+  full attention in every layer (a sliding window would count the padding) and one beam;
+* ``generate``: one batched, left-padded ``generate`` over whole prompts (Gemma 3, BLIP-2, beam search,
+  ``share_prefix=False``, transformers without ``mm_encoder_outputs``).
 """
 
 from __future__ import annotations
