@@ -491,12 +491,13 @@ class HFCaptionModel:
                           item["num_images"])[0]["input_ids"][0]
             for q in _PROBE_QUERIES
         ]
-        sequences = rows + probes
         limit = min(len(r) for r in rows) - 1
-        c = 0
-        while c < limit and all(int(s[c]) == int(sequences[0][c]) for s in sequences):
-            c += 1
-        return c
+        width = min(limit, *(len(p) for p in probes))
+        if width <= 0:
+            return 0
+        stacked = torch.stack([s[:width] for s in rows + probes])
+        differs = (stacked != stacked[0]).any(dim=0).nonzero()
+        return int(differs[0]) if len(differs) else width
 
     def _prefix_lengths(
         self, rows: list[dict[str, torch.Tensor]], items: list[dict[str, Any]], index: list[int]
