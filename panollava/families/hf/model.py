@@ -398,15 +398,6 @@ class HFCaptionModel:
             )
             rows.append(row)
             image_names = names  # the same names for every panorama (one processor, one protocol)
-        length = max(r["input_ids"].shape[1] for r in rows)
-        text: dict[str, torch.Tensor] = {}
-        for name in rows[0]:
-            fill = self.pad_token_id if name == "input_ids" else 0
-            out = torch.full((len(rows), length), fill, dtype=rows[0][name].dtype)
-            for k, r in enumerate(rows):
-                out[k, length - r[name].shape[1]:] = r[name][0]
-            text[name] = out.to(device)
-
         encoded = self._encode_panoramas(items, index, keys, device, dtype) if self._encode_once else None
         if encoded is not None:
             image_names = [n for n in image_names if n not in _PIXEL_KEYS]
@@ -426,6 +417,14 @@ class HFCaptionModel:
                     rows, items, index, sample_ids, encoded, image_names, config, device, dtype, prefix_length
                 )
         self._last_path = "generate"
+        length = max(r["input_ids"].shape[1] for r in rows)
+        text: dict[str, torch.Tensor] = {}
+        for name in rows[0]:  # left-padded whatever the tokenizer's default
+            fill = self.pad_token_id if name == "input_ids" else 0
+            out = torch.full((len(rows), length), fill, dtype=rows[0][name].dtype)
+            for k, r in enumerate(rows):
+                out[k, length - r[name].shape[1]:] = r[name][0]
+            text[name] = out.to(device)
         length = max(r["input_ids"].shape[1] for r in rows)
         text: dict[str, torch.Tensor] = {}
         for name in rows[0]:
