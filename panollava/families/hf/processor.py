@@ -1,10 +1,11 @@
 """The model's own processor, and the model inputs of one panorama and of one prompt.
 
 **Loading.** ``AutoProcessor.from_pretrained(folder)`` first. Where it cannot be built (under transformers 5 the
-Qwen2-VL / Qwen2.5-VL processors insist on a video processor, which needs torchvision: not importable beside torch
-2.13 CPU), the family builds the *same processor class* from the folder's parts: the image processor
-(``AutoImageProcessor``, which picks the Pil variant without torchvision), the tokenizer, the chat template and
-the processor's own settings (``processor_config.json``), with no video processor. Every step of the input
+Qwen2-VL / Qwen2.5-VL and InternVL processors insist on a video processor, which needs torchvision: not importable
+beside torch 2.13 CPU), the family builds the *same processor class* from the folder's parts: the image processor
+(``AutoImageProcessor``, which picks the Pil variant without torchvision; under transformers 5.17, where
+``AutoImageProcessor`` itself needs torchvision, the Pil variant of the class the folder names), the tokenizer,
+the chat template and the processor's own settings (``processor_config.json``), with no video processor. Every step of the input
 assembly below is then the processor's own code, so both ways give the same inputs (checked by
 ``tests/test_hf_family.py`` where torchvision imports, and against ``AutoProcessor`` for the families whose
 processor builds without it).
@@ -15,7 +16,9 @@ the multimodal token-type ids. The image half depends only on the panorama, so i
 (:class:`PanoramaProcessor`, in the loader's workers); the text half runs per prompt
 (:func:`prompt_inputs`), through the processor's own ``__call__`` with the panorama's precomputed image outputs
 handed in place of its image step. Nothing else of the call changes: placeholder counts are validated, text
-kwargs merged, token-type ids built and renamed exactly as for a plain ``processor(images=..., text=...)``.
+kwargs merged, token-type ids built and renamed exactly as for a plain ``processor(images=..., text=...)``; as in
+the processor's ``apply_chat_template(..., tokenize=True)``, a prompt that already starts with the BOS token is
+tokenised without special tokens.
 """
 
 from __future__ import annotations
