@@ -76,7 +76,7 @@ def _batches(samples, batch_size):
 def run_engine(model, panoramas, samples=SAMPLES, batch_size=4, order=None, ids=None):
     """What the engine does: batches of samples, each with the panoramas it reads (image inputs made once)."""
     inputs = {}
-    transform = model.input_transform()
+    transform = model.panorama_transform()
     indexed = [(f"s{k}", p, q) for k, (p, q) in enumerate(samples)] if ids is None else [
         (sid, p, q) for sid, (p, q) in zip(ids, samples)]
     if order is not None:
@@ -91,7 +91,7 @@ def run_engine(model, panoramas, samples=SAMPLES, batch_size=4, order=None, ids=
         batch = {
             "query": [q for _, _, q in chunk],
             "sample_id": [sid for sid, _, _ in chunk],
-            "pixel_values": model.collate_panoramas([inputs[p] for p in used]),
+            "pixel_values": model.panorama_transform().collate([inputs[p] for p in used]),
             "panorama_index": torch.tensor([used.index(p) for _, p, _ in chunk]),
             "panorama_key": [panoramas[p][0] for p in used],
         }
@@ -260,7 +260,7 @@ def test_shared_prefix_with_prefixes_of_different_lengths(tiny, panoramas):
     mixed = list(panoramas)
     mixed[1] = ("cropped", panoramas[1][1][:, :, : panoramas[1][1].shape[2] * 3 // 4].contiguous())
     model = load_hf_model(folder, views=views, decode=DecodeSettings(max_new_tokens=MAX_NEW))
-    counts = {model.panorama_inputs(p)["image_inputs"]["image_grid_thw"].prod().item() for _, p in mixed}
+    counts = {model.panorama_transform()(p)["image_inputs"]["image_grid_thw"].prod().item() for _, p in mixed}
     assert len(counts) == 2
     expected = reference_captions(folder, "qwen2_vl", mixed, views)
     assert run_engine(model, mixed, batch_size=6) == expected
@@ -355,7 +355,7 @@ def test_peft_adapter_changes_captions_and_equals_generate_on_adapted_model(tiny
 def test_protocol_image_counts_and_order(tiny, panoramas, strategy, count):
     model = load_hf_model(tiny("qwen2_vl"), views=_views(strategy), decode=DecodeSettings(max_new_tokens=2))
     pano = panoramas[1][1]
-    item = model.panorama_inputs(pano)
+    item = model.panorama_transform()(pano)
     assert item["num_images"] == count
     assert item["image_inputs"]["image_grid_thw"].shape[0] == count
     images = panorama_images(pano, _views(strategy))
@@ -426,7 +426,7 @@ def test_resize_downscales_with_antialiasing_only_when_asked(tiny, panoramas):
     # antialiased: not a nearest-neighbour subsample of the panorama
     assert not np.array_equal(reduced, pano.permute(1, 2, 0).numpy()[::4, ::4])
     model = load_hf_model(tiny("qwen2_vl"), crop_strategy="resize", resize_max_side=128)
-    assert model.panorama_inputs(pano)["image_inputs"]["image_grid_thw"].shape[0] == 1
+    assert model.panorama_transform()(pano)["image_inputs"]["image_grid_thw"].shape[0] == 1
     assert model.fingerprint()["protocol"]["resize_max_side"] == 128
     with pytest.raises(InvalidInputError, match="resize_max_side must be an integer >= 8"):
         load_hf_model(tiny("qwen2_vl"), crop_strategy="resize", resize_max_side=0)
@@ -453,13 +453,13 @@ def test_beam_search_equals_per_sample_generate(tiny, panoramas):
 @pytest.mark.parametrize("kind", ["gemma3", "qwen2_vl", "internvl"])
 def test_input_transform_is_picklable_and_deterministic(tiny, panoramas, kind):
     model = load_hf_model(tiny(kind), views=_views("anyres_e2p"))
-    transform = pickle.loads(pickle.dumps(model.input_transform()))
-    a, b = transform(panoramas[0][1]), model.panorama_inputs(panoramas[0][1])
+    transform = pickle.loads(pickle.dumps(model.panorama_transform()))
+    a, b = transform(panoramas[0][1]), model.panorama_transform()(panoramas[0][1])
     assert a.keys() == b.keys()
     for name in a["image_inputs"]:
         torch.testing.assert_close(a["image_inputs"][name], b["image_inputs"][name], rtol=0, atol=0)
     # the loader's collate_fn and the processor itself (assembled without torchvision: a run-time subclass) pickle
-    assert pickle.loads(pickle.dumps(model.collate_panoramas))([a]) == [a]
+    assert pickle.loads(pickle.dumps(model.panorama_transform())).collate([a]) == [a]
     processor = pickle.loads(pickle.dumps(model.processor))
     assert type(processor).__name__ == type(model.processor).__name__
     assert processor.tokenizer("a room")["input_ids"] == model.processor.tokenizer("a room")["input_ids"]
@@ -501,7 +501,7 @@ def test_assembled_inputs_equal_reference_assembly(tiny, panoramas, kind):
     views = _views("anyres_e2p")
     model = load_hf_model(folder, views=views)
     pano = panoramas[0][1]
-    item = model.panorama_inputs(pano)
+    item = model.panorama_transform()(pano)
     text = model._prompt("interior", item["num_images"])
     text_inputs, image_keys = prompt_inputs(model.processor, text, item["image_inputs"], item["num_images"])
     got = {**text_inputs, **{k: item["image_inputs"][k] for k in image_keys}}

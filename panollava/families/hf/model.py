@@ -16,7 +16,7 @@
 * batches are left-padded whatever the tokenizer's default; special tokens are skipped when decoding, and the
   caption is stripped of surrounding whitespace.
 
-Speed: the image processor runs once per panorama (``input_transform``, in the loader's workers) and so does the
+Speed: the image processor runs once per panorama (``panorama_transform``, in the loader's workers) and so does the
 vision encoder: each panorama's ``get_image_features`` output is computed once and handed to ``generate`` as
 ``mm_encoder_outputs`` (transformers' own pre-encoded input), repeated for each of its queries, so ``generate``
 never re-encodes pixels. The encoder outputs of the previous batch's last panoramas are kept (by ``panorama_key``)
@@ -323,19 +323,16 @@ class HFCaptionModel:
             )
 
     # -- inputs ---------------------------------------------------------------------------------------------
-    def input_transform(self) -> PanoramaProcessor:
-        """The picklable ``panorama → image inputs`` callable (the processor's image half)."""
+    def panorama_transform(self, view_settings=None) -> PanoramaProcessor:
+        """The picklable ``panorama → image inputs`` transform (the processor's image half; ``collate`` keeps the
+        P panoramas' inputs as a list). Its views were fixed at load time from the same view settings; an
+        image-blind baseline is not available for this family."""
+        if view_settings is not None and getattr(view_settings, "image_blind", False):
+            raise InvalidInputError(
+                "--data.image_blind is not available with --hf_model: an off-the-shelf model's processor builds its "
+                "own inputs from the images; evaluate it with the images"
+            )
         return self._transform
-
-    def panorama_inputs(self, panorama: torch.Tensor) -> dict[str, Any]:
-        """Image inputs of one uint8 ``(3, H, W)`` panorama (see :class:`.processor.PanoramaProcessor`)."""
-        return self._transform(panorama)
-
-    @staticmethod
-    def collate_panoramas(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The batch's ``pixel_values``: the P panoramas' image inputs, as a list (a plain function: picklable
-        as a loader's ``collate_fn``)."""
-        return list(items)
 
     # -- generation -----------------------------------------------------------------------------------------
     def reset(self) -> None:

@@ -293,6 +293,12 @@ class PanoramaProcessor:
     images_kwargs: dict
     views: ViewConfig
     resize_max_side: int | None = None
+    on_device = False  # PIL images into the model's image processor: CPU, in the loader (a ClassVar, not a field)
+
+    @staticmethod
+    def collate(items) -> list[dict[str, Any]]:
+        """The batch's ``pixel_values``: the P panoramas' image inputs, as a list."""
+        return list(items)
 
     def __call__(self, panorama: torch.Tensor) -> dict[str, Any]:
         """Image inputs of one panorama.
