@@ -14,14 +14,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from lightning.pytorch.cli import LightningCLI
 
 from panollava.console import echo, quiet_third_party
 from panollava.data.datamodule import PanoDataModule
 from panollava.errors import InvalidInputError
-from panollava.families.base import FAMILY_ORIGINAL, FAMILY_PANOLLAVA
+from panollava.families.base import FAMILY_HF, FAMILY_ORIGINAL, FAMILY_PANOLLAVA
 from panollava.module import PanoLLaVAModule
 from panollava.schema import SETTINGS, to_plain
 from panollava.settings import flat_settings
@@ -89,6 +89,13 @@ class PanoLLaVACLI(LightningCLI):
                             help="Run directory to evaluate; settings come from its checkpoint_metadata.json.")
         parser.add_argument("--checkpoint", type=Optional[str], default=None,
                             help="Checkpoint rule: best or last (default: best → last → newest *.ckpt).")
+        parser.add_argument("--hf_model", type=Optional[str], default=None,
+                            help="Evaluate an off-the-shelf Hugging Face VLM (hub id or local folder) instead of a run "
+                            "directory: its own processor and chat template, the views of --data.crop_strategy.")
+        parser.add_argument("--hf_adapter", type=Optional[str], default=None,
+                            help="With --hf_model: a peft LoRA adapter folder trained on that model.")
+        parser.add_argument("--hf_dtype", type=Literal["float32", "bfloat16", "float16"], default="float32",
+                            help="With --hf_model: the dtype its weights are loaded in.")
         for key, setting in SETTINGS.items():
             if setting.flag is None:
                 continue
@@ -156,7 +163,22 @@ class PanoLLaVACLI(LightningCLI):
             config_name = ", ".join(str(Path(str(getattr(f, "absolute", None) or f)).resolve())
                                     for f in cfg.get("config") or []) or None
             recognition = self._recognise_family(cfg.get("ckpt_dir"))
-            if recognition is not None:
+            if cfg.get("hf_model") is not None:
+                from panollava.evaluation.plan import plan_hf_evaluation
+
+                if cfg.get("ckpt_dir") is not None or cfg.get("ckpt_path") is not None:
+                    raise InvalidInputError("--hf_model evaluates a Hugging Face model, --ckpt_dir a run directory: "
+                                            "give one of them")
+                self._plan = plan = plan_hf_evaluation(
+                    self.subcommand, hf_model=cfg["hf_model"], hf_adapter=cfg.get("hf_adapter"),
+                    hf_dtype=cfg.get("hf_dtype") or "float32",
+                    cli={k: v for k, v in cli.items() if k != "csv_input"},
+                    config={k: v for k, v in config.items() if k != "csv_input"}, config_name=config_name,
+                    cli_csv=cli_csv, config_csv=config_csv, command=" ".join(["panollava-cli", *self._argv]),
+                )
+            elif cfg.get("hf_adapter") is not None:
+                raise InvalidInputError("--hf_adapter needs --hf_model (the model the adapter was trained on)")
+            elif recognition is not None:
                 from panollava.evaluation.plan import plan_original_evaluation
 
                 self._plan = plan = plan_original_evaluation(
@@ -256,12 +278,24 @@ class PanoLLaVACLI(LightningCLI):
                 source["run_dir"], checkpoint=source["checkpoint"], config_yaml=source["config_yaml"],
                 decode=decode, base_dir=Path.cwd(), share_prefix=bool(values["share_prefix"]),
             )
+        elif plan.family == FAMILY_HF:
+            from panollava.data.views import ViewConfig
+            from panollava.families.hf import load_hf_model
+
+            views = ViewConfig(crop_strategy=values["crop_strategy"], fov_deg=float(values["fov_deg"]),
+                               overlap_ratio=float(values["overlap_ratio"]), num_views=int(values["num_views"]),
+                               **({"image_size": values["image_size"]} if values.get("image_size") else {}))
+            caption_model = load_hf_model(
+                source["name"], adapter=source["adapter"], views=views, prompt_template=values["prompt_template"],
+                decode=decode, dtype=source["dtype"], share_prefix=bool(values["share_prefix"]),
+            )
         else:  # pragma: no cover - every family of FAMILIES is handled above
             raise InvalidInputError(f"no loader for model family {plan.family!r}")
         self.model = FamilyModule(caption_model)
         plan.provenance["model"] = caption_model.provenance()
         plan.provenance["model_fingerprint"] = caption_model.fingerprint()
-        echo(f"✅ Loaded {Path(source['checkpoint']).name} ({plan.family}, strict, weights_only)")
+        echo(f"✅ Loaded {caption_model.provenance().get('model') or Path(plan.checkpoint_path).name} "
+             f"({plan.family})")
 
     def after_instantiate_classes(self) -> None:
         from panollava.callbacks.eval_writer import EvaluationWriter, set_evaluation_timeout

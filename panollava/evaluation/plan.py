@@ -287,3 +287,82 @@ def plan_original_evaluation(
         family=recognition.family,
         family_source={"run_dir": str(run), "checkpoint": str(chosen.path), "config_yaml": original_config},
     )
+
+
+def plan_hf_evaluation(
+    subcommand: str,
+    *,
+    hf_model: str,
+    hf_adapter: str | None,
+    hf_dtype: str,
+    cli: Mapping[str, Any],
+    config: Mapping[str, Any],
+    config_name: str | None = None,
+    cli_csv: tuple[str, str] | None = None,
+    config_csv: str | None = None,
+    command: str = "",
+) -> EvaluationPlan:
+    """Plans the evaluation of an off-the-shelf Hugging Face VLM (family ``hf``, ``--hf_model``): the CSV, the
+    output folder and the provenance. The view protocol is ``--data.crop_strategy`` (with fov, overlap, views and
+    ``--model.model_config.image_size`` for the rendered views); the prompt is ``--prompt_template``'s (ours by
+    default); the model's identity (resolved revision, adapter hashes, processor settings) is added when it loads.
+
+    Args:
+        subcommand: ``test`` or ``predict``.
+        hf_model: Hub id or local model folder.
+        hf_adapter: A peft LoRA adapter folder trained on it, or None.
+        hf_dtype: ``float32``, ``bfloat16`` or ``float16``.
+        cli: Flat settings typed on the command line.
+        config: Flat settings from panollava config files.
+        config_name: The config file(s), for messages.
+        cli_csv: ``(path, flag)`` of a CSV typed on the command line.
+        config_csv: The CSV a config file names.
+        command: The command line, recorded in the provenance.
+
+    Returns:
+        The :class:`EvaluationPlan` (``family`` ``hf``).
+    """
+    import re
+
+    merged = merge_settings(cli, None, config, config_name=config_name)
+    csv_given, csv_flag = cli_csv if cli_csv is not None else (None, "--csv_input")
+    csv_path, csv_reason, csv_source = resolve_csv(csv_given, None, None, config_csv=config_csv, cli_flag=csv_flag,
+                                                   config_name=config_name)
+    merged.values["csv_input"], merged.sources["csv_input"] = str(csv_path), csv_source
+    output_dir = merged.values.get("output_dir")
+    if output_dir is None:  # eval_results/hf/<model>[+<adapter>]/<protocol>-<dataset>
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(hf_model.rstrip("/")).name if Path(hf_model).exists()
+                      else hf_model.replace("/", "__"))
+        if hf_adapter:
+            name += "+" + re.sub(r"[^A-Za-z0-9._-]+", "_", Path(hf_adapter.rstrip("/")).name)
+        output_dir = Path("eval_results") / "hf" / name / f"{merged.values['crop_strategy']}-{csv_path.stem}"
+    output_dir = Path(output_dir).resolve()
+    merged.values["output_dir"] = str(output_dir)
+    generation = {f.name: merged.values[f.name] for f in fields(GenerationSettings)}
+    provenance = {
+        "family": "hf",
+        "checkpoint": {"path": hf_model, "sha256": None, "rule": "--hf_model",
+                       "reason": "an off-the-shelf Hugging Face VLM given with --hf_model"},
+        "run": {"hf_model": hf_model, "hf_adapter": hf_adapter, "dtype": hf_dtype},
+        "metadata": None,
+        "settings": merged.provenance(),
+        "settings_mismatches": None,
+        "decoding": generation,
+        "dataset": {"path": str(csv_path), "sha256": sha256_file(csv_path), "reason": csv_reason,
+                    "reference_mode": merged.values["reference_mode"]},
+        "library_versions": {**installed_library_versions(), **installed_library_versions(_EVAL_LIBRARIES)},
+        "command": command,
+    }
+    banner = [
+        "=" * 60,
+        f"🤗 Hugging Face VLM: {hf_model}" + (f" + adapter {hf_adapter}" if hf_adapter else ""),
+        "=" * 60,
+        f"🖼️  Views: {merged.values['crop_strategy']} (--data.crop_strategy); prompt: "
+        f"{merged.values['prompt_template']!r}",
+        f"📄 Data: {csv_path} ({csv_reason})",
+    ]
+    return EvaluationPlan(
+        subcommand=subcommand, resolved=None, merged=merged, checkpoint_path=Path(hf_model), csv_path=csv_path,
+        csv_reason=csv_reason, output_dir=output_dir, provenance=provenance, banner=banner, family="hf",
+        family_source={"name": hf_model, "adapter": hf_adapter, "dtype": hf_dtype},
+    )

@@ -50,6 +50,7 @@ import torch
 from panollava.data.prompts import format_user_text
 from panollava.data.views import ViewConfig, view_geometries
 from panollava.errors import InputNotFoundError, InvalidInputError, ModelUnavailableError
+from panollava.families.base import FAMILY_HF
 from panollava.families.hf.processor import (
     LoadedProcessor,
     PanoramaProcessor,
@@ -69,7 +70,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["ARCHITECTURES", "Architecture", "HFCaptionModel", "load_hf_model"]
 
-FAMILY = "hf"
+FAMILY = FAMILY_HF
 DTYPES = ("float32", "bfloat16", "float16")
 _PIXEL_KEYS = ("pixel_values", "pixel_values_images", "image_patches")
 # two queries that share no first character: the common prefix of their prompts stops before any query text
