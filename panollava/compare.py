@@ -284,6 +284,30 @@ def _prediction_choice(dataset: Mapping[str, Any]) -> str:
     return "per_row" if dataset.get("reference_mode") == "per_row" else "single"
 
 
+def _protocol(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """How an evaluation showed the panoramas to its model, and its prompt (None where not recorded): from the
+    settings it ran with, or, for a run of the original trainer, from the run itself."""
+    settings = metrics.get("settings") or {}
+
+    def value(key: str) -> Any:
+        entry = settings.get(key)
+        return entry.get("value") if isinstance(entry, Mapping) else None
+
+    model = metrics.get("model") or {}
+    if metrics.get("family") == "panollava-v1":
+        views = model.get("views") if isinstance(model.get("views"), Mapping) else {}
+        prompt = model.get("prompt") if isinstance(model.get("prompt"), Mapping) else {}
+        return {"crop_strategy": "anyres_e2p", "fov_deg": views.get("fov_deg"),
+                "overlap_ratio": views.get("overlap_ratio"), "num_views": None,
+                "prompt_template": prompt.get("template"), "system_prompt": prompt.get("system") or ""}
+    out = {key: value(key) for key in ("crop_strategy", "fov_deg", "overlap_ratio", "num_views")}
+    out["prompt_template"] = value("prompt_template")
+    out["system_prompt"] = value("system_prompt") or ""
+    if out["crop_strategy"] == "resize":  # one whole-panorama image: no field of view, overlap or tiles
+        out.update(fov_deg=None, overlap_ratio=None, num_views=None)
+    return out
+
+
 def _comparability_warnings(evals: Sequence[Evaluation], base: Evaluation) -> list[str]:
     warnings: list[str] = []
 
@@ -327,6 +351,12 @@ def _comparability_warnings(evals: Sequence[Evaluation], base: Evaluation) -> li
                 f"{PREDICTION_CHOICES.get(base_choice, base_choice)}"
                 "; the numbers are not comparable"
             )
+        protocol, base_protocol = _protocol(e.metrics), _protocol(base.metrics)
+        differs = [f"{k} {protocol[k]!r} vs {base_protocol[k]!r}" for k in protocol
+                   if protocol[k] is not None and base_protocol.get(k) is not None and protocol[k] != base_protocol[k]]
+        if differs:
+            warnings.append(f"{label(e)} saw the panoramas through another view protocol or prompt than the baseline "
+                            f"({'; '.join(differs)}); the difference includes that, not only the model")
         dec = _decoding(e.metrics)
         if dec is None or base_dec is None:
             if dec is not base_dec:

@@ -405,6 +405,47 @@ def _take_original_config(argv: list[str]) -> tuple[list[str], str | None]:
     return rest, found
 
 
+def _sweep_protocols(argv: list[str]) -> tuple[list[str], int] | None:
+    """``(protocols, index of the flag)`` when ``--data.crop_strategy`` names several, comma-separated."""
+    for i, arg in enumerate(argv):
+        for flag in ("--data.crop_strategy", "--crop_strategy"):
+            if arg == flag and i + 1 < len(argv) and "," in argv[i + 1]:
+                return [p.strip() for p in argv[i + 1].split(",") if p.strip()], i
+            if arg.startswith(flag + "=") and "," in arg:
+                return [p.strip() for p in arg.split("=", 1)[1].split(",") if p.strip()], i
+    return None
+
+
+def run_protocol_sweep(argv: list[str], protocols: list[str], index: int) -> list[PanoLLaVACLI]:
+    """One evaluation per view protocol (``--data.crop_strategy resize,cubemap,anyres_e2p``), each into
+    ``OUTPUT_DIR/<protocol>``, then a leaderboard across them in ``OUTPUT_DIR`` (``leaderboard.csv``/``.html``;
+    the first protocol is the baseline row)."""
+    if argv[0] != "test":
+        raise InvalidInputError(f"a protocol sweep (--data.crop_strategy {','.join(protocols)}) works with test, "
+                                f"not {argv[0]}")
+    rest = argv[:index] + argv[index + (1 if "=" in argv[index] else 2):]
+    out_at = next((i for i, a in enumerate(rest) if a == "--output_dir" or a.startswith("--output_dir=")), None)
+    if out_at is None:
+        raise InvalidInputError(
+            f"a protocol sweep (--data.crop_strategy {','.join(protocols)}) needs --output_dir ROOT: each protocol's "
+            "evaluation goes to ROOT/<protocol> and the leaderboard across them to ROOT"
+        )
+    root = Path(rest[out_at].split("=", 1)[1] if "=" in rest[out_at] else rest[out_at + 1]).expanduser().resolve()
+    rest = rest[:out_at] + rest[out_at + (1 if "=" in rest[out_at] else 2):]
+    clis = []
+    for protocol in protocols:
+        echo(f"\n🔁 Protocol {protocol} → {root / protocol}")
+        clis.append(run_lightning_cli([*rest, "--data.crop_strategy", protocol, "--output_dir", str(root / protocol)]))
+    from panollava.compare import run_compare
+
+    result = run_compare([str(root / p) for p in protocols], str(root), None)
+    echo(result["markdown"])
+    for warning in result["warnings"]:
+        logger.warning("%s", warning)
+    echo(f"📁 {result['csv_path']}\n📁 {result['html_path']}")
+    return clis
+
+
 def run_lightning_cli(argv: Sequence[str]) -> PanoLLaVACLI:
     """Run a Lightning subcommand (``argv[0]`` is fit/validate/test/predict).
 
@@ -412,6 +453,9 @@ def run_lightning_cli(argv: Sequence[str]) -> PanoLLaVACLI:
     ``test --ckpt_dir`` run would use (jsonargparse's own would print them before the metadata is read).
     """
     quiet_third_party()
+    sweep = _sweep_protocols(list(argv))
+    if sweep is not None:
+        return run_protocol_sweep(list(argv), *sweep)[-1]
     argv, PanoLLaVACLI._original_config = _take_original_config(list(argv))
     PanoLLaVACLI._argv = argv
     PanoLLaVACLI._print_config = any(a.startswith("--print_config") for a in argv)

@@ -568,8 +568,8 @@ class HFCaptionModel:
     def describe_decoding(self) -> dict[str, Any]:
         """Settings, path and eos ids of the decoding that runs."""
         return {
+            **self.decode.to_dict(),  # flat, as every family's decoding record (compare reads these keys)
             "family": FAMILY,
-            "settings": self.decode.to_dict(),
             "path": self._last_path or ("generate" if self.shared_prefix_refusal else "shared_prefix"),
             "shared_prefix_refused": self.shared_prefix_refusal,
             "padding": "left",
