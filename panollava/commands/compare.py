@@ -9,10 +9,15 @@ __all__ = ["run_compare_command"]
 
 
 def run_compare_command(dirs: list[str], output_dir: str | None = None, baseline: str | None = None) -> dict[str, Any]:
-    """Build the leaderboard, print it (markdown) with its warnings and the paths of its CSV and HTML files.
+    """Leaderboard of evaluations: markdown on stdout, leaderboard.csv and leaderboard.html, with 95 % bootstrap
+    intervals (CIDEr-D, METEOR, the judge score) and paired bootstrap p-values against the baseline row, both
+    resampling panoramas (the queries of one panorama together), Holm-corrected across the rows compared, with a
+    verdict in words and warnings when rows are not comparable. A predictions CSV of the original PanoLLaVA tool
+    must be scored first (score).
 
     Args:
-        dirs: Evaluation folders or run directories.
+        dirs: Evaluation folders (metrics.json + predictions.jsonl) or run directories (their latest evaluation
+            under ./eval_results).
         output_dir: Folder for leaderboard.csv and leaderboard.html (default: the current directory).
         baseline: The evaluation the others are compared with (default: the first).
 

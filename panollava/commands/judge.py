@@ -4,8 +4,11 @@ the score."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
+
+from panollava.errors import InvalidInputError
+from panollava.judge.run import JudgeSettings
 
 __all__ = ["run_judge_command"]
 
@@ -33,27 +36,43 @@ def _print_block(result: Mapping[str, Any]) -> None:
 
 
 def run_judge_command(
-    flags: Mapping[str, Any], eval_dirs: Sequence[str] = (), predictions: Sequence[str] = (),
-    pairwise: Sequence[str] = (), output_dir: str | None = None, count_tokens: str | None = None,
+    settings: JudgeSettings,
+    eval_dir: list[str] | None = None,
+    predictions: list[str] | None = None,
+    pairwise: list[str] | None = None,
+    output_dir: str | None = None,
+    count_tokens: str | None = None,
 ) -> int:
-    """Judge evaluations (or compare two, pairwise) and print the results.
+    """Score finished evaluations with an LLM judge and a rubric (default: 5 dimensions, 1-5 each, weighted, x 20 =
+    a 20-100 score) through an OpenAI-compatible endpoint or a local transformers model. Answers are cached in the
+    evaluation folder (a rerun asks only what is missing); failed samples are counted, never imputed. Writes the
+    'judge' block of metrics.json, judge_scores.jsonl and report.html. Exit status 3 when some samples failed. See
+    docs/judge.md.
 
     Args:
-        flags: The given :class:`~panollava.judge.run.JudgeSettings` flags.
-        eval_dirs: Evaluation folders.
-        predictions: predictions.jsonl files.
-        pairwise: Two evaluation folders A and B (pairwise mode instead of single scores).
-        output_dir: Folder of the pairwise results.
-        count_tokens: A tokenizer folder: print the calls still to make and their prompt tokens, ask nothing.
+        settings: How the judge is asked (:class:`~panollava.judge.run.JudgeSettings`; each field is a flag).
+        eval_dir: Evaluation folders (metrics.json + predictions.jsonl) or run directories.
+        predictions: predictions.jsonl files (metrics.json beside each gets the judge block).
+        pairwise: Two evaluation folders A and B: compare them caption by caption (random order per sample,
+            position bias reported) instead of scoring each.
+        output_dir: Folder for judge_pairwise.json (default: the current folder).
+        count_tokens: A tokenizer folder: ask nothing, print the calls still to make and their prompt tokens.
 
     Returns:
         The number of failed samples (``cli`` exits with status 3 when it is not 0).
     """
+    eval_dirs, predictions, pairwise = list(eval_dir or []), list(predictions or []), list(pairwise or [])
+    if sum(bool(x) for x in (eval_dirs, predictions, pairwise)) != 1:
+        raise InvalidInputError("judge: pass exactly one of --eval_dir DIR..., --predictions FILE... or "
+                                "--pairwise DIR_A DIR_B")
+    if pairwise and len(pairwise) != 2:
+        raise InvalidInputError(f"judge: --pairwise takes two evaluation folders, got {len(pairwise)}")
+    if count_tokens and pairwise:
+        raise InvalidInputError("judge: --count_tokens works with --eval_dir or --predictions, not --pairwise")
     from panollava.judge.cost import count_prompt_tokens
     from panollava.judge.pairwise import run_pairwise
-    from panollava.judge.run import run_judge, settings_from_flags
+    from panollava.judge.run import run_judge
 
-    settings = settings_from_flags(flags)
     if count_tokens:
         for est in count_prompt_tokens(settings, count_tokens, eval_dirs, predictions):
             tokens = est["prompt_tokens"]

@@ -660,17 +660,3 @@ def run_judge(
         return [_single(t, backend, rubric, settings, identity, stop) for t in targets]
     finally:
         backend.close()
-
-
-def settings_from_flags(values: Mapping[str, Any]) -> JudgeSettings:
-    """A :class:`JudgeSettings` from the flags that were given (the others keep the dataclass defaults)."""
-    known = set(JudgeSettings.__dataclass_fields__)
-    return JudgeSettings(**{k: v for k, v in values.items() if k in known})
-
-
-def settings_defaults() -> dict[str, Any]:
-    """The default of every setting (for ``--help``)."""
-    return {k: f.default for k, f in JudgeSettings.__dataclass_fields__.items() if k != "judge_model"}
-
-
-__all__ += ["settings_defaults", "settings_from_flags"]

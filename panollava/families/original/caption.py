@@ -30,8 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from panollava.data.prompts import PromptEncoder, format_user_text
 from panollava.errors import InputNotFoundError, InvalidInputError
 from panollava.generation.generator import CaptionGenerator
