@@ -22,7 +22,18 @@ from panollava.checkpoint_contents import (
     tokenizer_fingerprint,
 )
 from panollava.errors import InvalidInputError
-from panollava.schema import STAGES, GenerationSettings, LoraSettings, ModelSettings, PromptSettings, to_plain
+from panollava.schema import (
+    REQUIRED_KEYS,
+    STAGES,
+    GenerationSettings,
+    LoraSettings,
+    ModelSettings,
+    PromptSettings,
+    ViewSettings,
+    check_settings,
+    to_plain,
+    typed,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +86,7 @@ class PanoLLaVAModule(CaptioningModule):
         generation: GenerationSettings = GenerationSettings(),
         lora_dir: str | None = None,
         merge_lora: bool = False,
-        max_answer_tokens: int = 128,
+        max_answer_tokens: int = ViewSettings.max_answer_tokens,
     ) -> None:
         super().__init__()
         if stage not in STAGES:
@@ -86,13 +97,10 @@ class PanoLLaVAModule(CaptioningModule):
                 "no model settings: pass --ckpt_dir RUN_DIR (settings come from its metadata) or a --config with "
                 "model.model_config"
             )
-        for key in ("vision_name", "language_model_name"):
+        for key in REQUIRED_KEYS:
             if not model_config.get(key):
                 raise InvalidInputError(f"model_config.{key} is required (a hub id or a local model folder)")
-        from panollava.models.resampler import build_resampler, RESAMPLERS
-
-        if model_config.get("resampler_type", "mlp") not in RESAMPLERS:
-            build_resampler(model_config["resampler_type"], 1, 1)  # raises the error that names the choices
+        model_config = check_settings(model_config, "the model settings", lambda key: f"model_config.{key}")
         if trainable is not None:
             unknown = sorted(set(trainable) - set(TRAINABLE_PARTS))
             if unknown:
@@ -131,17 +139,22 @@ class PanoLLaVAModule(CaptioningModule):
         return tuple(parts)
 
     @property
+    def model_settings(self) -> ModelSettings:
+        """The model settings as the typed group (the hyper-parameters hold them as a plain dict)."""
+        return typed(ModelSettings, self.hparams.model_config)
+
+    @property
     def image_size(self) -> tuple[int, int] | None:
-        size = self.hparams.model_config.get("image_size")
+        size = self.model_settings.image_size
         if size is None:
             return None
         return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
-    def image_preprocessing(self, use_vision_processor: bool = True):
+    def image_preprocessing(self, use_vision_processor: bool):
         """View size and normalisation for the data module (reads only the vision model's config files)."""
         from panollava.models.build import load_image_preprocessing
 
-        return load_image_preprocessing(self.hparams.model_config["vision_name"], self.image_size, use_vision_processor)
+        return load_image_preprocessing(self.model_settings.vision_name, self.image_size, use_vision_processor)
 
     def configure_model(self) -> None:
         """Build the VLM (once): Lightning calls this before training or restoring weights."""
@@ -157,12 +170,13 @@ class PanoLLaVAModule(CaptioningModule):
             raise InvalidInputError("'lora' is trainable but no LoRA settings were given (--model.lora)")
         self.vlm, self.tokenizer = build_vlm(hp.model_config, hp.lora, hp.lora_dir, lora_trainable=lora_trains)
         self._set_trainable()
+        prompt = typed(PromptSettings, hp.prompt)
         self.prompts = PromptEncoder(
             self.tokenizer,
-            hp.model_config.get("image_token", "<|image_pad|>"),
-            template=hp.prompt["template"],
-            system_prompt=hp.prompt.get("system_prompt"),
-            enable_thinking=bool(hp.prompt.get("enable_thinking", False)),
+            self.model_settings.image_token,
+            template=prompt.template,
+            system_prompt=prompt.system_prompt,
+            enable_thinking=bool(prompt.enable_thinking),
             max_answer_tokens=hp.max_answer_tokens,
         )
 
@@ -261,16 +275,16 @@ class PanoLLaVAModule(CaptioningModule):
             from panollava.families.ours import PanoLLaVACaptionModel
             from panollava.generation import CaptionGenerator, DecodeSettings
 
-            gen = self.hparams.generation
+            gen = typed(GenerationSettings, self.hparams.generation)
             generator = CaptionGenerator(
                 self.vlm,
                 self.prompts,
-                DecodeSettings.from_dict(gen),
-                share_prefix=bool(gen.get("share_prefix", True)),
-                compile_decode=bool(gen.get("compile_decode", False)),
+                DecodeSettings.from_dict(self.hparams.generation),
+                share_prefix=bool(gen.share_prefix),
+                compile_decode=bool(gen.compile_decode),
             )
-            mc = self.hparams.model_config
-            identity = {"vision_name": mc["vision_name"], "language_model_name": mc["language_model_name"]}
+            model = self.model_settings
+            identity = {"vision_name": model.vision_name, "language_model_name": model.language_model_name}
             self._caption_model = PanoLLaVACaptionModel(self.vlm, generator, self.image_preprocessing, identity)
         return self._caption_model
 

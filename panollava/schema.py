@@ -386,6 +386,22 @@ def check_settings(values: Mapping[str, Any], where: str, describe: Callable[[st
 
 
 # -- helpers -------------------------------------------------------------------------------------------------------
+def typed(group: type, values: Mapping[str, Any] | None):
+    """A settings group rebuilt from plain values (checkpoint hyper-parameters, a data module's hparams): the
+    fields ``values`` holds (None counts as absent), the declared defaults for the rest; other keys are ignored.
+    Code reads defaults through this, never through ``.get(name, literal)``.
+
+    Args:
+        group: One of the settings dataclasses (``ModelSettings``, ``ViewSettings``, ...).
+        values: A mapping (or None).
+
+    Returns:
+        An instance of ``group``.
+    """
+    known = {f.name for f in fields(group)}
+    return group(**{k: v for k, v in (values or {}).items() if k in known and v is not None})
+
+
 def to_plain(value: Any) -> Any:
     """A JSON-able copy of builtins: dataclasses and Namespaces become dicts, tuples lists, paths strings."""
     if is_dataclass(value) and not isinstance(value, type):

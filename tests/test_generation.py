@@ -81,7 +81,7 @@ def items(model, query_csv: Path) -> list[dict]:
     prep = model.image_preprocessing(True)
     config = ViewConfig(crop_strategy="anyres_e2p", image_size=prep.image_size)
     samples = group_samples(read_caption_csv(query_csv))
-    dataset = PanoCaptionDataset(samples, StackedViews(config, prep.mean, prep.std), view_cache_mb=64)
+    dataset = PanoCaptionDataset(samples, StackedViews(config, prep.mean, prep.std, image_blind=False), view_cache_mb=64)
     counts: dict[str, int] = {}
     for s in samples:
         counts[s.image_path] = counts.get(s.image_path, 0) + 1

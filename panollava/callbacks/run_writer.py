@@ -32,6 +32,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from panollava.errors import InvalidInputError
+from panollava.schema import ViewSettings, typed
 
 logger = logging.getLogger(__name__)
 
@@ -90,14 +91,13 @@ class RunDirectoryWriter(Callback):
         from panollava.rundir import run_dir_path
         # The directory is checked and created in on_fit_start: only then is a resumed checkpoint known.
 
-        data = self._data_hparams(trainer)
-        hp = pl_module.hparams
+        views = typed(ViewSettings, self._data_hparams(trainer))
         run_dir = run_dir_path(
             self.runs_root,
             self.experiment_name,
-            hp.stage,
-            data.get("crop_strategy", "anyres_e2p"),
-            hp.model_config.get("resampler_type", "mlp"),
+            pl_module.hparams.stage,
+            views.crop_strategy,
+            pl_module.model_settings.resampler_type,
         ).resolve()
         self.run_dir = run_dir
         logger.info("run directory: %s", run_dir)
@@ -170,11 +170,12 @@ class RunDirectoryWriter(Callback):
 
         hp = pl_module.hparams
         data = self._data_hparams(trainer)
-        prep = pl_module.image_preprocessing(data.get("use_vision_processor", True))
+        views = typed(ViewSettings, data)
+        prep = pl_module.image_preprocessing(views.use_vision_processor)
         model_config = dict(hp.model_config)
         model_config["image_size"] = list(prep.image_size)
         model_config.setdefault("tokenizer_name", model_config["language_model_name"])
-        model_config.setdefault("image_token", "<|image_pad|>")
+        model_config["image_token"] = pl_module.model_settings.image_token
         model_config["lora"] = dict(hp.lora) if hp.lora is not None else None
         model_config["train_vision"] = "vision_tower" in pl_module.trainable_parts
         model_config["vision_hidden_size"] = int(pl_module.vlm.vision_tower.config.hidden_size)
@@ -184,11 +185,11 @@ class RunDirectoryWriter(Callback):
             return str(Path(p).resolve()) if p else None
 
         training_config = {
-            "crop_strategy": data.get("crop_strategy", "anyres_e2p"),
-            "fov_deg": float(data.get("fov_deg", 90.0)),
-            "overlap_ratio": float(data.get("overlap_ratio", 0.5)),
-            "num_views": int(data.get("num_views", 8)),
-            "use_vision_processor": bool(data.get("use_vision_processor", True)),
+            "crop_strategy": views.crop_strategy,
+            "fov_deg": float(views.fov_deg),
+            "overlap_ratio": float(views.overlap_ratio),
+            "num_views": int(views.num_views),
+            "use_vision_processor": bool(views.use_vision_processor),
             "image_mean": list(prep.mean),
             "image_std": list(prep.std),
             "learning_rate": float(hp.learning_rate),
@@ -201,7 +202,7 @@ class RunDirectoryWriter(Callback):
             "max_answer_tokens": int(hp.max_answer_tokens),
             "precision": str(trainer.precision),
             "world_size": trainer.world_size,
-            "image_blind": bool(data.get("image_blind", False)),
+            "image_blind": bool(views.image_blind),
         }
         dataset = {
             "train_csv": _abs(data.get("train_csv")),
@@ -279,11 +280,11 @@ class RunDirectoryWriter(Callback):
         elif not math.isfinite(val_loss):
             note = f"val/loss was {val_loss} (diverged training or an empty validation set)"
         data = self._data_hparams(trainer)
-        hp = pl_module.hparams
+        model = pl_module.model_settings
         name = checkpoint_filename(
-            hp.model_config["vision_name"],
-            hp.model_config.get("resampler_type", "mlp"),
-            data.get("crop_strategy", "anyres_e2p"),
+            model.vision_name,
+            model.resampler_type,
+            typed(ViewSettings, data).crop_strategy,
             self._dataset_name(data),
             trainer.current_epoch,
             val_loss,

@@ -38,6 +38,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
+from panollava.schema import ViewSettings, typed
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_VAL_SAMPLES = 4
@@ -206,8 +208,8 @@ class SampleLogger(Callback):
         """The normalisation the data module applied to the views (read from the model, as the data module does)."""
         if self._normalisation is None:
             dm = trainer.datamodule
-            use_vp = bool(dm.hparams.get("use_vision_processor", True)) if dm is not None else True
-            prep = pl_module.image_preprocessing(use_vp)
+            views = typed(ViewSettings, dm.hparams if dm is not None else None)
+            prep = pl_module.image_preprocessing(views.use_vision_processor)
             self._normalisation = (tuple(prep.mean), tuple(prep.std))
         return self._normalisation
 

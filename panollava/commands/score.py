@@ -76,7 +76,7 @@ class LoadedPredictions:
 
     records: list[dict[str, Any]]
     file_format: str
-    reference_mode: str = "grouped"
+    reference_mode: str = EvaluationOptions.reference_mode
     num_rows: int = 0
     prediction_choice: str = "single"
     predictions_set_aside: int = 0
@@ -370,7 +370,7 @@ def _load_csv(path: Path, references_column: str | None, reference_mode: str) ->
 
 
 def read_predictions(
-    path: str | Path, references_column: str | None = None, reference_mode: str = "grouped"
+    path: str | Path, references_column: str | None = None, reference_mode: str = EvaluationOptions.reference_mode
 ) -> LoadedPredictions:
     """Read a predictions file into samples, applying the tool's one empty-reference policy.
 
@@ -431,7 +431,7 @@ def read_predictions(
 
 
 def load_predictions(
-    path: str | Path, references_column: str | None = None, reference_mode: str = "grouped"
+    path: str | Path, references_column: str | None = None, reference_mode: str = EvaluationOptions.reference_mode
 ) -> list[dict[str, Any]]:
     """The records of :func:`read_predictions` (one per sample: ``sample_id``, ``prediction``, ``references``)."""
     return read_predictions(path, references_column, reference_mode).records

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from panollava.errors import InputNotFoundError, InvalidInputError
+from panollava.schema import EvaluationOptions
 
 logger = logging.getLogger(__name__)
 
@@ -339,7 +340,9 @@ def _drop_exact_duplicates(path: Path, rows: list[dict[str, Any]]) -> list[dict[
     return kept
 
 
-def group_samples(rows: Sequence[dict[str, Any]], reference_mode: str = "grouped") -> list[CaptionSample]:
+def group_samples(
+    rows: Sequence[dict[str, Any]], reference_mode: str = EvaluationOptions.reference_mode
+) -> list[CaptionSample]:
     """Evaluation samples: one per (url, query) with all its annotations, or one per row (legacy).
 
     Samples keep the order of their first row.

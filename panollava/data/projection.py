@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from panollava.errors import InvalidInputError
+from panollava.schema import ViewSettings
 
 __all__ = [
     "CUBE_FACE_YAW_PITCH_DEG",
@@ -340,7 +341,7 @@ def equirect_to_perspective(
     pano: torch.Tensor,
     yaw_deg: float | Sequence[float],
     pitch_deg: float | Sequence[float] = 0.0,
-    fov_deg: float | tuple[float, float] = 90.0,
+    fov_deg: float | tuple[float, float] = ViewSettings.fov_deg,
     out_hw: tuple[int, int] = (224, 224),
     *,
     out: torch.Tensor | None = None,

@@ -83,7 +83,7 @@ class StackedViews:
 
     on_device = True
 
-    def __init__(self, view_config, mean, std, image_blind: bool = False) -> None:
+    def __init__(self, view_config, mean, std, image_blind: bool) -> None:
         self.view_config = view_config
         self.mean, self.std = mean, std
         self.image_blind = bool(image_blind)

@@ -49,6 +49,7 @@ from panollava.errors import InvalidInputError
 from panollava.generation.sampling import apply_repetition_penalty, filter_logits, sample_from_logits
 from panollava.generation.settings import DecodeSettings
 from panollava.models.vlm import position_ids_from_mask
+from panollava.schema import GenerationSettings
 
 
 COMPILED_SLOT_MULTIPLE = 64
@@ -120,7 +121,7 @@ class LanguageModelRunner:
         compile_decode: Run the one-token decode steps through ``torch.compile`` (built on the first step).
     """
 
-    def __init__(self, language_model: nn.Module, compile_decode: bool = False) -> None:
+    def __init__(self, language_model: nn.Module, compile_decode: bool = GenerationSettings.compile_decode) -> None:
         base = language_model.get_base_model() if hasattr(language_model, "get_base_model") else language_model
         self.model = base
         self.config = base.config

@@ -44,6 +44,7 @@ from panollava.generation.decode import (
 )
 from panollava.generation.sampling import row_uniforms
 from panollava.generation.settings import DecodeSettings, check_positions
+from panollava.schema import GenerationSettings
 
 logger = logging.getLogger(__name__)
 
@@ -110,8 +111,8 @@ class CaptionGenerator:
         vlm,
         prompts,
         settings: DecodeSettings,
-        share_prefix: bool = True,
-        compile_decode: bool = False,
+        share_prefix: bool = GenerationSettings.share_prefix,
+        compile_decode: bool = GenerationSettings.compile_decode,
         profile: bool = False,
     ) -> None:
         self.vlm = vlm

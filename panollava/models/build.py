@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from panollava.errors import InvalidInputError, ModelUnavailableError
-from panollava.metadata import DEFAULT_LORA
+from panollava.schema import LoraSettings, ModelSettings, to_plain, typed
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_LORA_TARGETS = tuple(DEFAULT_LORA["target_modules"])
 
 
 @dataclass
@@ -249,12 +248,10 @@ def check_max_new_tokens(model_config: dict[str, Any], max_new_tokens: int, wher
 
 
 def lora_settings(lora: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Fill a LoRA dict with defaults (r 32, α 64, dropout 0.05, q/k/v/o/gate/up/down)."""
+    """Fill a LoRA dict with the declared defaults (:class:`panollava.schema.LoraSettings`)."""
     if lora is None:
         return None
-    merged = {**DEFAULT_LORA, **lora}
-    merged["target_modules"] = list(merged["target_modules"])
-    return merged
+    return to_plain(typed(LoraSettings, lora))
 
 
 def apply_lora(language_model, lora: dict[str, Any] | None, adapter_dir: str | None, trainable: bool):
@@ -298,18 +295,15 @@ def build_vlm(model_config: dict[str, Any], lora: dict[str, Any] | None = None, 
     from panollava.models.resampler import build_resampler
     from panollava.models.vlm import PanoramicVLM
 
-    image_token = model_config.get("image_token", "<|image_pad|>")
-    if model_config.get("tokenizer_name"):
-        tokenizer = load_tokenizer(model_config["tokenizer_name"], image_token)
+    settings = typed(ModelSettings, model_config)
+    image_token = settings.image_token
+    if settings.tokenizer_name:
+        tokenizer = load_tokenizer(settings.tokenizer_name, image_token)
     else:
-        tokenizer = load_tokenizer(
-            model_config["language_model_name"], image_token, "--model.model_config.language_model_name"
-        )
-    vision, kind, patch = load_vision_tower(model_config["vision_name"])
-    resampler = build_resampler(
-        model_config.get("resampler_type", "mlp"), vision.config.hidden_size, int(model_config.get("latent_dimension", 768))
-    )
-    lm = load_language_model(model_config["language_model_name"])
+        tokenizer = load_tokenizer(settings.language_model_name, image_token, "--model.model_config.language_model_name")
+    vision, kind, patch = load_vision_tower(settings.vision_name)
+    resampler = build_resampler(settings.resampler_type, vision.config.hidden_size, int(settings.latent_dimension))
+    lm = load_language_model(settings.language_model_name)
     lm = apply_lora(lm, lora_settings(lora), lora_dir, lora_trainable)
     vlm = PanoramicVLM(vision, kind, patch, resampler, lm, tokenizer.convert_tokens_to_ids(image_token))
     return vlm, tokenizer

@@ -64,7 +64,7 @@ from panollava.families.hf.processor import (
 )
 from panollava.families.hf.sampling import TokenChooser
 from panollava.generation.settings import DecodeSettings
-from panollava.schema import DEFAULT_PROMPT_TEMPLATE
+from panollava.schema import DEFAULT_PROMPT_TEMPLATE, GenerationSettings, ViewSettings
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ class HFCaptionModel:
         decode: DecodeSettings,
         identity: dict[str, Any],
         resize_max_side: int | None = None,
-        share_prefix: bool = True,
+        share_prefix: bool = GenerationSettings.share_prefix,
     ) -> None:
         self.module = module
         self.hf_model = hf_model
@@ -659,7 +659,7 @@ def load_hf_model(
     name_or_dir: str | Path,
     *,
     adapter: str | Path | None = None,
-    crop_strategy: str = "anyres_e2p",
+    crop_strategy: str = ViewSettings.crop_strategy,
     views: ViewConfig | None = None,
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
     decode: DecodeSettings | None = None,
@@ -667,7 +667,7 @@ def load_hf_model(
     device: str | torch.device = "cpu",
     resize_max_side: int | None = None,
     cache_dir: str | Path | None = None,
-    share_prefix: bool = True,
+    share_prefix: bool = GenerationSettings.share_prefix,
     force_assembled_processor: bool = False,
 ) -> HFCaptionModel:
     """Load a Hugging Face VLM (and optionally its peft LoRA adapter) as a ``CaptionModel``.

@@ -34,7 +34,7 @@ from panollava.data.prompts import PromptEncoder, format_user_text
 from panollava.errors import InputNotFoundError, InvalidInputError
 from panollava.generation.generator import CaptionGenerator
 from panollava.generation.settings import DecodeSettings
-from panollava.schema import DEFAULT_PROMPT_TEMPLATE
+from panollava.schema import DEFAULT_PROMPT_TEMPLATE, GenerationSettings
 
 from panollava.families.original.loading import (
     RUN_CONFIG_FILENAME,
@@ -146,7 +146,7 @@ class OriginalCaptionModel:
     recognition: Recognition | None
     resolved: ResolvedSettings
     load_report: LoadReport
-    share_prefix: bool = True
+    share_prefix: bool = GenerationSettings.share_prefix
     family: str = FAMILY
     _generator: CaptionGenerator | None = field(default=None, repr=False)
     _sha256: str | None = field(default=None, repr=False)
@@ -224,7 +224,7 @@ def load_original_run(
     config_yaml: str | os.PathLike[str] | None = None,
     decode: DecodeSettings | None = None,
     base_dir: str | os.PathLike[str] | None = None,
-    share_prefix: bool = True,
+    share_prefix: bool = GenerationSettings.share_prefix,
     check_lora_weights: bool = True,
 ) -> OriginalCaptionModel:
     """Load a run directory of the original PanoLLaVA trainer as a caption model.

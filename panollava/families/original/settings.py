@@ -36,12 +36,13 @@ from typing import Any
 
 from panollava.errors import InvalidInputError
 from panollava.families.base import FAMILY_ORIGINAL
+from panollava.schema import DEFAULT_LORA_TARGETS
 
 logger = logging.getLogger(__name__)
 
 FAMILY = FAMILY_ORIGINAL
 
-DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# The original trainer's LoRA targets are the same seven projections as ours (schema.DEFAULT_LORA_TARGETS).
 """The original's LoRA targets when the YAML gives none."""
 
 RESAMPLER_TYPES_NOT_BUILT = {
