@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from panollava.errors import InvalidInputError
-from panollava.families.base import FAMILY_PANOLLAVA
+from panollava.families.base import FAMILY_HF, FAMILY_PANOLLAVA
 from panollava.metadata import metadata_recorded_training, metadata_settings
 from panollava.report import installed_library_versions, sha256_file
 from panollava.rundir import ResolvedRun, banner_lines, find_run_dir_from_config, resolve_run_dir
@@ -194,6 +194,19 @@ def plan_evaluation(
     )
 
 
+def _evaluation_provenance(merged: MergedSettings, csv_path: Path, csv_reason: str, command: str) -> dict[str, Any]:
+    """The provenance every family's evaluation records: settings with their sources, the decoding asked for,
+    the dataset, the library versions and the command line."""
+    return {
+        "settings": merged.provenance(),
+        "decoding": {f.name: merged.values[f.name] for f in fields(GenerationSettings)},
+        "dataset": {"path": str(csv_path), "sha256": sha256_file(csv_path), "reason": csv_reason,
+                    "reference_mode": merged.values["reference_mode"]},
+        "library_versions": {**installed_library_versions(), **installed_library_versions(_EVAL_LIBRARIES)},
+        "command": command,
+    }
+
+
 def plan_original_evaluation(
     subcommand: str,
     *,
@@ -253,7 +266,6 @@ def plan_original_evaluation(
                       / f"{chosen.path.stem}-{csv_path.stem}")
     output_dir = Path(output_dir).resolve()
     merged.values["output_dir"] = str(output_dir)
-    generation = {f.name: merged.values[f.name] for f in fields(GenerationSettings)}
     provenance = {
         "family": recognition.family,
         "checkpoint": {"path": str(chosen.path), "sha256": sha256_file(chosen.path), "rule": chosen.rule,
@@ -261,13 +273,8 @@ def plan_original_evaluation(
         "run": {"run_dir": str(run), "family": recognition.family, "recognition": list(recognition.reasons),
                 "original_config": str(Path(original_config).resolve()) if original_config else None},
         "metadata": None,
-        "settings": merged.provenance(),
         "settings_mismatches": None,
-        "decoding": generation,
-        "dataset": {"path": str(csv_path), "sha256": sha256_file(csv_path), "reason": csv_reason,
-                    "reference_mode": merged.values["reference_mode"]},
-        "library_versions": {**installed_library_versions(), **installed_library_versions(_EVAL_LIBRARIES)},
-        "command": command,
+        **_evaluation_provenance(merged, csv_path, csv_reason, command),
     }
     banner = [
         "=" * 60,
@@ -338,20 +345,14 @@ def plan_hf_evaluation(
         output_dir = Path("eval_results") / "hf" / name / f"{merged.values['crop_strategy']}-{csv_path.stem}"
     output_dir = Path(output_dir).resolve()
     merged.values["output_dir"] = str(output_dir)
-    generation = {f.name: merged.values[f.name] for f in fields(GenerationSettings)}
     provenance = {
-        "family": "hf",
+        "family": FAMILY_HF,
         "checkpoint": {"path": hf_model, "sha256": None, "rule": "--hf_model",
                        "reason": "an off-the-shelf Hugging Face VLM given with --hf_model"},
         "run": {"hf_model": hf_model, "hf_adapter": hf_adapter, "dtype": hf_dtype},
         "metadata": None,
-        "settings": merged.provenance(),
         "settings_mismatches": None,
-        "decoding": generation,
-        "dataset": {"path": str(csv_path), "sha256": sha256_file(csv_path), "reason": csv_reason,
-                    "reference_mode": merged.values["reference_mode"]},
-        "library_versions": {**installed_library_versions(), **installed_library_versions(_EVAL_LIBRARIES)},
-        "command": command,
+        **_evaluation_provenance(merged, csv_path, csv_reason, command),
     }
     banner = [
         "=" * 60,
@@ -363,6 +364,6 @@ def plan_hf_evaluation(
     ]
     return EvaluationPlan(
         subcommand=subcommand, resolved=None, merged=merged, checkpoint_path=Path(hf_model), csv_path=csv_path,
-        csv_reason=csv_reason, output_dir=output_dir, provenance=provenance, banner=banner, family="hf",
+        csv_reason=csv_reason, output_dir=output_dir, provenance=provenance, banner=banner, family=FAMILY_HF,
         family_source={"name": hf_model, "adapter": hf_adapter, "dtype": hf_dtype},
     )

@@ -64,6 +64,7 @@ from panollava.families.hf.processor import (
 )
 from panollava.families.hf.sampling import TokenChooser
 from panollava.generation.settings import DecodeSettings
+from panollava.report import sha256_file
 from panollava.schema import DEFAULT_PROMPT_TEMPLATE, GenerationSettings, ViewSettings
 
 logger = logging.getLogger(__name__)
@@ -110,14 +111,6 @@ ARCHITECTURES: dict[str, Architecture] = {
                              "<img><IMG_CONTEXT>...</img> per image", shared_prefix=True),
     "blip-2": Architecture("BLIP-2", 1, "one image per prompt: Q-Former query tokens before the text"),
 }
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -209,7 +202,7 @@ def _read_adapter(adapter: str | Path) -> _Adapter:
         base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
     except ValueError as exc:
         raise InvalidInputError(f"cannot read the adapter config '{config}': {exc}") from exc
-    files = {p.name: _sha256_file(p) for p in [config, *(path / w for w in weights)]}
+    files = {p.name: sha256_file(p) for p in [config, *(path / w for w in weights)]}
     return _Adapter(path=path, files=files, base_model=base)
 
 
@@ -614,7 +607,7 @@ class HFCaptionModel:
         """sha256 of each weight file of the model folder (computed once; used when there is no revision)."""
         if self._weights_sha256 is None:
             folder = Path(self.identity["folder"])
-            self._weights_sha256 = {p.name: _sha256_file(p) for p in _weight_files(folder)}
+            self._weights_sha256 = {p.name: sha256_file(p) for p in _weight_files(folder)}
         return self._weights_sha256
 
     def fingerprint(self) -> dict[str, Any]:

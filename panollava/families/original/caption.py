@@ -23,7 +23,6 @@ panorama, prefix sharing, the preallocated-KV decode loop. Why that reproduces t
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from panollava.data.prompts import PromptEncoder, format_user_text
 from panollava.errors import InputNotFoundError, InvalidInputError
 from panollava.generation.generator import CaptionGenerator
 from panollava.generation.settings import DecodeSettings
+from panollava.report import sha256_file
 from panollava.schema import DEFAULT_PROMPT_TEMPLATE, GenerationSettings
 
 from panollava.families.original.loading import (
@@ -108,14 +108,6 @@ class OriginalPromptEncoder(PromptEncoder):
             i = where[0]
             self._prompt_cache[key] = ids[:i] + [self.image_token_id] * num_image_tokens + ids[i + 1 :]
         return self._prompt_cache[key]
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -207,7 +199,7 @@ class OriginalCaptionModel:
     def fingerprint(self) -> dict:
         """What changes captions besides decoding: the checkpoint's sha256, settings, views, prompt."""
         if self._sha256 is None:
-            self._sha256 = _file_sha256(self.checkpoint.path)
+            self._sha256 = sha256_file(self.checkpoint.path)
         return {
             "family": self.family,
             "checkpoint_sha256": self._sha256,
