@@ -644,6 +644,8 @@ def hf_engine(model, samples: list[tuple[str, str, str]], panoramas: dict[str, t
 
 def bench_hf_cpu(args) -> dict:
     """(a) for the hf family: tiny real-class VLMs, real panoramas, naive per-sample loop vs the engine path."""
+    import transformers
+
     from panollava.data.images import load_panorama
     from panollava.data.views import ViewConfig
     from panollava.families.hf import load_hf_model
@@ -710,8 +712,6 @@ def bench_hf_cpu(args) -> dict:
               f"({(loop_s + views_s) / engine_s:.2f}x with the loop's views), identical "
               f"{rows[-1]['identical_count']}/{n}")
     tmp.cleanup()
-    import transformers
-
     return {
         "benchmark": "bench_eval (a) cpu, hf family",
         "device": f"cpu: {platform.processor() or platform.machine()}, torch threads {args.threads}",

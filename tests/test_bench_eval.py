@@ -95,6 +95,13 @@ def test_bench_eval_hf_cpu_compares_the_engine_with_a_per_sample_loop_on_real_pa
         assert row["path"] == ("shared_prefix" if _pre_encoded() else "generate")
 
 
-def test_bench_eval_hf_refuses_compile(bench):
+def test_bench_eval_hf_refuses_compile_and_a_missing_gpu(bench, capsys):
     with pytest.raises(SystemExit):
         bench.main(["--family", "hf", "--device", "cpu", "--compile"])
+    assert "--compile is not available with --family hf" in capsys.readouterr().err
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            bench.main(["--family", "hf", "--device", "cuda"])
+        assert "--device cuda needs a CUDA GPU" in capsys.readouterr().err
