@@ -54,10 +54,10 @@ def check() -> None:
     Raises:
         EvaluationInterrupted: SIGTERM was received.
     """
-    if _requested is not None:
-        raise EvaluationInterrupted(_requested)
     if testhooks.ACTIVE:
         testhooks.pause("mid_batch")
+    if _requested is not None:
+        raise EvaluationInterrupted(_requested)
 
 
 def enter_batch() -> None:
