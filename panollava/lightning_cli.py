@@ -339,6 +339,10 @@ class PanoLLaVACLI(LightningCLI):
             callbacks.append(self.run_dir_writer)
             return
         if self._plan is not None:  # test / predict / validate with a plan (before_instantiate_classes)
+            if self.subcommand != "validate":  # a folder another evaluation is writing: refused before loading
+                from panollava.evaluation.lock import refuse_if_busy
+
+                refuse_if_busy(self._plan.output_dir)
             self.config_init[self.subcommand]["ckpt_path"] = None
             if self._plan.family != FAMILY_PANOLLAVA:
                 if self.subcommand == "validate":

@@ -97,8 +97,10 @@ def test_one_run_per_folder_sigterm_mid_batch_and_a_rerun_killed_mid_rewrite(tin
 
     # Run B, other settings and --overwrite true, is refused at once, naming the folder and A (pid, host).
     status = main(_args(tiny_run, data, out, "--max_new_tokens", "3", "--overwrite", "true"))
-    text = capsys.readouterr().err
+    captured = capsys.readouterr()
+    text = captured.err
     assert status == 2, text[-3000:]
+    assert "Loaded" not in captured.out  # refused before the model is loaded
     assert f"'{out}' is in use by another evaluation" in text and f"process {run_a.pid} on host " \
         f"'{socket.gethostname()}'" in text, text[-3000:]
     assert _state(out)["fingerprint"]["decoding.max_new_tokens"] == 6  # A's state untouched

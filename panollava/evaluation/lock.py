@@ -117,6 +117,28 @@ class OutputLock:
         self.release()
 
 
+def refuse_if_busy(output_dir: str | os.PathLike[str]) -> None:
+    """Refuses at once, before the model is loaded, when another evaluation holds ``output_dir``.
+
+    Only the process that will be global rank 0 asks (``RANK``, ``SLURM_PROCID``, ``NODE_RANK`` and ``LOCAL_RANK``
+    absent or 0): the other ranks would see their own rank 0's lock. A folder that does not exist is free (and is
+    not created here). The lock itself is taken later, in the evaluation writer's setup, and held for the run.
+
+    Raises:
+        OutputBusyError: another process holds the folder.
+    """
+    if any(os.environ.get(k, "0") not in ("", "0") for k in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK")):
+        return
+    if not (Path(output_dir) / LOCK_FILE).is_file():
+        return
+    lock = OutputLock(output_dir)
+    try:
+        lock.acquire()
+    except InvalidInputError:
+        return  # no working locks there: the writer's setup reports it
+    lock.release()
+
+
 def read_holder(path: Path) -> dict[str, Any] | None:
     """What the lock file says about its holder (None when empty or unreadable)."""
     try:
