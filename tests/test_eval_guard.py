@@ -282,3 +282,29 @@ def test_a_fault_in_a_shard_write_or_the_merge_ends_every_rank_fast(tiny_run, da
             assert "Traceback" not in ranks[other]
         assert not (tmp_path / fault / "metrics.json").exists()
         assert not _state(tmp_path / fault)["complete"]
+
+
+def test_the_watchdog_ends_a_rank_that_waits_after_another_rank_failed(tmp_path):
+    """A rank blocked where no collective reports the failure (here: asleep) ends soon after another rank's
+    failure marker appears, with that rank's message (the normal path is given the grace period first)."""
+    code = (
+        "import logging, sys, time\n"
+        "from pathlib import Path\n"
+        "from panollava.console import configure_logging\n"
+        "from panollava.evaluation.watchdog import FailureWatchdog, write_marker\n"
+        "configure_logging(False)\n"
+        "out = Path(sys.argv[1])\n"
+        "FailureWatchdog(out, 'A1', rank=0, grace_s=1.0).start()\n"
+        "write_marker(out, 'A0', 1, 'an earlier attempt failed')  # another attempt's marker: ignored\n"
+        "write_marker(out, 'A1', 1, 'cannot write shard: No space left on device')\n"
+        "time.sleep(60)\n"
+        "sys.exit(0)\n"
+    )
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                            env=_env(), timeout=120)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert elapsed < 30, elapsed
+    assert "rank 1 (host " in result.stderr and "failed: cannot write shard: No space left on device; rank 0 ends " \
+        "too" in result.stderr, result.stderr[-2000:]

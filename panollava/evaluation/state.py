@@ -423,8 +423,9 @@ def begin_attempt(
     else:
         changes = fingerprint_changes(state.get("fingerprint") or {}, fingerprint)
         if changes:
-            shown = "; ".join(f"{_flag_name(k)}: {old!r} -> {new!r}" for k, old, new in changes[:12])
-            more = f" (and {len(changes) - 12} more)" if len(changes) > 12 else ""
+            lines = list(dict.fromkeys(f"{_flag_name(k)}: {old!r} -> {new!r}" for k, old, new in changes))
+            shown = "; ".join(lines[:12])  # a setting that is also a decoding key is named once
+            more = f" (and {len(lines) - 12} more)" if len(lines) > 12 else ""
             raise ResumeRefusedError(
                 f"'{output_dir}' holds an evaluation made with other settings, so it cannot be resumed: {shown}{more}. "
                 f"Rerun with the same settings to continue it, or {_new_dir_advice(output_dir)}."
