@@ -147,6 +147,36 @@ def test_one_run_per_folder_sigterm_mid_batch_and_a_rerun_killed_mid_rewrite(tin
     ]
 
 
+@pytest.mark.slow
+def test_a_full_disk_while_a_rerun_rewrites_the_outputs_loses_no_caption(tiny_run, data, tmp_path, monkeypatch,
+                                                                          capsys):
+    import errno
+
+    import panollava.report as report
+
+    out = tmp_path / "out"
+    args = _args(tiny_run, data, out)
+    assert main(args) == 0
+    first = _records(out)
+    real = report.write_text_atomic
+
+    def disk_full(path, text):  # predictions.jsonl is replaced, then the disk is full
+        if Path(path).name == "predictions.csv":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, text)
+
+    monkeypatch.setattr(report, "write_text_atomic", disk_full)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "ENOSPC" in err and "Traceback" not in err, err[-3000:]
+    assert not (out / "metrics.json").exists() and not _state(out)["complete"]
+    monkeypatch.setattr(report, "write_text_atomic", real)
+    assert main(args) == 0  # space is back: nothing is generated again
+    state = _state(out)
+    assert state["attempts"][-1]["resumed"] == NUM_SAMPLES and state["attempts"][-1]["generated"] == 0
+    assert [r["prediction"] for r in _records(out)] == [r["prediction"] for r in first]
+
+
 # -- 2, 9: the images are part of what is resumed; the advice never repeats --overwrite true --------------------------
 @pytest.mark.slow
 def test_a_resume_refuses_other_images_and_names_them(tiny_run, data, tmp_path):
