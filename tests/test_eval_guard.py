@@ -273,6 +273,29 @@ def test_a_launcher_world_size_the_trainer_does_not_expect_is_refused(tiny_run, 
         assert not out.exists()
 
 
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_two_torchrun_nodes_without_num_nodes_are_refused_before_any_work(tiny_run, data, tmp_path):
+    """The reported case: two ``torchrun --nnodes 2`` nodes (WORLD_SIZE 2), no ``--trainer.num_nodes``."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "out"
+    nodes = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1", "--node_rank",
+         str(rank), "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "-m", "panollava",
+         *_args(tiny_run, data, out, "--trainer.accelerator", "cpu")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(), cwd=tmp_path) for rank in (0, 1)]
+    for node in nodes:
+        output, _ = node.communicate(timeout=300)
+        assert node.returncode != 0, output[-3000:]
+        errors = [line for line in output.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and "WORLD_SIZE=2 (torchrun)" in errors[0], output[-3000:]
+        assert "--trainer.num_nodes 1 x --trainer.devices 1 = 1" in errors[0]
+        assert "evaluates" not in output  # no sample was evaluated
+    assert not out.exists()
+
+
 # -- 4: a fault on one rank, outside test_step, ends every rank ----------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.ddp
