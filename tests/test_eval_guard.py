@@ -361,3 +361,26 @@ def test_the_watchdog_ends_a_rank_that_waits_after_another_rank_failed(tmp_path)
     assert elapsed < 30, elapsed
     assert "rank 1 (host " in result.stderr and "failed: cannot write shard: No space left on device; rank 0 ends " \
         "too" in result.stderr, result.stderr[-2000:]
+
+
+def test_only_the_attempt_that_owns_the_state_completes_it(tmp_path):
+    """If another attempt took the folder over (a filesystem without working locks), the earlier one may neither
+    mark the state complete nor remove the shards."""
+    from panollava.evaluation.state import (
+        ShardWriter,
+        StateOwnershipError,
+        begin_attempt,
+        finish_attempt,
+        shard_path,
+    )
+
+    fp = {"checkpoint_sha256": "abc", "decoding.max_new_tokens": 8}
+    first, _ = begin_attempt(tmp_path, fp, mode="test", overwrite=False, sample_ids=["s1"], world_size=1)
+    second, _ = begin_attempt(tmp_path, fp, mode="test", overwrite=False, sample_ids=["s1"], world_size=1)
+    writer = ShardWriter(shard_path(tmp_path, second, 0))
+    writer.append([{"sample_id": "s1", "prediction": "x", "references": []}])
+    writer.close()
+    with pytest.raises(StateOwnershipError, match=f"attempt {first}"):
+        finish_attempt(tmp_path, mode="test", attempt=first, generated=1, write_outputs=lambda: None,
+                       metrics_name="metrics.json", metrics={})
+    assert not _state(tmp_path)["complete"] and shard_path(tmp_path, second, 0).is_file()
