@@ -29,3 +29,54 @@ def all_gather_objects(items: Sequence[Any]) -> list[Any]:
     gathered: list[list[Any]] = [[] for _ in range(dist.get_world_size())]
     dist.all_gather_object(gathered, list(items))
     return [item for part in gathered for item in part]
+
+
+def launcher_world_size() -> tuple[int, str] | None:
+    """The number of processes an external launcher started, and where that number comes from.
+
+    Mirrors the cluster environment Lightning picks (SLURM first, then torchrun): ``SLURM_NTASKS`` when the process
+    runs under SLURM (Lightning's ``SLURMEnvironment.detect``: not an interactive ``bash``/``interactive`` job),
+    else ``WORLD_SIZE`` when ``torchrun`` started it (``TORCHELASTIC_RUN_ID`` is set). Lightning's own launcher is
+    not an external one (it starts as many processes as the trainer asks).
+
+    Returns:
+        ``(world size, "SLURM_NTASKS=N (SLURM)")`` / ``(world size, "WORLD_SIZE=N (torchrun)")``, or None.
+    """
+    import os
+
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if SLURMEnvironment.detect() and os.environ.get("SLURM_NTASKS", "").isdigit():
+        n = int(os.environ["SLURM_NTASKS"])
+        return n, f"SLURM_NTASKS={n} (SLURM)"
+    if "TORCHELASTIC_RUN_ID" in os.environ and os.environ.get("WORLD_SIZE", "").isdigit():
+        n = int(os.environ["WORLD_SIZE"])
+        return n, f"WORLD_SIZE={n} (torchrun)"
+    return None
+
+
+def check_launcher_world_size(num_nodes: int, devices: int) -> None:
+    """Refuses a run whose launcher started another number of processes than the trainer expects.
+
+    A multi-node ``torchrun`` that forgets ``--trainer.num_nodes`` otherwise runs every node as a world of its own,
+    each evaluating every sample into the same folder.
+
+    Args:
+        num_nodes: The trainer's ``num_nodes``.
+        devices: The trainer's devices per node.
+
+    Raises:
+        InvalidInputError: the two numbers differ (the message names both and the flags that fix it).
+    """
+    from panollava.errors import InvalidInputError
+
+    launched = launcher_world_size()
+    if launched is None or launched[0] == num_nodes * devices:
+        return
+    n, source = launched
+    raise InvalidInputError(
+        f"the launcher started {n} process(es) ({source}) but the trainer expects --trainer.num_nodes {num_nodes} x "
+        f"--trainer.devices {devices} = {num_nodes * devices}. Pass --trainer.num_nodes and --trainer.devices whose "
+        "product is the launcher's world size: with torchrun, --trainer.num_nodes = --nnodes and --trainer.devices "
+        "= --nproc_per_node; with srun, --trainer.num_nodes = --nodes and --trainer.devices = --ntasks-per-node"
+    )

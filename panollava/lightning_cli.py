@@ -218,6 +218,11 @@ class PanoLLaVACLI(LightningCLI):
             for path, value in plan.targets().items():
                 cfg[path] = value
             cfg["model"]["merge_lora"] = bool(cfg.get("merge_lora"))
+            # Run-time options outside the settings schema: recorded; merge_lora is also in the resume fingerprint.
+            plan.provenance["evaluation_options"] = {
+                "merge_lora": bool(cfg.get("merge_lora")),
+                "view_device": cfg["data"].get("view_device"),
+            }
         if self._print_config:
             self._print_merged_config(cfg)
 
@@ -303,6 +308,10 @@ class PanoLLaVACLI(LightningCLI):
         from panollava.callbacks.sample_logger import DEFAULT_VAL_SAMPLES, SampleLogger
 
         cfg = self.config[self.subcommand]
+        if not self._print_config:  # before any work: a launcher that started another number of processes
+            from panollava.distributed import check_launcher_world_size
+
+            check_launcher_world_size(self.trainer.num_nodes, self.trainer.num_devices)
         callbacks = self.trainer.callbacks
         log_samples = bool(cfg.get("log_samples"))
         if self.subcommand == "fit":  # a few samples per validation epoch to the loggers; printed with --log_samples
@@ -330,6 +339,10 @@ class PanoLLaVACLI(LightningCLI):
             callbacks.append(self.run_dir_writer)
             return
         if self._plan is not None:  # test / predict / validate with a plan (before_instantiate_classes)
+            if self.subcommand != "validate":  # a folder another evaluation is writing: refused before loading
+                from panollava.evaluation.lock import refuse_if_busy
+
+                refuse_if_busy(self._plan.output_dir)
             self.config_init[self.subcommand]["ckpt_path"] = None
             if self._plan.family != FAMILY_PANOLLAVA:
                 if self.subcommand == "validate":

@@ -412,11 +412,14 @@ def _image_huge(ctx: Ctx) -> tuple[int, str]:
     )
     assert status == 0, text
     out = ctx.out()
+    # VmHWM of this process's own memory map: ru_maxrss would also count the parent's (pytest's) resident size,
+    # inherited through vfork + exec, so a long test session made the case fail (980 MB vs 315 MB on its own).
     code = (
-        "import resource, sys\n"
+        "import sys\n"
         "from panollava.cli import main\n"
         f"status = main(['views', '--image', {str(image)!r}, '--output_dir', {str(out)!r}, '--image_size', '32'])\n"
-        "print('peak_rss_mb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, file=sys.stderr)\n"
+        "hwm = next(int(line.split()[1]) for line in open('/proc/self/status') if line.startswith('VmHWM:'))\n"
+        "print('peak_rss_mb', hwm // 1024, file=sys.stderr)\n"
         "sys.exit(status)\n"
     )
     status, text = _in_subprocess(code)
@@ -544,19 +547,26 @@ def _disk_full(ctx: Ctx) -> tuple[int, str]:
 
 # -- interruption --------------------------------------------------------------------------------------------------
 def _interrupt_after_first_record(ctx: Ctx, sig: int) -> tuple[int, str, int]:
-    """Starts ``test`` (batch 1) in a subprocess and sends ``sig`` once a record is on disk."""
+    """Starts ``test`` (batch 1) in a subprocess and sends ``sig`` while it is paused after its first flushed record.
+
+    The run waits at the ``flushed`` pause point (``panollava/evaluation/testhooks.py``) until the signal arrives, so
+    the signal always lands mid-run however fast the run is (no race with a short evaluation).
+    """
     import time
 
     out = ctx.out()
+    pauses = ctx.tmp / "pauses"
+    pauses.mkdir()
     cmd = [sys.executable, "-m", "panollava", *ctx.test("--batch_size", "1", "--max_new_tokens", "16",
                                                          "--progress", "false")]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=PROJECT_ROOT,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+                                 "PANOLLAVA_TEST_PAUSE": "flushed", "PANOLLAVA_TEST_PAUSE_DIR": str(pauses)})
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        shards = list((out / "shards").glob("*.jsonl")) if (out / "shards").is_dir() else []
-        if any(p.read_text().count("\n") for p in shards):
-            break
+    while not (pauses / "flushed.reached").exists():  # an event the paused run creates
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the run never paused after its first record:\n{proc.communicate()[0][-3000:]}")
         time.sleep(0.02)
     proc.send_signal(sig)
     text, _ = proc.communicate(timeout=120)
@@ -585,6 +595,30 @@ def _sigkill_then_rerun(ctx: Ctx) -> list[str]:
 
     ctx.checks.append(resumed)
     return ctx.test("--max_new_tokens", "16")
+
+
+def _sigterm(ctx: Ctx) -> tuple[int, str]:
+    import signal
+
+    status, text, _ = _interrupt_after_first_record(ctx, signal.SIGTERM)  # asserts something was saved
+    return status, text
+
+
+def _output_busy(ctx: Ctx) -> list[str]:
+    """Another evaluation holds the folder: its lock is taken here, as the other run's rank 0 would hold it."""
+    from panollava.evaluation.lock import OutputLock
+
+    lock = OutputLock(ctx.out())
+    lock.acquire()
+    ctx.checks.append(lock.release)
+    return ctx.test("--max_new_tokens", "2")
+
+
+def _world_size_mismatch(ctx: Ctx) -> list[str]:
+    """torchrun started 2 processes (simulated: its environment) but the trainer expects 1 (no --trainer.*)."""
+    for key, value in {"TORCHELASTIC_RUN_ID": "catalogue", "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}.items():
+        ctx.monkeypatch.setenv(key, value)
+    return ctx.test("--max_new_tokens", "2")
 
 
 # -- the rows ----------------------------------------------------------------------------------------------------------
@@ -776,6 +810,19 @@ CASES: tuple[Case, ...] = (
          (r"interrupted on rank 0: \d+ sample\(s\) are saved", r"Rerun the same command"),
          "the user or the scheduler stops the run",
          "run the same command again (same `--output_dir`): finished samples are skipped", _sigint),
+    Case("sigterm", INTERRUPT, "SIGTERM during `test` (a scheduler's notice before it kills the job)", 1,
+         (r"interrupted by SIGTERM on rank 0: \d+ sample\(s\) are saved", r"Rerun the same command"),
+         "SLURM or Kubernetes stops the job (time limit, pre-emption)",
+         "run the same command again (same `--output_dir`): finished samples are skipped", _sigterm),
+    Case("output-busy", ENV, "a second evaluation into a folder another evaluation is writing", 2,
+         (r"is in use by another evaluation", r"process \d+ on host", r"another --output_dir"),
+         "two jobs (or a job and its resubmission) given the same `--output_dir`",
+         "wait for the other one, or pass another `--output_dir`", _output_busy),
+    Case("world-size-mismatch", ENV, "a launcher that started another number of processes than the trainer expects",
+         2, (r"WORLD_SIZE=2 \(torchrun\)", r"--trainer.num_nodes 1 x --trainer.devices 1 = 1", r"--nnodes"),
+         "a multi-node `torchrun`/`srun` without `--trainer.num_nodes` (or `--trainer.devices`)",
+         "pass `--trainer.num_nodes` and `--trainer.devices` whose product is the launcher's world size",
+         _world_size_mismatch),
     Case("sigkill-resume", INTERRUPT, "the job is killed (SIGKILL, pre-emption), then rerun", 0,
          (r"resuming '.*': \d+ of \d+ samples are done, \d+ remain",),
          "a pre-empted or killed job", "run the same command again; it continues from the shards",

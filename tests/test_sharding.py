@@ -91,7 +91,8 @@ def test_shards_resume_and_refuse_other_settings(tmp_path: Path) -> None:
     assert [a["resumed"] for a in state["attempts"]] == [0, 2] and state["attempts"][1]["remaining"] == 1
 
     changed = {**FP, "decoding.max_new_tokens": 16}
-    with pytest.raises(ResumeRefusedError, match=r"max_new_tokens: 8 -> 16.*--overwrite true"):
+    with pytest.raises(ResumeRefusedError,
+                       match=r"max_new_tokens: 8 -> 16.*new --output_dir.*--overwrite would delete 2 finished caption"):
         begin_attempt(out, changed, mode="test", overwrite=False, sample_ids=["s1"], world_size=1)
     _, done = begin_attempt(out, changed, mode="test", overwrite=True, sample_ids=["s1"], world_size=1)
     assert done == {} and not (out / "shards").exists()

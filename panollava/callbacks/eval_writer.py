@@ -2,17 +2,24 @@
 
 What it does, by hook (see :mod:`panollava.evaluation.state` for the files):
 
-* ``setup`` — rank 0 checks the output folder (fingerprint, ``--overwrite``), reads the finished records of earlier
-  attempts and broadcasts their ids; every rank tells the data module to skip them, so the loaders shard only the
-  remaining panoramas (:mod:`panollava.evaluation.sharding`).
-* each batch — the rank appends the batch's finished records to its own shard file (flushed + fsynced); rank 0
-  shows a progress bar of samples done across all ranks (it counts the lines of every rank's shard).
+* ``setup`` — rank 0 takes the output folder's lock (:mod:`panollava.evaluation.lock`: a second evaluation in the
+  folder is refused at once) and holds it until the run ends; it checks the folder (fingerprint, images,
+  ``--overwrite``), reads the finished records of earlier attempts and broadcasts their ids; every rank tells the
+  data module to skip them, so the loaders shard only the remaining panoramas
+  (:mod:`panollava.evaluation.sharding`). Multi-rank runs start the failure watchdog
+  (:mod:`panollava.evaluation.watchdog`).
+* run start — SIGTERM stops the run like Ctrl-C (:mod:`panollava.evaluation.interrupt`).
+* each batch — the rank appends the batch's finished records to its own shard file (flushed + fsynced); a failed
+  write is kept like a failed batch (the rank skips its remaining batches); rank 0 shows a progress bar of samples
+  done across all ranks (it counts the lines of every rank's shard).
 * epoch end — every rank reports whether it failed (one all-gather, so a failing rank ends the run everywhere
   instead of leaving the others waiting); the records of all ranks are gathered; rank 0 merges them with the
   resumed ones, checks that every dataset sample is there exactly once, scores once (test), writes
-  ``predictions.jsonl``, ``predictions.csv``, ``report.html`` and ``metrics.json`` as one set, and removes the shards.
-* interruption (Ctrl-C, an error) — the shards stay; the message says how many samples are saved and that the same
-  command resumes.
+  ``predictions.jsonl``, ``predictions.csv``, ``report.html`` and ``metrics.json`` as one set, and removes the
+  shards; then it tells every rank how that went (one broadcast), so a failure in the merge, the scoring or the
+  write ends every rank with its message.
+* interruption (Ctrl-C, SIGTERM, an error) — the shards stay; the rank leaves a failure marker for the watchdogs of
+  the others; the message says how many samples are saved and that the same command resumes.
 """
 
 from __future__ import annotations
@@ -46,7 +53,33 @@ def set_evaluation_timeout(trainer: L.Trainer, timeout: timedelta = EVAL_PG_TIME
 
 
 class RankFailedError(PanoLLaVAError, RuntimeError):
-    """Another process of the evaluation failed; its error is in the message."""
+    """Another process of the evaluation failed; its error is in the message (and its exit status is kept)."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _describe(exc: BaseException) -> tuple[str, int]:
+    """``(message, exit status)`` of a failure, for the other ranks: a user error's own text, a bug's type too."""
+    if isinstance(exc, PanoLLaVAError):
+        return str(exc), exc.exit_code
+    if isinstance(exc, OSError):
+        from panollava.errors import environment_error
+
+        explained = environment_error(exc)
+        if explained is not None:
+            return str(explained), explained.exit_code
+    return f"{type(exc).__name__}: {exc}", 2
+
+
+def _user_error(exc: BaseException) -> BaseException:
+    """A machine's state (full disk, no permission) as the user error it is; anything else unchanged."""
+    if isinstance(exc, OSError) and not isinstance(exc, PanoLLaVAError):
+        from panollava.errors import environment_error
+
+        return environment_error(exc) or exc
+    return exc
 
 
 class EvaluationWriter(Callback):
@@ -91,6 +124,12 @@ class EvaluationWriter(Callback):
         self._bar = None
         self._offsets: dict[Path, tuple[int, int]] = {}
         self._finished = False
+        self._error: BaseException | None = None  # a failure of this rank outside test_step (a shard write)
+        self._lock = None
+        self._watchdog = None
+        self._previous_sigterm = None
+        self._rank = 0
+        self._world_size = 1
 
     # -- start ----------------------------------------------------------------------------------------------------
     def _split(self) -> str:
@@ -106,29 +145,46 @@ class EvaluationWriter(Callback):
         sample_ids = [s.sample_id for s in samples]
         if len(set(sample_ids)) != len(sample_ids):  # internal invariant: ids are derived from (url, query[, row])
             raise RuntimeError("duplicate sample ids in the evaluation dataset")
+        self._rank, self._world_size = trainer.global_rank, trainer.world_size
+        self._finished, self._error = False, None
         payload: tuple[str, Any, Any]
+        error: BaseException | None = None
         if trainer.is_global_zero:
+            from panollava.evaluation.lock import OutputLock
+            from panollava.evaluation.state import _check_writable
+
             try:
+                _check_writable(self.output_dir)
+                self._lock = OutputLock(self.output_dir)
+                self._lock.acquire()  # held until the run ends (teardown / on_exception)
                 fingerprint = evaluation_fingerprint(
                     self.provenance, mode=self.mode, precision=str(trainer.precision),
                     device_type=trainer.strategy.root_device.type,
                 )
+                images = {s.url: s.image_path for s in samples}
                 attempt, done = begin_attempt(
                     self.output_dir, fingerprint, mode=self.mode, overwrite=self.overwrite,
-                    sample_ids=sample_ids, world_size=trainer.world_size,
+                    sample_ids=sample_ids, world_size=trainer.world_size, images=images,
                 )
                 self._done = done
                 payload = ("ok", attempt, sorted(done))
             except Exception as exc:  # noqa: BLE001 - re-raised on every rank below
-                payload = ("error", exc, None)
+                error = _user_error(exc)
+                payload = ("error", *_describe(error))
+                self._release_lock()
         else:
             payload = ("", None, None)
         status, value, done_ids = trainer.strategy.broadcast(payload, src=0)
         if status == "error":
-            if trainer.is_global_zero:
-                raise value
-            raise RankFailedError(f"rank 0 could not start the evaluation: {value}")
+            if error is not None:
+                raise error
+            raise RankFailedError(f"rank 0 could not start the evaluation: {value}", done_ids)
         self.attempt = value
+        if trainer.world_size > 1:
+            from panollava.evaluation.watchdog import FailureWatchdog
+
+            self._watchdog = FailureWatchdog(self.output_dir, self.attempt, trainer.global_rank)
+            self._watchdog.start()
         self._num_done = len(done_ids)
         datamodule.skip_sample_ids[self._split()] = set(done_ids)
         self._total = len(sample_ids)
@@ -158,16 +214,64 @@ class EvaluationWriter(Callback):
             self._bar = tqdm(total=self._total, initial=self._num_done, desc=self.mode, unit="sample",
                              file=sys.stderr, dynamic_ncols=True, leave=True)
 
+    # -- run start ------------------------------------------------------------------------------------------------
+    def _start(self) -> None:
+        from panollava.evaluation import interrupt
+
+        # After Lightning registered its own handlers (it restores the original ones at teardown).
+        self._previous_sigterm = interrupt.install()
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        if self.mode == "test":
+            self._start()
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        if self.mode == "predict":
+            self._start()
+
     # -- per batch ------------------------------------------------------------------------------------------------
-    def _batch_end(self, trainer: L.Trainer, outputs: Any) -> None:
-        records = list(outputs or [])
-        if records:
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        from panollava.evaluation import interrupt
+
+        interrupt.enter_batch()
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        from panollava.evaluation import interrupt
+
+        interrupt.enter_batch()
+
+    def _write_shard(self, trainer: L.Trainer, pl_module: L.LightningModule, records: list[dict[str, Any]]) -> None:
+        """Appends the records to this rank's shard; a failure is kept (like a failed batch) on several ranks."""
+        if self._error is not None:
+            return
+        try:
             if self._shard is None:
                 from panollava.evaluation.state import ShardWriter, shard_path
 
                 self._shard = ShardWriter(shard_path(self.output_dir, self.attempt, trainer.global_rank))
             self._shard.append(records)
-            self._local.extend(records)
+        except Exception as exc:  # noqa: BLE001 - reported to every rank at the epoch's end
+            error = _user_error(exc)
+            if trainer.world_size == 1:
+                raise error from (exc if error is not exc else None)
+            logger.error("rank %d: cannot write its shard: %s", trainer.global_rank, _describe(error)[0])
+            self._error = error
+            if getattr(pl_module, "eval_error", None) is None:
+                pl_module.eval_error = error  # the module skips this rank's remaining batches
+            return
+        self._local.extend(records)
+        from panollava.evaluation import testhooks
+
+        testhooks.note_flushed()
+        testhooks.pause("flushed")
+
+    def _batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any) -> None:
+        from panollava.evaluation import interrupt
+
+        records = list(outputs or [])
+        if records:
+            self._write_shard(trainer, pl_module, records)
+        interrupt.leave_batch()  # a SIGTERM during the batch stops here at the latest
         if self._bar is not None:
             from panollava.evaluation.state import count_shard_lines
 
@@ -175,10 +279,10 @@ class EvaluationWriter(Callback):
             self._bar.update(max(0, done - self._bar.n))
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._batch_end(trainer, outputs)
+        self._batch_end(trainer, pl_module, outputs)
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._batch_end(trainer, outputs)
+        self._batch_end(trainer, pl_module, outputs)
 
     # -- end ------------------------------------------------------------------------------------------------------
     def _close(self) -> None:
@@ -189,29 +293,40 @@ class EvaluationWriter(Callback):
             self._bar.close()
             self._bar = None
 
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _end_run(self) -> None:
+        """Releases what the run held: the shard, the bar, the SIGTERM handler, the watchdog, the lock."""
+        from panollava.evaluation import interrupt
+
+        self._close()
+        interrupt.uninstall(self._previous_sigterm)
+        self._previous_sigterm = None
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
+        self._release_lock()
+
     def _raise_failures(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Every rank learns whether any rank failed; all raise (the failing rank its own error)."""
         from panollava.distributed import all_gather_objects
 
-        own = getattr(pl_module, "eval_error", None)
-        failures = all_gather_objects([(trainer.global_rank, own)])
-        failures = [(rank, exc) for rank, exc in failures if exc is not None]
+        own = self._error or getattr(pl_module, "eval_error", None)
+        failures = all_gather_objects([(trainer.global_rank, _describe(own) if own is not None else None)])
+        failures = [(rank, described) for rank, described in failures if described is not None]
         if not failures:
             return
         self._close()
         if own is not None:
             raise own
-        rank, exc = failures[0]
-        raise RankFailedError(f"rank {rank} failed: {type(exc).__name__}: {exc}")
+        rank, (message, code) = failures[0]
+        raise RankFailedError(f"rank {rank} failed: {message}", code)
 
-    def _merge(self, trainer: L.Trainer) -> list[dict[str, Any]]:
+    def _merge(self, trainer: L.Trainer, gathered: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """All records in dataset order, each dataset sample exactly once (rank 0); raises naming what is wrong."""
-        from panollava.distributed import all_gather_objects
-
-        gathered = all_gather_objects(self._local)
-        self.generated = len(gathered)
-        if not trainer.is_global_zero:
-            return []
         samples = trainer.datamodule.datasets[self._split()].samples
         order = {s.sample_id: i for i, s in enumerate(samples)}
         merged: dict[str, dict[str, Any]] = dict(self._done)
@@ -232,49 +347,59 @@ class EvaluationWriter(Callback):
         return records
 
     def _score(self, records: list[dict[str, Any]]):
-        """Scores on rank 0: ``(scores or None, error or None, note)``."""
+        """Scores on rank 0: ``(scores or None, note or None)``; a metric that raises is in ``scores``."""
         from panollava.metrics.metric import CaptionMetric
 
         if not any(r.get("references") for r in records):
-            return None, None, "the CSV has no annotations: captions are written without scores"
+            return None, "the CSV has no annotations: captions are written without scores"
         metric = CaptionMetric(object_gather_fn=lambda obj: [obj], prestart_meteor=False)
-        try:
-            metric.update([r["sample_id"] for r in records], [r["prediction"] for r in records],
-                          [r["references"] for r in records])
-            metric.compute()
-        except Exception as exc:  # noqa: BLE001 - broadcast, then raised on every rank
-            return None, exc, None
-        return metric.last_scores, None, None
+        metric.update([r["sample_id"] for r in records], [r["prediction"] for r in records],
+                      [r["references"] for r in records])
+        metric.compute()
+        return metric.last_scores, None
 
     def _finish(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from panollava.distributed import all_gather_objects
+
         self._raise_failures(trainer, pl_module)
-        records = self._merge(trainer)
+        gathered = all_gather_objects(self._local)
+        self.generated = len(gathered)
         if self._bar is not None:  # every rank is done now: the shards rank 0 counted may have lagged behind
             self._bar.update(max(0, self._num_done + self.generated - self._bar.n))
         self._close()
-        result: tuple[Any, Any, Any] = (None, None, None)
-        if trainer.is_global_zero and self.mode == "test":
-            result = self._score(records)
-        if self.mode == "test":
-            result = trainer.strategy.broadcast(result, src=0)
-        scores, error, note = result
+        # Rank 0 merges, scores and writes; then one broadcast tells every rank how that went, so a failure in any
+        # of those steps ends every rank with its message (never a rank left waiting in a collective).
+        outcome: tuple[str, Any, int] = ("ok", None, 0)
+        error: BaseException | None = None
+        if trainer.is_global_zero:
+            try:
+                records = self._merge(trainer, gathered)
+                scores, note = self._score(records) if self.mode == "test" else (None, None)
+                if scores is not None:
+                    from panollava.metrics.caption_scores import OFFICIAL_METRICS
+
+                    values = {n: scores.corpus[n] for n in OFFICIAL_METRICS if scores.corpus[n] is not None}
+                    values.update(scores.secondary)
+                    for name, value in values.items():
+                        pl_module.log(f"test/{name}", float(value), rank_zero_only=True)
+                    pl_module.test_scores = scores
+                if note:
+                    logger.warning("%s", note)
+                self._write(trainer, pl_module, records, scores)
+            except Exception as exc:  # noqa: BLE001 - told to every rank below, then raised
+                error = _user_error(exc)
+                outcome = ("error", *_describe(error))
+        if trainer.world_size > 1:
+            outcome = trainer.strategy.broadcast(outcome, src=0)
+        from panollava.errors import MetricFailedError
+
+        self._finished = outcome[0] == "ok" or outcome[2] == MetricFailedError.exit_code  # the set is written
         if error is not None:
             raise error
-        if scores is not None:
-            from panollava.metrics.caption_scores import OFFICIAL_METRICS
-
-            values = {n: scores.corpus[n] for n in OFFICIAL_METRICS if scores.corpus[n] is not None}
-            values.update(scores.secondary)
-            for name, value in values.items():
-                pl_module.log(f"test/{name}", float(value), rank_zero_only=True)
-            pl_module.test_scores = scores
-        if not trainer.is_global_zero:
-            self._finished = True
-            return
-        if note:
-            logger.warning("%s", note)
-        self._write(trainer, pl_module, records, scores)
-        self._finished = True
+        if outcome[0] == "error":
+            if outcome[2] == MetricFailedError.exit_code:  # the results are written; a metric failed
+                raise MetricFailedError(f"rank 0: {outcome[1]}")
+            raise RankFailedError(f"rank 0 failed: {outcome[1]}", outcome[2])
 
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, records: list[dict[str, Any]], scores) -> None:
         from panollava.evaluation.state import finish_attempt
@@ -312,7 +437,6 @@ class EvaluationWriter(Callback):
         finish_attempt(self.output_dir, mode=self.mode, attempt=self.attempt, generated=self.generated,
                        write_outputs=write_outputs, metrics_name=name, metrics=metrics)
         self.metrics = metrics
-        self._finished = True
         logger.info("wrote %d predictions%s to '%s' (%d generated now, %d resumed)", len(self.records),
                     " and metrics.json" if self.mode == "test" else "", self.output_dir, self.generated,
                     self._num_done)
@@ -330,17 +454,43 @@ class EvaluationWriter(Callback):
         if self.mode == "predict":
             self._finish(trainer, pl_module)
 
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == self.mode:
+            self._end_run()
+
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        from panollava.evaluation.interrupt import EvaluationInterrupted
+
         count = self._shard.count if self._shard is not None else 0
         self._close()
-        if self._finished or self.attempt is None:
-            return
-        saved = self._num_done + count
-        what = "interrupted" if isinstance(exception, KeyboardInterrupt) else "stopped by an error"
-        logger.warning(
-            "evaluation %s on rank %d: %d sample(s) are saved in '%s' (this rank's shard flushed). Rerun the same "
-            "command with the same --output_dir to resume.", what, trainer.global_rank, saved, self.output_dir,
-        )
+        try:
+            if self.attempt is None:
+                return
+            if self._world_size > 1:  # the other ranks' watchdogs end them if the normal path cannot
+                from panollava.evaluation.watchdog import write_marker
+
+                write_marker(self.output_dir, self.attempt, self._rank, _describe(exception)[0]
+                             if isinstance(exception, Exception) else f"interrupted ({type(exception).__name__})")
+            if self._finished:
+                return
+            saved = self._num_done + count
+            if isinstance(exception, EvaluationInterrupted):
+                what = f"interrupted by {exception.signal_name}"
+            elif isinstance(exception, KeyboardInterrupt):
+                what = "interrupted"
+            else:
+                what = "stopped by an error"
+            logger.warning(
+                "evaluation %s on rank %d: %d sample(s) are saved in '%s' (this rank's shard flushed). Rerun the "
+                "same command with the same --output_dir to resume.", what, trainer.global_rank, saved,
+                self.output_dir,
+            )
+        finally:
+            from panollava.evaluation import interrupt
+
+            interrupt.uninstall(self._previous_sigterm)
+            self._previous_sigterm = None
+            self._release_lock()  # the watchdog keeps running: it ends this rank if its teardown hangs
 
 
 __all__ = ["EvaluationWriter", "RankFailedError"]

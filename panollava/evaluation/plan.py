@@ -40,7 +40,7 @@ class EvaluationPlan:
         checkpoint_path: the checkpoint to load, absolute.
         csv_path: the CSV to evaluate, absolute.
         csv_reason: why that CSV.
-        output_dir: where predictions and metrics go, absolute.
+        output_dir: where predictions and metrics go, absolute (default: :func:`default_output_dir`).
         provenance: what ``metrics.json`` records (checkpoint, run, metadata, settings, decoding, dataset, ...).
         banner: the start-up lines for the user (SPEC §2).
         stage: the run's stage from the metadata, or None.
@@ -73,6 +73,30 @@ class EvaluationPlan:
         if self.resolved is not None:
             out["model.lora_dir"] = str(self.resolved.lora_dir) if self.resolved.lora_dir is not None else None
         return out
+
+
+def default_output_dir(checkpoint_path: Path, csv_path: Path, resolved: ResolvedRun | None) -> Path:
+    """Where an evaluation goes without ``--output_dir``: one folder per (run, checkpoint, dataset).
+
+    ``eval_results/<experiment>/<stage>/<run>/<checkpoint stem>-<CSV stem>`` (``eval_results/<run>/<checkpoint
+    stem>-<CSV stem>`` without metadata), so that evaluating the val and the test CSV of one checkpoint never
+    meet in one folder (one level, as before, so ``compare RUN_DIR`` finds every evaluation of a run). Two CSVs with one stem in different folders still share it; the resume fingerprint (the
+    CSV's sha256) then refuses the second instead of mixing them.
+
+    Args:
+        checkpoint_path: The checkpoint evaluated.
+        csv_path: The CSV evaluated.
+        resolved: The run directory, or None (``--ckpt_path`` alone).
+
+    Returns:
+        The folder, relative to the working directory.
+    """
+    meta = resolved.metadata if resolved is not None else None
+    name = f"{checkpoint_path.stem}-{Path(csv_path).stem}"
+    if meta is not None and meta.experiment_name:
+        run = resolved.run_dir
+        return Path("eval_results") / meta.experiment_name / run.parent.name / run.name / name
+    return Path("eval_results") / (resolved.run_dir.name if resolved else "run") / name
 
 
 def plan_evaluation(
@@ -152,12 +176,7 @@ def plan_evaluation(
     checkpoint_path = resolved.checkpoint_path if resolved is not None else Path(str(ckpt_path)).resolve()
     output_dir = merged.values.get("output_dir")
     if output_dir is None:
-        stem = checkpoint_path.stem
-        if meta is not None and meta.experiment_name:
-            run = resolved.run_dir
-            output_dir = Path("eval_results") / meta.experiment_name / run.parent.name / run.name / stem
-        else:
-            output_dir = Path("eval_results") / (resolved.run_dir.name if resolved else "run") / stem
+        output_dir = default_output_dir(checkpoint_path, csv_path, resolved)
     output_dir = Path(output_dir).resolve()
     merged.values["output_dir"] = str(output_dir)
     if resolved is not None and output_dir == resolved.run_dir:

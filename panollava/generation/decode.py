@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from panollava.errors import InvalidInputError
+from panollava.evaluation.interrupt import check as check_stop
 from panollava.generation.sampling import apply_repetition_penalty, filter_logits, sample_from_logits
 from panollava.generation.settings import DecodeSettings
 from panollava.models.vlm import position_ids_from_mask
@@ -379,6 +380,7 @@ def decode(
     forwards = 0
     with runner.decoding():
         for t in range(steps):
+            check_stop()  # SIGTERM: stop within one decode step (panollava.evaluation.interrupt)
             broken = ~torch.isfinite(logits).all(dim=-1) & ~finished
             scores = logits
             if seen is not None:
