@@ -232,6 +232,30 @@ def _data_value(value: Any) -> str:
 
 
 # -- views and images -------------------------------------------------------------------------------------------------
+def _family_views(metrics: Mapping[str, Any]) -> tuple[Any, list[str]] | None:
+    """The views a model of another family than ours recorded in ``metrics["model"]`` (its provenance): an
+    off-the-shelf model's protocol, or the view geometry of a run of the original trainer. None for our family."""
+    from panollava.data.views import ViewConfig
+
+    model = metrics.get("model")
+    if not isinstance(model, Mapping):
+        return None
+    protocol = model.get("protocol")
+    views = protocol.get("views") if isinstance(protocol, Mapping) else None
+    if isinstance(views, Mapping) and views.get("crop_strategy") and views.get("image_size"):
+        keys = ("crop_strategy", "image_size", "fov_deg", "overlap_ratio", "num_views", "pitch_range_deg")
+        config = ViewConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in views.items() if k in keys})
+        return config, [f"the views of the model's protocol ({views['crop_strategy']}), as recorded under model.protocol"]
+    views = model.get("views")
+    if isinstance(views, Mapping) and views.get("out_hw") and views.get("fov_deg") is not None:
+        config = ViewConfig(crop_strategy="anyres_e2p", image_size=tuple(views["out_hw"]),
+                            fov_deg=float(views["fov_deg"]), overlap_ratio=float(views["overlap_ratio"]))
+        return config, ["the original trainer's anyres_e2p geometry (fov, overlap, size) drawn by panollava's "
+                        "renderer; the original letterboxed its global view at 336 px first, so view 0 may differ "
+                        "by resampling"]
+    return None
+
+
 def view_config_from_metrics(metrics: Mapping[str, Any]) -> tuple[Any, list[str]]:
     """The :class:`~panollava.data.views.ViewConfig` of an evaluation, read from its ``metrics.json``.
 
@@ -250,6 +274,11 @@ def view_config_from_metrics(metrics: Mapping[str, Any]) -> tuple[Any, list[str]
     """
     from panollava.data.views import ViewConfig
 
+    family_views = _family_views(metrics)
+    if family_views is not None:
+        config, notes = family_views
+        config.validate()
+        return config, notes
     settings = metrics.get("settings") or {}
     meta = metrics.get("metadata") or {}
     recorded = {**(meta.get("model_config") or {}), **(meta.get("training_config") or {})}

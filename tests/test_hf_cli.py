@@ -89,7 +89,9 @@ def test_greedy_test_hf_model_equals_per_sample_generate(setup, kind, tmp_path):
     assert metrics["model"]["protocol"]["crop_strategy"] == "anyres_e2p"
     assert metrics["model"]["protocol"]["num_images"] == 9
     assert metrics["decoding"]["do_sample"] is False and metrics["decoding"]["num_beams"] == 1
-    assert metrics["model_fingerprint"] and (tmp_path / "b4" / "report.html").is_file()
+    assert metrics["model_fingerprint"]
+    report = (tmp_path / "b4" / "report.html").read_text()
+    assert "anyres_e2p, 56x56 px" in report and "not shown" not in report  # the views this model saw
 
 
 def test_peft_adapter_through_the_cli(setup, tmp_path):

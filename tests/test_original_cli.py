@@ -72,7 +72,8 @@ def test_test_ckpt_dir_of_an_original_run_equals_the_original_model(in_root, bat
     assert metrics["decoding"]["path"] == "shared_prefix"
     assert metrics["decoding"]["min_new_tokens"] == 5 and metrics["decoding"]["repetition_penalty"] == 1.1
     assert metrics["checkpoint"]["rule"] and metrics["model_fingerprint"]["checkpoint_sha256"]
-    assert (out / "report.html").is_file()
+    report = (out / "report.html").read_text()
+    assert "anyres_e2p, 32x32 px" in report and "not shown" not in report  # the run's own view geometry
 
 
 def test_a_bare_original_run_assumes_code_defaults_and_says_which(in_root, caplog):

@@ -416,14 +416,6 @@ class HFCaptionModel:
             for k, r in enumerate(rows):
                 out[k, length - r[name].shape[1]:] = r[name][0]
             text[name] = out.to(device)
-        length = max(r["input_ids"].shape[1] for r in rows)
-        text: dict[str, torch.Tensor] = {}
-        for name in rows[0]:
-            fill = self.pad_token_id if name == "input_ids" else 0
-            out = torch.full((len(rows), length), fill, dtype=rows[0][name].dtype)
-            for k, r in enumerate(rows):
-                out[k, length - r[name].shape[1]:] = r[name][0]
-            text[name] = out.to(device)
         extra = self._image_extras(items, index, image_names, device, dtype)
         if encoded is not None:
             extra["mm_encoder_outputs"] = {"image": _combine([encoded[p] for p in index])}
