@@ -129,3 +129,18 @@ def test_two_processes_equal_the_original_model(root, tmp_path):
         assert _predictions(tmp_path / name) == _expected(), name
         metrics = json.loads((tmp_path / name / "metrics.json").read_text())
         assert metrics["evaluation"]["world_size"] == 2 and metrics["decoding"]["path"] == "shared_prefix"
+
+
+def test_a_resume_refuses_another_yaml_for_the_same_checkpoint(in_root, capsys):
+    """The family's resolved settings are in the resume fingerprint: the same checkpoint with positional encodings
+    on (the YAML) is another model than without (code defaults), and a rerun into the folder says so."""
+    out = in_root / "out_resume_yaml"
+    common = ["test", "--ckpt_dir", "runs/bare/finetune/anyres-e2p_mlp", *DECODING, "--csv_input", "data/test.csv",
+              "--output_dir", str(out)]
+    assert main(common) == 0
+    capsys.readouterr()
+    assert main([*common, "--config", "configs/default.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "settings.use_projection_pe: False -> True" in err and str(out) in err
+    assert main(common) == 0  # the same command again: nothing to redo
+    assert _predictions(out) == _expected("evalpy_literal")

@@ -34,6 +34,8 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from panollava.errors import PanoLLaVAError
+from panollava.evaluation import interrupt, testhooks
+from panollava.schema import EvaluationOptions
 
 logger = logging.getLogger(__name__)
 
@@ -101,9 +103,9 @@ class EvaluationWriter(Callback):
         provenance: dict[str, Any] | None = None,
         *,
         mode: str = "test",
-        overwrite: bool = False,
-        strict_metrics: bool = False,
-        progress: bool = True,
+        overwrite: bool = EvaluationOptions.overwrite,
+        strict_metrics: bool = EvaluationOptions.strict_metrics,
+        progress: bool = EvaluationOptions.progress,
     ) -> None:
         if mode not in ("test", "predict"):
             raise ValueError(f"mode must be 'test' or 'predict', got {mode!r}")
@@ -216,8 +218,6 @@ class EvaluationWriter(Callback):
 
     # -- run start ------------------------------------------------------------------------------------------------
     def _start(self) -> None:
-        from panollava.evaluation import interrupt
-
         # After Lightning registered its own handlers (it restores the original ones at teardown).
         self._previous_sigterm = interrupt.install()
 
@@ -231,13 +231,9 @@ class EvaluationWriter(Callback):
 
     # -- per batch ------------------------------------------------------------------------------------------------
     def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
-        from panollava.evaluation import interrupt
-
         interrupt.enter_batch()
 
     def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
-        from panollava.evaluation import interrupt
-
         interrupt.enter_batch()
 
     def _write_shard(self, trainer: L.Trainer, pl_module: L.LightningModule, records: list[dict[str, Any]]) -> None:
@@ -260,14 +256,10 @@ class EvaluationWriter(Callback):
                 pl_module.eval_error = error  # the module skips this rank's remaining batches
             return
         self._local.extend(records)
-        from panollava.evaluation import testhooks
-
         testhooks.note_flushed()
-        testhooks.pause("flushed")
+        testhooks.pause("flushed", interrupt.requested)
 
     def _batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any) -> None:
-        from panollava.evaluation import interrupt
-
         records = list(outputs or [])
         if records:
             self._write_shard(trainer, pl_module, records)
@@ -300,8 +292,6 @@ class EvaluationWriter(Callback):
 
     def _end_run(self) -> None:
         """Releases what the run held: the shard, the bar, the SIGTERM handler, the watchdog, the lock."""
-        from panollava.evaluation import interrupt
-
         self._close()
         interrupt.uninstall(self._previous_sigterm)
         self._previous_sigterm = None
@@ -486,8 +476,6 @@ class EvaluationWriter(Callback):
                 self.output_dir,
             )
         finally:
-            from panollava.evaluation import interrupt
-
             interrupt.uninstall(self._previous_sigterm)
             self._previous_sigterm = None
             self._release_lock()  # the watchdog keeps running: it ends this rank if its teardown hangs

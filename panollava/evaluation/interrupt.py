@@ -55,7 +55,7 @@ def check() -> None:
         EvaluationInterrupted: SIGTERM was received.
     """
     if testhooks.ACTIVE:
-        testhooks.pause("mid_batch")
+        testhooks.pause("mid_batch", requested)
     if _requested is not None:
         raise EvaluationInterrupted(_requested)
 

@@ -197,6 +197,13 @@ def evaluation_fingerprint(
     }
     for key, value in sorted((provenance.get("decoding") or {}).items()):
         out[f"decoding.{key}"] = value
+    # Another family's identity (the original run's resolved settings, a Hugging Face model's revision or weight
+    # hashes, its adapter, view protocol and prompt): what changes its captions besides the checkpoint file.
+    for key, value in sorted((provenance.get("model_fingerprint") or {}).items()):
+        if isinstance(value, Mapping):  # one entry per setting, so that a refusal names the one that changed
+            out.update({f"model.{key}.{k}": v for k, v in sorted(value.items())})
+        else:
+            out[f"model.{key}"] = value
     for key, entry in sorted((provenance.get("settings") or {}).items()):
         if key not in LAYOUT_KEYS:
             out[f"setting.{key}"] = entry.get("value") if isinstance(entry, Mapping) else entry
@@ -550,9 +557,9 @@ def finish_attempt(
     check_owner(output_dir, attempt)
     (output_dir / metrics_name).unlink(missing_ok=True)
     write_outputs()
-    from panollava.evaluation import testhooks
+    from panollava.evaluation import interrupt, testhooks
 
-    testhooks.pause("rewrite")
+    testhooks.pause("rewrite", interrupt.requested)
     metrics["predictions_sha256"] = sha256_file(output_dir / "predictions.jsonl")
     write_json_atomic(output_dir / metrics_name, metrics)
     state = check_owner(output_dir, attempt)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 _POINTS = frozenset(p for p in os.environ.get("PANOLLAVA_TEST_PAUSE", "").split(",") if p)
@@ -39,8 +40,13 @@ def note_flushed() -> None:
     _flushed = True
 
 
-def pause(point: str) -> None:
-    """Waits at ``point`` if the test asked for it (see the module docstring); returns at once otherwise."""
+def pause(point: str, stop_requested: Callable[[], object] = lambda: None) -> None:
+    """Waits at ``point`` if the test asked for it (see the module docstring); returns at once otherwise.
+
+    Args:
+        point: The pause point.
+        stop_requested: Returns something (not None) once a stop was requested (a signal): the wait ends then.
+    """
     if point not in _POINTS or point in _passed or (point == "mid_batch" and not _flushed):
         return
     _passed.add(point)
@@ -49,8 +55,6 @@ def pause(point: str) -> None:
     tmp = folder / f".{point}.{os.getpid()}.tmp"
     tmp.write_text(str(os.getpid()))
     os.replace(tmp, folder / f"{point}.reached")
-    from panollava.evaluation import interrupt
-
     go = folder / f"{point}.go"
-    while not go.exists() and interrupt.requested() is None:
+    while not go.exists() and stop_requested() is None:
         time.sleep(0.01)  # the run waits for the test (not the other way round)
