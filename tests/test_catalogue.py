@@ -621,6 +621,68 @@ def _world_size_mismatch(ctx: Ctx) -> list[str]:
     return ctx.test("--max_new_tokens", "2")
 
 
+# -- runs of the original PanoLLaVA trainer (../shared/fixtures/panollava-v1, issue 19) -----------------------------
+ORIGINAL_FIXTURE = PROJECT_ROOT.parent / "shared" / "fixtures" / "panollava-v1"
+ORIGINAL_RUN = "runs/only_finetune/finetune/anyres-e2p_mlp"
+
+
+def _original_root(ctx: Ctx, drop: tuple[str, ...] = ()) -> Path:
+    """A writable copy of the fixture's root, the current folder (the original resolved paths against it)."""
+    if not (ORIGINAL_FIXTURE / ORIGINAL_RUN).is_dir():
+        pytest.skip(f"fixture not found at {ORIGINAL_FIXTURE}")
+    root = ctx.tmp / "v1"
+    shutil.copytree(ORIGINAL_FIXTURE, root, ignore=shutil.ignore_patterns("expected"))
+    for path in [root, *root.rglob("*")]:
+        path.chmod(path.stat().st_mode | 0o200)
+    for name in drop:
+        (root / ORIGINAL_RUN / name).unlink()
+    ctx.monkeypatch.chdir(root)
+    return root
+
+
+def _original_test(ctx: Ctx, *args: str) -> list[str]:
+    return ["test", "--ckpt_dir", ORIGINAL_RUN, "--csv_input", "data/test.csv", "--max_new_tokens", "2",
+            "--output_dir", str(ctx.out()), *args]
+
+
+def _original_as_written(ctx: Ctx) -> list[str]:
+    _original_root(ctx)
+    return _original_test(ctx)
+
+
+def _original_no_metadata(ctx: Ctx) -> list[str]:
+    _original_root(ctx, drop=("checkpoint_metadata.json", "config.yaml"))
+    return _original_test(ctx)
+
+
+def _original_yaml(ctx: Ctx) -> list[str]:
+    _original_root(ctx, drop=("checkpoint_metadata.json", "config.yaml"))
+    return _original_test(ctx, "--config", "configs/default.yaml")
+
+
+def _original_last_file(ctx: Ctx) -> list[str]:
+    root = _original_root(ctx)
+    assert not (root / ORIGINAL_RUN / "last.ckpt").is_symlink()
+    return _original_test(ctx, "--checkpoint", "last")
+
+
+def _original_code_adapter(ctx: Ctx) -> list[str]:
+    """An ``adapter_model.bin`` whose unpickling would create a file: refused, and the file never appears."""
+    marker = ctx.tmp / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    root = _original_root(ctx)
+    import torch
+
+    torch.save({"payload": Payload()}, root / ORIGINAL_RUN / "lora_weights" / "adapter_model.bin", pickle_protocol=2)
+    ctx.checks.append(lambda: pytest.fail("unpickling ran the payload") if marker.exists() else None)
+    return _original_test(ctx)
+
+
+
 # -- the rows ----------------------------------------------------------------------------------------------------------
 RUN = "Run directory"
 META = "Metadata"
@@ -631,6 +693,7 @@ SETTING = "Settings"
 ENV = "Environment"
 METRIC = "Metrics"
 INTERRUPT = "Interruption"
+ORIGINAL = "Original PanoLLaVA runs"
 
 CASES: tuple[Case, ...] = (
     Case("rundir-missing", RUN, "`--ckpt_dir` names a folder that does not exist", 2,
@@ -827,6 +890,34 @@ CASES: tuple[Case, ...] = (
          (r"resuming '.*': \d+ of \d+ samples are done, \d+ remain",),
          "a pre-empted or killed job", "run the same command again; it continues from the shards",
          _sigkill_then_rerun),
+    Case("original-as-written", ORIGINAL, "a run directory of the original PanoLLaVA trainer, as it wrote it (its "
+         "adapter holds the resized embedding rows)", 0,
+         (r"Recognised: family panollava-v1", r"no best\.ckpt link; .* lowest loss in its name",
+          r"resized embedding rows .*weights_only=True"),
+         "the original trainer added `<|vision|>` and resized the vocabulary, so peft saved the embedding rows with "
+         "the adapter; it wrote weights-only `.ckpt` files and no `best.ckpt` link",
+         "nothing: the run is recognised and evaluated as the original architecture ([original-runs.md]"
+         "(original-runs.md))", _original_as_written),
+    Case("original-no-metadata", ORIGINAL, "an original run without `checkpoint_metadata.json` or `config.yaml`", 0,
+         (r"no usable checkpoint_metadata\.json", r"\.ckpt hyper-parameters", r"original code's defaults: .*"
+          r"use_projection_pe=False"),
+         "the original trainer never wrote its metadata for weights-only checkpoints",
+         "pass the run's training YAML with `--config` when it set anything the weights do not show "
+         "(positional encodings, stitching)", _original_no_metadata),
+    Case("original-yaml-config", ORIGINAL, "the original training YAML given with `--config`", 0,
+         (r"Original training YAML: .*default\.yaml",),
+         "its layout (`models:`, `image_processing:`, …) is not panollava's",
+         "nothing: its model-defining keys are read by the original family; unknown ones are named once",
+         _original_yaml),
+    Case("original-last-file", ORIGINAL, "`--checkpoint last` on an original run (`last.ckpt` is a copy)", 0,
+         (r"last\.ckpt requested \(a regular file",),
+         "the original's `save_last=True` wrote a second full copy, not a link",
+         "nothing: it is used and announced as a regular file", _original_last_file),
+    Case("original-code-adapter", ORIGINAL, "an original run whose `adapter_model.bin` would run code when "
+         "unpickled", 2, (r"refused to load LoRA adapter .*adapter_model\.bin", r"weights_only=True"),
+         "a file from elsewhere (`adapter_model.bin` is a pickle)",
+         "use the file the original trainer wrote, or re-save its tensors as a plain state dict or safetensors",
+         _original_code_adapter),
 )
 
 
