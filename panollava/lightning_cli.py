@@ -365,7 +365,7 @@ class PanoLLaVACLI(LightningCLI):
         super()._run_subcommand(subcommand)
         writer = getattr(self, "evaluation_writer", None)
         if writer is not None and subcommand == "test" and writer.metrics is not None:
-            from panollava.report import format_metrics_table
+            from panollava.outputs.files import format_metrics_table
 
             echo(f"\n📊 Metrics on {writer.metrics.get('num_samples')} samples:\n{format_metrics_table(writer.metrics)}")
             echo(f"📁 Results: {self._plan.output_dir}")
@@ -449,7 +449,7 @@ def run_protocol_sweep(argv: list[str], protocols: list[str], index: int) -> lis
     for protocol in protocols:
         echo(f"\n🔁 Protocol {protocol} → {root / protocol}")
         clis.append(run_lightning_cli([*rest, "--data.crop_strategy", protocol, "--output_dir", str(root / protocol)]))
-    from panollava.compare import run_compare
+    from panollava.outputs.leaderboard import run_compare
 
     result = run_compare([str(root / p) for p in protocols], str(root), None)
     echo(result["markdown"])

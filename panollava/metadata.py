@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from panollava.errors import InputNotFoundError, InvalidInputError
-from panollava.report import installed_library_versions, write_text_atomic
+from panollava.outputs.files import installed_library_versions, write_text_atomic
 from panollava.schema import (  # DEFAULT_PROMPT_TEMPLATE, METADATA_FILENAME, STAGES: also imported from here
     DEFAULT_PROMPT_TEMPLATE,  # noqa: F401
     INPUT_KEYS,

@@ -123,7 +123,7 @@ def rescore_evaluation(
         records: Replaces the records (the samples of another CSV).
     """
     from panollava.metrics import score_captions
-    from panollava.report import write_json_atomic, write_predictions
+    from panollava.outputs.files import write_json_atomic, write_predictions
 
     metrics = json.loads((src / "metrics.json").read_text())
     records = [dict(r) for r in (records if records is not None else read_jsonl(src / "predictions.jsonl"))]
@@ -152,7 +152,7 @@ def evaluations(tiny_run, shared_data_dir, tmp_path_factory) -> dict[str, Path]:
     ``mixed`` (oracle captions for every other sample, a fixed weak caption for the rest) and
     ``other_dataset`` (the bundled mini QuIC-360 validation CSV, weak captions)."""
     from panollava.cli import main
-    from panollava.report import sha256_file
+    from panollava.outputs.files import sha256_file
 
     cwd = tmp_path_factory.mktemp("evaluations")
     old = os.getcwd()

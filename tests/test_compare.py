@@ -13,7 +13,7 @@ import pytest
 from conftest_browser import read_jsonl
 
 from panollava.cli import main
-from panollava.compare import run_compare
+from panollava.outputs.leaderboard import run_compare
 from panollava.errors import InputNotFoundError, InvalidInputError
 from panollava.metrics.bootstrap import bootstrap_interval, holm_adjust, paired_bootstrap_pvalue
 

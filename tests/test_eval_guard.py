@@ -152,7 +152,7 @@ def test_a_full_disk_while_a_rerun_rewrites_the_outputs_loses_no_caption(tiny_ru
                                                                           capsys):
     import errno
 
-    import panollava.report as report
+    import panollava.outputs.files as report
 
     out = tmp_path / "out"
     args = _args(tiny_run, data, out)

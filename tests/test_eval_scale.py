@@ -227,7 +227,7 @@ def test_a_failing_rank_ends_the_run_and_old_metrics_never_pair_with_new_predict
     assert "Traceback" not in result.stderr
     metrics = out / "metrics.json"
     if metrics.exists():  # never the old metrics beside new predictions
-        from panollava.report import sha256_file
+        from panollava.outputs.files import sha256_file
 
         assert json.loads(metrics.read_text())["predictions_sha256"] == sha256_file(out / "predictions.jsonl")
     assert not metrics.exists()

@@ -183,9 +183,9 @@ def _samples(data_dir: Path) -> list[dict[str, Any]]:
 
 
 def write_evaluation(folder: Path, data_dir: Path, caption) -> Path:
-    """predictions.jsonl/.csv (panollava.report.write_predictions, the engine's writer) and a metrics.json with the
+    """predictions.jsonl/.csv (panollava.outputs.files.write_predictions, the engine's writer) and a metrics.json with the
     provenance keys 'test' records; ``caption(i)`` is sample i's prediction."""
-    from panollava.report import RECORD_KEYS, sha256_file, write_json_atomic, write_predictions
+    from panollava.outputs.files import RECORD_KEYS, sha256_file, write_json_atomic, write_predictions
 
     csv_path = data_dir / "quic360-sample" / "test.csv"
     records = []
@@ -760,7 +760,7 @@ def judged(shared_data_dir, tmp_path_factory):
 def test_compare_judge_column_same_judge(judged, shared_data_dir, tmp_path):
     """Two evaluations judged by one judge: the judge score, its interval and failure rate, and a paired p-value
     over the samples both were scored on, equal to a computation by hand."""
-    from panollava.compare import run_compare
+    from panollava.outputs.leaderboard import run_compare
     from panollava.metrics.bootstrap import bootstrap_interval
 
     result = run_compare([str(judged["A"]), str(judged["B"])], str(tmp_path))
@@ -840,7 +840,7 @@ def test_compare_judge_column_warns_of_another_judge(judged, tmp_path, capsys, c
 
     import shutil
 
-    from panollava.compare import run_compare
+    from panollava.outputs.leaderboard import run_compare
     from panollava.errors import InvalidInputError
 
     broken = tmp_path / "broken"

@@ -136,10 +136,25 @@ def test_engine_layers_never_import_a_family():
     (panollava.families.base), never a family's own modules."""
     graph = import_graph()
     neutral = ("panollava.data", "panollava.evaluation", "panollava.callbacks.eval_writer", "panollava.captioning",
-               "panollava.generation", "panollava.report", "panollava.compare", "panollava.metrics")
+               "panollava.generation", "panollava.outputs", "panollava.metrics")
     chooser = "panollava.evaluation.plan"  # the one place that picks the family a run directory needs
     offenders = sorted(
         f"{m} -> {t}" for m, targets in graph.items() if m.startswith(neutral) and m != chooser
         for t in targets if t.startswith("panollava.families.") and t != "panollava.families.base"
     )
     assert not offenders, "engine layers import a family: " + ", ".join(offenders)
+
+
+def test_outputs_never_import_the_command_layer():
+    """The report and the leaderboard sit below the commands: ``panollava.outputs`` (its lazy imports included)
+    never imports ``panollava.commands`` or ``panollava.cli``; the commands import it."""
+    graph = import_graph()
+    outputs = sorted(m for m in graph if m == "panollava.outputs" or m.startswith("panollava.outputs."))
+    assert {"panollava.outputs.files", "panollava.outputs.report_html", "panollava.outputs.leaderboard"} <= set(outputs)
+    assert "panollava.outputs.files" in graph["panollava.outputs.leaderboard"]  # the graph is real
+    assert "panollava.outputs.leaderboard" in graph["panollava.commands.compare"]
+    offenders = sorted(
+        f"{m} -> {t}" for m in outputs for t in graph[m]
+        if t in ("panollava.cli", "panollava.commands") or t.startswith("panollava.commands.")
+    )
+    assert not offenders, "the outputs package imports the command layer: " + ", ".join(offenders)

@@ -19,7 +19,7 @@ import pytest
 
 from panollava.cli import main
 from panollava.commands.score import read_predictions, run_score
-from panollava.compare import run_compare
+from panollava.outputs.leaderboard import run_compare
 from panollava.data.dataset import sample_id_for
 from panollava.errors import InvalidInputError
 

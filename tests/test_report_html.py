@@ -15,7 +15,7 @@ from conftest_browser import read_jsonl
 from PIL import Image
 
 from panollava.cli import main
-from panollava.report_html import THUMB_WIDTH_PX, view_config_from_metrics, write_report_html
+from panollava.outputs.report_html import THUMB_WIDTH_PX, view_config_from_metrics, write_report_html
 
 
 def _embedded(html: str, css_class: str) -> Image.Image:

@@ -393,7 +393,7 @@ class EvaluationWriter(Callback):
 
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, records: list[dict[str, Any]], scores) -> None:
         from panollava.evaluation.state import finish_attempt
-        from panollava.report import attach_scores, write_predictions
+        from panollava.outputs.files import attach_scores, write_predictions
 
         self.records = attach_scores(records, scores.per_sample if scores is not None else None)
         describe = getattr(pl_module, "describe_decoding", None)
@@ -420,7 +420,7 @@ class EvaluationWriter(Callback):
         def write_outputs() -> None:
             write_predictions(self.output_dir, self.records)
             if self.mode == "test":
-                from panollava.report_html import write_report_html
+                from panollava.outputs.report_html import write_report_html
 
                 write_report_html(self.output_dir, self.records, metrics)
 

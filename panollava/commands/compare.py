@@ -1,4 +1,4 @@
-"""``panollava-cli compare``: print the leaderboard of :func:`panollava.compare.run_compare`, and its files."""
+"""``panollava-cli compare``: print the leaderboard of :func:`panollava.outputs.leaderboard.run_compare`, and its files."""
 
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ def run_compare_command(dirs: list[str], output_dir: str | None = None, baseline
         baseline: The evaluation the others are compared with (default: the first).
 
     Returns:
-        What :func:`panollava.compare.run_compare` returns.
+        What :func:`panollava.outputs.leaderboard.run_compare` returns.
     """
-    from panollava.compare import run_compare
+    from panollava.outputs.leaderboard import run_compare
 
     result = run_compare(dirs, output_dir, baseline)
     for row in result["rows"]:

@@ -9,7 +9,7 @@
    runs in a second process at the same time as the first ``fit`` (each on one torch thread: the tiny model is
    overhead-bound, so two cores train both in about the time of one); both ``test`` runs stay in this process so
    METEOR's JVM starts once;
-5. puts the two evaluations side by side with ``panollava.compare.run_compare`` (leaderboard: markdown, CSV, HTML),
+5. puts the two evaluations side by side with ``panollava.outputs.leaderboard.run_compare`` (leaderboard: markdown, CSV, HTML),
    writes ``summary.json`` and prints the paths of the report, the leaderboard and the run directory.
 
 A model that uses the image should beat the image-blind baseline by a wide margin (CIDEr); the two numbers side by
@@ -166,7 +166,7 @@ def run_demo(
     from panollava.console import echo
     from panollava.data.synthetic import generate_synthetic_dataset
     from panollava.models.tiny import build_tiny_models
-    from panollava.report import write_json_atomic
+    from panollava.outputs.files import write_json_atomic
 
     import torch
 
@@ -202,7 +202,7 @@ def run_demo(
 
     leaderboard = None
     if blind is not None:
-        from panollava.compare import run_compare
+        from panollava.outputs.leaderboard import run_compare
 
         leaderboard = run_compare([trained["output_dir"], blind["output_dir"]], output_dir=str(out / "leaderboard"),
                                   baseline=blind["output_dir"])

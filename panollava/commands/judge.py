@@ -14,7 +14,7 @@ __all__ = ["run_judge_command"]
 
 
 def _print_block(result: Mapping[str, Any]) -> None:
-    from panollava.report_html import format_judge_score
+    from panollava.outputs.report_html import format_judge_score
 
     block = result["block"]
     if result["picked"] not in ("evaluation folder", "predictions file"):

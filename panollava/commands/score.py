@@ -29,14 +29,13 @@ from typing import Any, Literal
 
 from panollava.data.dataset import REFERENCE_MODES, drop_missing_references, is_missing_text, sample_id_for
 from panollava.errors import InputNotFoundError, InvalidInputError
+from panollava.outputs.files import PREDICTION_CHOICES, is_original_predictions_csv, read_json_lines
 from panollava.schema import EvaluationOptions, ReferenceMode
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "PREDICTION_CHOICES",
     "LoadedPredictions",
-    "is_original_predictions_csv",
     "load_predictions",
     "read_predictions",
     "run_score",
@@ -46,15 +45,6 @@ PREDICTION_COLUMNS = ("prediction", "predict", "pred")
 SINGLE_REFERENCE_COLUMNS = ("annotation", "reference", "ref", "ground_truth", "gt")
 IMAGE_COLUMNS = ("url", "image", "image_path")
 SCORE_KEYS = ("bleu_4", "cider", "rouge_l", "meteor")
-#: The columns that identify the original PanoLLaVA tool's ``*_predictions_*.csv`` (it also writes sample_id,
-#: pred_length, ref_length, is_error, is_empty).
-ORIGINAL_COLUMNS = ("image_path", "original_query", "prediction", "reference")
-#: ``dataset.prediction_choice`` of metrics.json: which prediction of a sample was scored, in words.
-PREDICTION_CHOICES = {
-    "single": "one prediction per sample",
-    "first_row": "the first row's prediction of samples that carried several (the others set aside)",
-    "per_row": "each row's prediction against its own reference",
-}
 
 
 @dataclass
@@ -124,14 +114,7 @@ def _load_jsonl(path: Path) -> LoadedPredictions:
         numbered = list(enumerate(items, start=1))
         where = "item"
     else:
-        numbered = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                numbered.append((number, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise InvalidInputError(f"'{path}' line {number} is not valid JSON: {exc}") from exc
+        numbered = read_json_lines(path)
         where = "line"
     records = []
     places: dict[str, list[tuple[int | str, object]]] = {}
@@ -210,11 +193,6 @@ def _read_csv_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str
                 f"'{path}' line {end + 1} could not be parsed: {exc}. Check the quoting of that line"
             ) from None
     return columns, numbered
-
-
-def is_original_predictions_csv(columns: Sequence[str]) -> bool:
-    """Whether a CSV header is that of the original PanoLLaVA tool's ``*_predictions_*.csv``."""
-    return all(c in columns for c in ORIGINAL_COLUMNS)
 
 
 def _load_csv(path: Path, references_column: str | None, reference_mode: str) -> LoadedPredictions:
@@ -440,7 +418,7 @@ def load_predictions(
 def _write_scored(
     output_dir: Path, records: list[dict[str, Any]], per_sample: dict[str, dict[str, Any]]
 ) -> Path:
-    from panollava.report import write_predictions
+    from panollava.outputs.files import write_predictions
 
     scored = [dict(r, scores={k: per_sample.get(r["sample_id"], {}).get(k) for k in SCORE_KEYS}) for r in records]
     return write_predictions(output_dir, scored, stem="predictions_scored")[0]
@@ -481,7 +459,7 @@ def run_score(
             ``metrics.json`` and the scored predictions were written, with the metric null and its reason.
     """
     from panollava.metrics import prestart_meteor, score_captions
-    from panollava.report import format_metrics_table, sha256_file, write_json_atomic
+    from panollava.outputs.files import format_metrics_table, sha256_file, write_json_atomic
 
     prestart_meteor(shutil.which("java"))  # the JVM boots while the file is read and tokenized
     source = Path(predictions).expanduser().resolve()

@@ -18,7 +18,7 @@ from typing import Any
 from panollava.errors import InvalidInputError
 from panollava.families.base import FAMILY_HF, FAMILY_PANOLLAVA
 from panollava.metadata import metadata_recorded_training, metadata_settings
-from panollava.report import installed_library_versions, sha256_file
+from panollava.outputs.files import installed_library_versions, sha256_file
 from panollava.rundir import ResolvedRun, banner_lines, find_run_dir_from_config, resolve_run_dir
 from panollava.schema import SETTINGS, GenerationSettings
 from panollava.settings import MergedSettings, merge_settings, resolve_csv

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from panollava.errors import InvalidInputError, PanoLLaVAError
-from panollava.report import sha256_file, write_json_atomic
+from panollava.outputs.files import read_json_lines, sha256_file, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -282,23 +282,15 @@ def read_jsonl_records(path: Path) -> list[dict[str, Any]]:
     Raises:
         InvalidInputError: a complete line in the middle of the file is not a JSON object.
     """
-    text = path.read_text(encoding="utf-8", errors="replace")
-    lines = text.split("\n")
+    try:
+        lines = read_json_lines(path, cut_tail_ok=True)
+    except InvalidInputError as exc:
+        raise InvalidInputError(
+            f"{exc}; the evaluation state is damaged. Delete that file to generate its samples again (the other "
+            "finished samples are kept), or pass a new --output_dir."
+        ) from None
     records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):  # the unterminated tail of a killed write
-                logger.info("ignoring the incomplete last line of '%s' (a run was killed while writing it)", path)
-                continue
-            raise InvalidInputError(
-                f"'{path}' line {number} is not valid JSON; the evaluation state is damaged. "
-                "Delete that file to generate its samples again (the other finished samples are kept), or pass a "
-                "new --output_dir."
-            ) from None
+    for number, record in lines:
         if not isinstance(record, dict) or "sample_id" not in record:
             raise InvalidInputError(f"'{path}' line {number} is not a record with a sample_id")
         records.append(record)

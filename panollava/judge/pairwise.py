@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from panollava.compare import panorama_key
+from panollava.outputs.leaderboard import panorama_key
 from panollava.errors import InvalidInputError
 from panollava.judge.protocol import pairwise_messages, pairwise_response_format, parse_pairwise_answer
 from panollava.judge.rubric import load_rubric
@@ -71,7 +71,7 @@ def run_pairwise(settings: JudgeSettings, eval_a: str, eval_b: str, output_dir: 
     Raises:
         InvalidInputError: The two share no sample, or a shared sample has another query or references.
     """
-    from panollava.report import write_json_atomic
+    from panollava.outputs.files import write_json_atomic
 
     settings.validate()
     a, b = find_targets([eval_a, eval_b])

@@ -36,7 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from panollava.compare import PREDICTION_FILES, find_evaluation, panorama_key
+from panollava.outputs.leaderboard import PREDICTION_FILES, find_evaluation, panorama_key
 from panollava.errors import InputNotFoundError, InvalidInputError
 from panollava.judge.backends import EndpointJudge, JudgeConfigError, JudgeReply, LocalJudge
 from panollava.judge.protocol import build_messages, image_data_url, parse_answer, response_format
@@ -185,8 +185,7 @@ def find_targets(eval_dirs: Sequence[str] = (), predictions: Sequence[str] = ())
         InputNotFoundError: A folder or file that is not an evaluation.
         InvalidInputError: A record without a query or references, or the same evaluation twice.
     """
-    from panollava.commands.report import read_records
-    from panollava.report import read_json_object
+    from panollava.outputs.files import read_json_object, read_prediction_records
 
     targets = []
     for path in eval_dirs:
@@ -198,10 +197,10 @@ def find_targets(eval_dirs: Sequence[str] = (), predictions: Sequence[str] = ())
                 "the per-sample predictions that 'panollava-cli test' writes there"
             )
         targets.append(EvaluationTarget(folder, source, read_json_object(folder / "metrics.json"),
-                                        read_records(source), picked))
+                                        read_prediction_records(source), picked))
     for path in predictions:
         source = Path(path).expanduser().resolve()
-        records = read_records(source)
+        records = read_prediction_records(source)
         metrics_path = source.parent / "metrics.json"
         metrics = read_json_object(metrics_path) if metrics_path.is_file() else {}
         targets.append(EvaluationTarget(source.parent, source, metrics, records, "predictions file"))
@@ -469,7 +468,7 @@ def build_backend(settings: JudgeSettings, stop: threading.Event) -> Any:
 
 def image_path_of(record: Mapping[str, Any], metrics: Mapping[str, Any], image_root: str | None) -> str:
     """The absolute path of a sample's panorama, found as ``panollava-cli report`` finds it."""
-    from panollava.report_html import resolve_image_path
+    from panollava.outputs.report_html import resolve_image_path
 
     return str(resolve_image_path(record, metrics, image_root).expanduser().resolve())
 
@@ -482,7 +481,7 @@ def panorama_interval(values: Sequence[float], clusters: Sequence[str]) -> dict[
 
     Args:
         values: ``(N,)`` per-sample values (scores, or pairwise outcomes).
-        clusters: ``(N,)`` the panorama of each (:func:`panollava.compare.panorama_key` of its record).
+        clusters: ``(N,)`` the panorama of each (:func:`panollava.outputs.leaderboard.panorama_key` of its record).
 
     Returns:
         ``{"low", "high", "confidence", "method", "num_clusters", "num_resamples", "seed"}``, or None without values.
@@ -499,7 +498,7 @@ def panorama_interval(values: Sequence[float], clusters: Sequence[str]) -> dict[
 # -- single mode ----------------------------------------------------------------------------------------------------
 def _single(target: EvaluationTarget, backend: Any, rubric: Rubric, settings: JudgeSettings,
             identity: dict[str, Any], stop: threading.Event) -> dict[str, Any]:
-    from panollava.report import sha256_file, write_json_atomic, write_text_atomic
+    from panollava.outputs.files import sha256_file, write_json_atomic, write_text_atomic
 
     images = ImageCache(settings.image_width)
     fmt = response_format(rubric)
@@ -617,7 +616,7 @@ def _single(target: EvaluationTarget, backend: Any, rubric: Rubric, settings: Ju
     write_text_atomic(target.folder / SCORES_FILE,
                       "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in detail))
     metrics_path = target.folder / "metrics.json"
-    from panollava.report import read_json_object
+    from panollava.outputs.files import read_json_object
 
     current = read_json_object(metrics_path) if metrics_path.is_file() else {}
     current[JUDGE_KEY] = block  # every other key as it is on disk now
@@ -626,7 +625,7 @@ def _single(target: EvaluationTarget, backend: Any, rubric: Rubric, settings: Ju
         logger.warning("%d answer(s) were cut at --max_tokens %d; raise it", finish_length, settings.max_tokens)
     report = None
     if settings.write_report:
-        from panollava.report_html import write_report_html
+        from panollava.outputs.report_html import write_report_html
 
         report = write_report_html(target.folder, target.records, current, image_root=settings.image_root)
     return {"folder": target.folder, "metrics_path": metrics_path, "block": block, "report": report,

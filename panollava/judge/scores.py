@@ -110,7 +110,7 @@ def judge_sample_scores(folder: str | Path) -> JudgeScores:
         InputNotFoundError: No metrics.json there, or it was not judged.
         InvalidInputError: The block is malformed.
     """
-    from panollava.report import read_json_object
+    from panollava.outputs.files import read_json_object
 
     folder = Path(folder).expanduser().resolve()
     metrics_path = folder / "metrics.json"

@@ -64,7 +64,7 @@ from panollava.families.hf.processor import (
 )
 from panollava.families.hf.sampling import TokenChooser
 from panollava.generation.settings import DecodeSettings
-from panollava.report import sha256_file
+from panollava.outputs.files import sha256_file
 from panollava.schema import DEFAULT_PROMPT_TEMPLATE, GenerationSettings, ViewSettings
 
 logger = logging.getLogger(__name__)

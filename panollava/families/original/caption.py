@@ -33,7 +33,7 @@ from panollava.data.prompts import PromptEncoder, format_user_text
 from panollava.errors import InputNotFoundError, InvalidInputError
 from panollava.generation.generator import CaptionGenerator
 from panollava.generation.settings import DecodeSettings
-from panollava.report import sha256_file
+from panollava.outputs.files import sha256_file
 from panollava.schema import DEFAULT_PROMPT_TEMPLATE, GenerationSettings
 
 from panollava.families.original.loading import (

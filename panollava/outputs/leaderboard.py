@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from panollava.commands.score import PREDICTION_CHOICES, is_original_predictions_csv
 from panollava.errors import InputNotFoundError, InvalidInputError, PanoLLaVAError
 from panollava.judge.scores import JudgeScores, judge_scores_from_metrics
 from panollava.metrics.bootstrap import (
@@ -47,7 +46,14 @@ from panollava.metrics.bootstrap import (
     holm_adjust,
     paired_bootstrap_pvalue,
 )
-from panollava.report import read_json_object
+from panollava.outputs.files import (
+    PREDICTION_CHOICES,
+    is_original_predictions_csv,
+    read_json_object,
+    read_prediction_records,
+    sha256_file,
+    write_text_atomic,
+)
 from panollava.schema import GENERATOR_OPTIONS
 
 logger = logging.getLogger(__name__)
@@ -252,9 +258,7 @@ def load_evaluation(path: str | Path, cwd: str | Path | None = None) -> Evaluati
             f"no predictions file in '{folder}' (looked for {', '.join(PREDICTION_FILES)}; found: "
             f"{_listing(folder)}): the per-sample scores are needed for the bootstrap"
         )
-    from panollava.commands.report import read_records
-
-    records = read_records(predictions)
+    records = read_prediction_records(predictions)
     scores = {str(r["sample_id"]): dict(r.get("scores") or {}) for r in records}
     clusters = {str(r["sample_id"]): panorama_key(r) for r in records}
     return Evaluation(folder=folder, metrics=metrics, scores=scores, picked=picked, clusters=clusters,
@@ -379,7 +383,6 @@ def _judge_warnings(evals: Sequence[Evaluation], base: Evaluation, label: Any) -
     the folder holds now, or by another judge (model, endpoint or local backend, rubric, images, judge decoding)."""
     if all(e.judge is None for e in evals):
         return []
-    from panollava.report import sha256_file
 
     warnings = []
     for e in evals:
@@ -623,7 +626,7 @@ def _verdict_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def _judge_block(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A row's judge figures in the shape of a judge block, for :func:`panollava.report_html.format_judge_score`
+    """A row's judge figures in the shape of a judge block, for :func:`panollava.outputs.report_html.format_judge_score`
     (the one wording of a judge score: always with its failure rate)."""
     ci = None if row["judge_ci_low"] is None else {"low": row["judge_ci_low"], "high": row["judge_ci_high"]}
     return {"score": row["judge"], "ci95": ci, "n": row["judge_n"], "num_samples": row["judge_num_samples"],
@@ -635,7 +638,7 @@ def _judge_text(row: Mapping[str, Any]) -> str:
     """``"65.50 [49.78, 80.62] (n 8 of 15, failed 7 = 46.7%; judge NAME)"``, or ``"not judged"``."""
     if row.get("judge_n") is None:
         return "not judged"
-    from panollava.report_html import format_judge_score
+    from panollava.outputs.report_html import format_judge_score
 
     return format_judge_score(_judge_block(row))
 
@@ -683,7 +686,7 @@ def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _html(rows: Sequence[Mapping[str, Any]], warnings: Sequence[str], num_resamples: int) -> str:
-    from panollava.report_html import render_page
+    from panollava.outputs.report_html import render_page
 
     esc = __import__("html").escape
 
@@ -809,7 +812,6 @@ def run_compare(
         InvalidInputError: No paths, or the same evaluation twice.
         InputNotFoundError: A path that is not an evaluation (see :func:`find_evaluation`).
     """
-    from panollava.report import write_text_atomic
 
     if not paths:
         raise InvalidInputError("compare needs at least one evaluation folder or run directory")

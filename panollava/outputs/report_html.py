@@ -206,7 +206,7 @@ def render_page(title: str, body: str, *, extra_css: str = "") -> str:
 
     Args:
         title: The page title.
-        body: HTML of the body (trusted: built by this module or :mod:`panollava.compare`).
+        body: HTML of the body (trusted: built by this module or :mod:`panollava.outputs.leaderboard`).
         extra_css: More CSS rules (e.g. the embedded images).
 
     Returns:
@@ -599,7 +599,7 @@ def write_report_html(
     Raises:
         InvalidInputError: A record lacks ``sample_id`` or ``prediction``.
     """
-    from panollava.report import write_text_atomic
+    from panollava.outputs.files import write_text_atomic
 
     out = Path(output_dir).expanduser().resolve()
     try:
