@@ -366,7 +366,7 @@ class EvaluationWriter(Callback):
                 records = self._merge(trainer, gathered)
                 scores, note = self._score(records) if self.mode == "test" else (None, None)
                 if scores is not None:
-                    from panollava.metrics.caption_scores import OFFICIAL_METRICS
+                    from panollava.metrics.names import OFFICIAL_METRICS
 
                     values = {n: scores.corpus[n] for n in OFFICIAL_METRICS if scores.corpus[n] is not None}
                     values.update(scores.secondary)

@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from panollava.errors import PanoLLaVAError
+from panollava.metrics.names import OFFICIAL_METRICS, PER_SAMPLE_METRICS_SHOWN
 
 DEMO_EXPERIMENT = "demo"
 BLIND_EXPERIMENT = "demo-image-blind"
@@ -39,7 +40,7 @@ BLIND_EXPERIMENT = "demo-image-blind"
 DEMO_QUERIES = ("color", "the object")
 DEMO_DATA = {"num_train": 160, "num_val": 20, "num_test": 40, "size_hw": (128, 256), "seed": 0,
              "queries": DEMO_QUERIES}
-TABLE_KEYS = ("bleu_1", "bleu_4", "meteor", "rouge_l", "cider")
+TABLE_KEYS = ("bleu_1", *PER_SAMPLE_METRICS_SHOWN)
 
 
 def demo_config() -> Path:
@@ -102,7 +103,7 @@ class _Step:
         self.seconds["test"] = round(time.perf_counter() - started, 1)
         metrics = json.loads((self.eval_dir / "metrics.json").read_text())
         return {
-            "metrics": {k: metrics.get(k) for k in ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider", "spice")}
+            "metrics": {k: metrics.get(k) for k in OFFICIAL_METRICS}
             | {"num_samples": metrics.get("num_samples")},
             "run_dir": str(self.run_dir),
             "output_dir": str(self.eval_dir),

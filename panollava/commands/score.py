@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from panollava.data.dataset import REFERENCE_MODES, drop_missing_references, is_missing_text, sample_id_for
 from panollava.errors import InputNotFoundError, InvalidInputError
+from panollava.metrics.names import PER_SAMPLE_METRICS
 from panollava.outputs.files import PREDICTION_CHOICES, is_original_predictions_csv, read_json_lines
 from panollava.schema import EvaluationOptions, ReferenceMode
 
@@ -44,7 +45,6 @@ __all__ = [
 PREDICTION_COLUMNS = ("prediction", "predict", "pred")
 SINGLE_REFERENCE_COLUMNS = ("annotation", "reference", "ref", "ground_truth", "gt")
 IMAGE_COLUMNS = ("url", "image", "image_path")
-SCORE_KEYS = ("bleu_4", "cider", "rouge_l", "meteor")
 
 
 @dataclass
@@ -420,7 +420,7 @@ def _write_scored(
 ) -> Path:
     from panollava.outputs.files import write_predictions
 
-    scored = [dict(r, scores={k: per_sample.get(r["sample_id"], {}).get(k) for k in SCORE_KEYS}) for r in records]
+    scored = [dict(r, scores={k: per_sample.get(r["sample_id"], {}).get(k) for k in PER_SAMPLE_METRICS}) for r in records]
     return write_predictions(output_dir, scored, stem="predictions_scored")[0]
 
 

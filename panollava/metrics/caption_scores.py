@@ -33,13 +33,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from panollava.errors import InvalidInputError, MetricFailedError
+from panollava.metrics.names import OFFICIAL_METRICS, PER_SAMPLE_METRICS
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["OFFICIAL_METRICS", "PER_SAMPLE_METRICS", "CaptionScores", "score_captions"]
-
-OFFICIAL_METRICS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider", "spice")
-PER_SAMPLE_METRICS = ("bleu_4", "cider", "rouge_l", "meteor")
 
 
 @dataclass

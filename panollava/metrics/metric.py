@@ -23,7 +23,8 @@ import torch
 from torchmetrics import Metric
 
 from panollava.errors import InvalidInputError
-from panollava.metrics.caption_scores import OFFICIAL_METRICS, CaptionScores, score_captions
+from panollava.metrics.caption_scores import CaptionScores, score_captions
+from panollava.metrics.names import OFFICIAL_METRICS
 
 logger = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from panollava.errors import InputNotFoundError, InvalidInputError
+from panollava.metrics.names import OFFICIAL_METRICS, PER_SAMPLE_METRICS
 
 logger = logging.getLogger(__name__)
 
-PER_SAMPLE_KEYS = ("bleu_4", "cider", "rouge_l", "meteor")
 RECORD_KEYS = ("sample_id", "index", "image", "image_path", "query", "prediction", "references")
 """Keys of a per-sample record in ``predictions.jsonl``, in order (``scores`` follows when scored)."""
 
@@ -111,7 +111,7 @@ def attach_scores(records: Sequence[dict[str, Any]], per_sample: Mapping[str, Ma
     for rec in records:
         item = {k: rec[k] for k in RECORD_KEYS if k in rec}
         if per_sample is not None and rec["sample_id"] in per_sample:
-            item["scores"] = {k: per_sample[rec["sample_id"]].get(k) for k in PER_SAMPLE_KEYS}
+            item["scores"] = {k: per_sample[rec["sample_id"]].get(k) for k in PER_SAMPLE_METRICS}
         out.append(item)
     return out
 
@@ -126,13 +126,13 @@ def write_predictions(
     write_text_atomic(jsonl, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["sample_id", "image", "query", "prediction", "references", *PER_SAMPLE_KEYS])
+    writer.writerow(["sample_id", "image", "query", "prediction", "references", *PER_SAMPLE_METRICS])
     for r in records:
         scores = r.get("scores") or {}
         writer.writerow(
             [r["sample_id"], r.get("image", ""), r.get("query", ""), r["prediction"],
              json.dumps(r.get("references", []), ensure_ascii=False)]
-            + ["" if scores.get(k) is None else scores[k] for k in PER_SAMPLE_KEYS]
+            + ["" if scores.get(k) is None else scores[k] for k in PER_SAMPLE_METRICS]
         )
     csv_path = output_dir / f"{stem}.csv"
     write_text_atomic(csv_path, buf.getvalue())
@@ -142,7 +142,7 @@ def write_predictions(
 def format_metrics_table(metrics: Mapping[str, Any]) -> str:
     """A small text table of the official metrics."""
     rows = []
-    for key in ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider", "spice"):
+    for key in OFFICIAL_METRICS:
         value = metrics.get(key)
         shown = f"{value:.4f}" if isinstance(value, (int, float)) else "n/a"
         reason = (metrics.get("unavailable") or {}).get(key)

@@ -46,6 +46,7 @@ from panollava.metrics.bootstrap import (
     holm_adjust,
     paired_bootstrap_pvalue,
 )
+from panollava.metrics.names import METRIC_LABELS, PER_SAMPLE_METRICS_SHOWN
 from panollava.outputs.files import (
     PREDICTION_CHOICES,
     is_original_predictions_csv,
@@ -70,7 +71,7 @@ __all__ = [
 ]
 
 #: Corpus metrics shown per row, with their labels.
-LEADERBOARD_METRICS: dict[str, str] = {"bleu_4": "BLEU-4", "meteor": "METEOR", "rouge_l": "ROUGE-L", "cider": "CIDEr-D"}
+LEADERBOARD_METRICS: dict[str, str] = {k: METRIC_LABELS[k] for k in PER_SAMPLE_METRICS_SHOWN}
 #: Metrics that get a bootstrap interval and a paired p-value.
 CI_METRICS: tuple[str, ...] = ("cider", "meteor")
 #: The LLM judge's column (``panollava-cli judge``): its label, and the digits its scores (20-100) are shown with.
@@ -667,8 +668,8 @@ def _markdown(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 _CSV_COLUMNS = (
-    "row", "run", "checkpoint_rule", "checkpoint", "num_samples", "bleu_4", "meteor", "rouge_l", "cider",
-    "delta_bleu_4", "delta_meteor", "delta_rouge_l", "delta_cider", "cider_ci_low", "cider_ci_high",
+    "row", "run", "checkpoint_rule", "checkpoint", "num_samples", *LEADERBOARD_METRICS,
+    *(f"delta_{k}" for k in LEADERBOARD_METRICS), "cider_ci_low", "cider_ci_high",
     "meteor_ci_low", "meteor_ci_high", "p_cider", "p_meteor", "p_cider_holm", "p_meteor_holm", "cider_significant",
     "meteor_significant", "cider_verdict", "meteor_verdict", *_JUDGE_COLUMNS, "p_judge_holm", "judge_significant",
     "judge_verdict", "paired_samples", "paired_panoramas", "num_panoramas",

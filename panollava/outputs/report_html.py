@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from panollava.errors import InvalidInputError, PanoLLaVAError
+from panollava.metrics.names import METRIC_LABELS, OFFICIAL_METRICS, PER_SAMPLE_METRICS_SHOWN
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +61,7 @@ VIEW_SIDE_PX = 64
 JPEG_QUALITY = 70
 
 #: Per-sample score keys (as in predictions.jsonl) and their column labels.
-SCORE_LABELS: dict[str, str] = {"bleu_4": "BLEU-4", "meteor": "METEOR", "rouge_l": "ROUGE-L", "cider": "CIDEr-D"}
-_CORPUS_KEYS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider", "spice")
+SCORE_LABELS: dict[str, str] = {k: METRIC_LABELS[k] for k in PER_SAMPLE_METRICS_SHOWN}
 _VIEW_KEYS = ("crop_strategy", "image_size", "fov_deg", "overlap_ratio", "num_views")
 _STRIP_GAP_PX = 2
 
@@ -448,7 +448,7 @@ def _metrics_section(metrics: Mapping[str, Any]) -> str:
     unavailable = metrics.get("unavailable") or {}
     failed = metrics.get("failed") or {}
     impl = metrics.get("implementations") or {}
-    keys = [k for k in _CORPUS_KEYS if k in metrics or k in unavailable or k in failed]
+    keys = [k for k in OFFICIAL_METRICS if k in metrics or k in unavailable or k in failed]
     head = "".join(f"<th class=\"num\">{_esc(k)}</th>" for k in keys)
     cells = []
     for key in keys:
