@@ -5,7 +5,7 @@ The typed dataclasses below are the one declaration. Everything else derives fro
 * ``--help``: the groups type the init args of ``PanoLLaVAModule`` (``--model.model_config.image_size``, ...)
   and the data module's view arguments; the evaluation flags (``--max_new_tokens``, ...) come from
   :data:`SETTINGS`; ``generation.DecodeSettings`` is :class:`GenerationSettings` without the
-  :data:`GENERATOR_OPTIONS`.
+  :data:`GENERATION_COMPUTE_OPTIONS`.
 * validation: :func:`validate_setting` checks a value with jsonargparse's typing (the same types the CLI uses),
   so the metadata reader, the merge, the decode loop and the command line accept and refuse the same values.
 * the flat keys of ``metrics.json`` (``settings.<key>.{value, source}``), where ``checkpoint_metadata.json``
@@ -157,7 +157,7 @@ class GenerationSettings:
     compile_decode: bool = False
 
 
-GENERATOR_OPTIONS = ("share_prefix", "compile_decode")
+GENERATION_COMPUTE_OPTIONS = ("share_prefix", "compile_decode")
 """Fields of :class:`GenerationSettings` that choose how the generator computes, not which decoding it runs: kept
 out of ``generation.DecodeSettings`` and of the decoding comparison of ``compare`` (still in the resume
 fingerprint: in bf16 they can change a near-tie)."""

@@ -7,15 +7,17 @@ import csv
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from conftest_browser import read_jsonl
+from conftest_browser import PROJECT_ROOT, read_jsonl
 
 from panollava.cli import main
-from panollava.outputs.leaderboard import run_compare
 from panollava.errors import InputNotFoundError, InvalidInputError
 from panollava.metrics.bootstrap import bootstrap_interval, holm_adjust, paired_bootstrap_pvalue
+from panollava.outputs.leaderboard import run_compare
 
 
 # -- bootstrap: known answers -----------------------------------------------------------------------------------------
@@ -215,3 +217,17 @@ def test_compare_resamples_panoramas(five_queries_per_panorama, tmp_path, capsys
     assert float(b["p_cider_holm"]) == pytest.approx(holm_adjust([float(b["p_cider"]), 1.0])[0])
     assert "Significance against the baseline (paired bootstrap resampling panoramas, Holm-corrected" in printed
     assert f"row 2 ({b['run']}): CIDEr-D" in printed and "row 3" in printed
+
+
+def test_compare_runs_without_torch(evaluations, tmp_path):
+    """``compare --help``, the leaderboard module and a whole comparison (decoding settings included, their
+    defaults read from the schema) load neither torch nor transformers nor lightning."""
+    real, oracle = evaluations["real"], evaluations["oracle"]
+    assert json.loads((real / "metrics.json").read_text())["decoding"]  # the decoding comparison runs
+    code = ("import sys\nfrom panollava.cli import main\nassert main(['compare', '--help']) == 0\n"
+            "import panollava.outputs.leaderboard, panollava.commands.compare\n"
+            f"assert main(['compare', {str(real)!r}, {str(oracle)!r}, '--output_dir', {str(tmp_path / 'out')!r}]) == 0\n"
+            "heavy = {'torch', 'transformers', 'lightning'} & set(sys.modules)\nassert not heavy, heavy\n")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+                   stdout=subprocess.DEVNULL)
+    assert (tmp_path / "out" / "leaderboard.csv").is_file()

@@ -18,7 +18,7 @@ from dataclasses import asdict, field, fields, make_dataclass
 from typing import Any
 
 from panollava.errors import InvalidInputError
-from panollava.schema import GENERATOR_OPTIONS, GenerationSettings, args_doc, check_settings
+from panollava.schema import GENERATION_COMPUTE_OPTIONS, GenerationSettings, args_doc, check_settings
 
 
 class _DecodeMethods:
@@ -64,7 +64,7 @@ class _DecodeMethods:
         return asdict(self)
 
 
-_FIELDS = [f for f in fields(GenerationSettings) if f.name not in GENERATOR_OPTIONS]
+_FIELDS = [f for f in fields(GenerationSettings) if f.name not in GENERATION_COMPUTE_OPTIONS]
 DecodeSettings = make_dataclass(
     "DecodeSettings",
     [(f.name, f.type, field(default=f.default)) for f in _FIELDS],

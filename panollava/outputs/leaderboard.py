@@ -20,8 +20,8 @@
 Rows scored on another dataset (sha256, or the references' digest that ``score`` records), with another reference
 mode, another choice of prediction per sample or other decoding settings are not comparable: each such difference
 is a warning. A folder of the original PanoLLaVA tool (``*_predictions_*.csv``, no per-sample scores) is recognised
-and refused with the ``score`` command that turns it into an evaluation folder. Needs numpy; importing
-:mod:`panollava.generation` (for the decoding defaults) also loads torch.
+and refused with the ``score`` command that turns it into an evaluation folder. Needs numpy, never torch
+(the decoding defaults come from :mod:`panollava.schema`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ from panollava.outputs.files import (
     sha256_file,
     write_text_atomic,
 )
-from panollava.schema import GENERATOR_OPTIONS
+from panollava.schema import GENERATION_COMPUTE_OPTIONS, GenerationSettings, check_settings
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,11 @@ _JUDGE_COLUMNS = (
     "judge_paired_samples", "judge_paired_panoramas", "judge_comparable", "judge_backend", "judge_model",
     "judge_rubric_sha256",
 )
-_NOT_DECODING = frozenset({"path", "kv_cache", "attention", "fallback_reason", "compile_mode", *GENERATOR_OPTIONS})
+_NOT_DECODING = frozenset({"path", "kv_cache", "attention", "fallback_reason", "compile_mode",
+                           *GENERATION_COMPUTE_OPTIONS})
+#: The decoding settings and their defaults, as the schema declares them (``generation.DecodeSettings``'s fields).
+_DECODING_DEFAULTS = {f.name: f.default for f in fields(GenerationSettings)
+                      if f.name not in GENERATION_COMPUTE_OPTIONS}
 _SEED = 0
 
 
@@ -271,13 +275,11 @@ def _decoding(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
     if not isinstance(decoding, Mapping):
         return None
     values = {k: v for k, v in decoding.items() if k not in _NOT_DECODING}
-    from dataclasses import asdict
-
-    from panollava.generation.settings import DecodeSettings
-
-    try:  # the defaults fill keys an older metrics.json lacks (e.g. top_k)
-        return asdict(DecodeSettings.from_dict(values))
-    except PanoLLaVAError:  # a value DecodeSettings refuses: compare the raw entries
+    given = {k: bool(v) if isinstance(_DECODING_DEFAULTS[k], bool) else v
+             for k, v in values.items() if k in _DECODING_DEFAULTS and v is not None}
+    try:  # the schema's defaults fill keys an older metrics.json lacks (e.g. top_k); its validation normalises
+        return check_settings({**_DECODING_DEFAULTS, **given}, "decoding")
+    except PanoLLaVAError:  # a value the schema refuses: compare the raw entries
         return values
 
 
