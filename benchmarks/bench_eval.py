@@ -162,7 +162,7 @@ def write_jpegs(count: int, size_hw: tuple[int, int], folder: Path) -> list[Path
 
 
 def make_batch(samples: list[tuple[str, str, str]], views: dict[str, torch.Tensor]) -> dict:
-    """An evaluation batch (interface of panollava.data.eval_data) from (sample_id, key, query) triples."""
+    """An evaluation batch (interface of panollava.data.panorama_batches) from (sample_id, key, query) triples."""
     keys: list[str] = []
     index = []
     for _, key, _ in samples:
@@ -605,7 +605,7 @@ def hf_naive_loop(model, samples: list[tuple[str, str, str]], images: dict[str, 
 
 
 def hf_batch(model, chunk: list[tuple[str, str, str]], inputs: dict[str, dict]) -> dict:
-    """An engine batch of the hf family (interface of panollava.data.eval_data) from (sample_id, key, query)."""
+    """An engine batch of the hf family (interface of panollava.data.panorama_batches) from (sample_id, key, query)."""
     used = list(dict.fromkeys(key for _, key, _ in chunk))
     return {
         "index": list(range(len(chunk))),

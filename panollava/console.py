@@ -71,7 +71,7 @@ def quiet_third_party() -> None:
     for pattern in (r".*is_gradient_checkpointing.*", r".*treespec, LeafSpec.*", r".*module\(s\) in eval mode.*",
                     r".*does not have many workers.*", r".*litlogger.*",
                     r".*args parameter is intended to run from within Python.*",
-                    # evaluation's IterableDataset gives each DataLoader worker its own batches (eval_data.py)
+                    # evaluation's IterableDataset gives each DataLoader worker its own batches (panorama_batches.py)
                     r".*Your `IterableDataset` has `__len__` defined.*"):
         warnings.filterwarnings("ignore", message=pattern)
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):

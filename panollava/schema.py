@@ -62,7 +62,6 @@ CropStrategy = Literal["anyres_e2p", "e2p", "cubemap", "sliding_window", "resize
 ResamplerType = Literal["mlp", "identity", "avgpool"]
 ReferenceMode = Literal["grouped", "per_row"]
 CROP_STRATEGIES = get_args(CropStrategy)
-RESAMPLER_TYPES = get_args(ResamplerType)
 REFERENCE_MODES = get_args(ReferenceMode)
 
 

@@ -134,16 +134,13 @@ class EvaluationWriter(Callback):
         self._world_size = 1
 
     # -- start ----------------------------------------------------------------------------------------------------
-    def _split(self) -> str:
-        return self.mode
-
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != self.mode:
             return
         from panollava.evaluation.state import begin_attempt, evaluation_fingerprint
 
         datamodule = trainer.datamodule
-        samples = datamodule.datasets[self._split()].samples
+        samples = datamodule.datasets[self.mode].samples
         sample_ids = [s.sample_id for s in samples]
         if len(set(sample_ids)) != len(sample_ids):  # internal invariant: ids are derived from (url, query[, row])
             raise RuntimeError("duplicate sample ids in the evaluation dataset")
@@ -188,7 +185,7 @@ class EvaluationWriter(Callback):
             self._watchdog = FailureWatchdog(self.output_dir, self.attempt, trainer.global_rank)
             self._watchdog.start()
         self._num_done = len(done_ids)
-        datamodule.skip_sample_ids[self._split()] = set(done_ids)
+        datamodule.skip_sample_ids[self.mode] = set(done_ids)
         self._total = len(sample_ids)
         self._local = []
         remaining = self._total - self._num_done
@@ -317,7 +314,7 @@ class EvaluationWriter(Callback):
 
     def _merge(self, trainer: L.Trainer, gathered: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """All records in dataset order, each dataset sample exactly once (rank 0); raises naming what is wrong."""
-        samples = trainer.datamodule.datasets[self._split()].samples
+        samples = trainer.datamodule.datasets[self.mode].samples
         order = {s.sample_id: i for i, s in enumerate(samples)}
         merged: dict[str, dict[str, Any]] = dict(self._done)
         for record in gathered:

@@ -229,7 +229,7 @@ class PanoDataModule(L.LightningDataModule):
         The batches come from :func:`panollava.evaluation.sharding.rank_batches` (rank and world size from the
         trainer; ``skip_sample_ids``, set by the evaluation writer when it resumes, left out first).
         """
-        from panollava.data.eval_data import PanoramaBatches, identity_collate
+        from panollava.data.panorama_batches import PanoramaBatches, identity_collate
         from panollava.evaluation.sharding import rank_batches
 
         hp = self.hparams
@@ -259,7 +259,7 @@ class PanoDataModule(L.LightningDataModule):
         """Evaluation batches that carry decoded panoramas (``view_device`` model) get their views cut here, on
         the device the batch was uploaded to."""
         if isinstance(batch, dict) and "panoramas" in batch:
-            from panollava.data.eval_data import attach_views
+            from panollava.data.panorama_batches import attach_views
 
             attach_views(batch)
         return batch

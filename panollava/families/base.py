@@ -71,7 +71,7 @@ class PanoramaTransform(Protocol):
 
 
 class StackedViews:
-    """Views cut and normalised by :func:`panollava.data.eval_data.cut_views`, stacked to (P, V, 3, H, W): the
+    """Views cut and normalised by :func:`panollava.data.panorama_batches.cut_views`, stacked to (P, V, 3, H, W): the
     transform of the families whose models take normalised view tensors.
 
     Args:
@@ -89,7 +89,7 @@ class StackedViews:
         self.image_blind = bool(image_blind)
 
     def __call__(self, panorama: torch.Tensor) -> torch.Tensor:
-        from panollava.data.eval_data import cut_views
+        from panollava.data.panorama_batches import cut_views
 
         return cut_views(panorama, self.spec())
 

@@ -21,7 +21,6 @@ Light module: numpy only. Seeded: the same inputs and seed give the same figures
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
@@ -34,7 +33,6 @@ __all__ = [
     "SIGNIFICANCE_LEVEL",
     "BootstrapInterval",
     "bootstrap_interval",
-    "format_interval",
     "holm_adjust",
     "paired_bootstrap_pvalue",
 ]
@@ -235,10 +233,3 @@ def holm_adjust(pvalues: Sequence[float | None]) -> list[float | None]:
         running = max(running, min(1.0, (m - rank) * float(p)))
         adjusted[i] = running
     return adjusted
-
-
-def format_interval(interval: BootstrapInterval | None, digits: int = 4) -> str:
-    """``"0.1234 [0.1000, 0.1500]"`` or ``"n/a"``."""
-    if interval is None or any(math.isnan(v) for v in (interval.mean, interval.low, interval.high)):
-        return "n/a"
-    return f"{interval.mean:.{digits}f} [{interval.low:.{digits}f}, {interval.high:.{digits}f}]"
