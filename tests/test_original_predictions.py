@@ -19,9 +19,9 @@ import pytest
 
 from panollava.cli import main
 from panollava.commands.score import read_predictions, run_score
-from panollava.outputs.leaderboard import run_compare
 from panollava.data.dataset import sample_id_for
 from panollava.errors import InvalidInputError
+from panollava.outputs.leaderboard import run_compare
 
 pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="pycocoevalcap's METEOR and tokenizer need Java")
 

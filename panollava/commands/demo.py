@@ -18,7 +18,6 @@ side are the demo's point.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -32,6 +31,7 @@ import yaml
 
 from panollava.errors import PanoLLaVAError
 from panollava.metrics.names import OFFICIAL_METRICS, PER_SAMPLE_METRICS_SHOWN
+from panollava.outputs.files import read_json_object
 
 DEMO_EXPERIMENT = "demo"
 BLIND_EXPERIMENT = "demo-image-blind"
@@ -101,7 +101,7 @@ class _Step:
         started = time.perf_counter()
         _run(args)
         self.seconds["test"] = round(time.perf_counter() - started, 1)
-        metrics = json.loads((self.eval_dir / "metrics.json").read_text())
+        metrics = read_json_object(self.eval_dir / "metrics.json")
         return {
             "metrics": {k: metrics.get(k) for k in OFFICIAL_METRICS}
             | {"num_samples": metrics.get("num_samples")},

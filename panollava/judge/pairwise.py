@@ -16,7 +16,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from panollava.outputs.leaderboard import panorama_key
 from panollava.errors import InvalidInputError
 from panollava.judge.protocol import pairwise_messages, pairwise_response_format, parse_pairwise_answer
 from panollava.judge.rubric import load_rubric
@@ -36,6 +35,7 @@ from panollava.judge.run import (
     panorama_interval,
     read_cache,
 )
+from panollava.outputs.leaderboard import panorama_key
 
 logger = logging.getLogger(__name__)
 

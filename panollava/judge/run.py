@@ -36,12 +36,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from panollava.outputs.leaderboard import PREDICTION_FILES, find_evaluation, panorama_key
 from panollava.errors import InputNotFoundError, InvalidInputError
 from panollava.judge.backends import EndpointJudge, JudgeConfigError, JudgeReply, LocalJudge
 from panollava.judge.protocol import build_messages, image_data_url, parse_answer, response_format
 from panollava.judge.rubric import SCORE_MULTIPLIER, Rubric, load_rubric
 from panollava.metrics.bootstrap import DEFAULT_RESAMPLES, bootstrap_interval
+from panollava.outputs.leaderboard import PREDICTION_FILES, find_evaluation, panorama_key
 
 logger = logging.getLogger(__name__)
 

@@ -214,8 +214,8 @@ def find_evaluation(path: str | Path, cwd: str | Path | None = None) -> tuple[Pa
             if not metrics_path.is_file():
                 continue
             try:
-                recorded = (json.loads(metrics_path.read_text(encoding="utf-8")).get("run") or {}).get("run_dir")
-            except (json.JSONDecodeError, AttributeError):
+                recorded = (read_json_object(metrics_path).get("run") or {}).get("run_dir")
+            except (InvalidInputError, AttributeError):
                 recorded = None
             if recorded and Path(recorded).resolve() != folder:
                 logger.info("skipping %s: it evaluated another run directory (%s)", sub, recorded)
