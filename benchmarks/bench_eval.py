@@ -28,7 +28,7 @@ baseline, the speedup of ours over it (> 1 = faster) and whether the captions ar
   beforehand, not timed); ours is the family's engine path (``panorama_transform`` once per panorama, views
   included and timed, then ``HFCaptionModel.generate`` on batches that keep a panorama's queries together: vision
   once per panorama, the shared prefix where the architecture allows it). Captions must be identical.
-  (a) ``--device cpu``: the tiny ``qwen2_vl`` and ``llava`` folders of ``panollava.families.hf.tiny`` and a small
+  (a) ``--device cpu``: the tiny ``qwen2_vl`` and ``llava`` folders of ``panollava.offline.tiny_hf`` and a small
   random Qwen2.5-VL (``qwen2_5_vl_small``, the size of (a)'s own model) on the 5 real panoramas of
   ``../shared/data/quic360-sample`` × 3 queries, 16 new tokens, medians of interleaved rounds.
   (b) ``--device cuda``: a Qwen2.5-VL-3B-shaped model (published sizes, 3.75 B parameters) with random weights,
@@ -77,7 +77,7 @@ IMAGE_TOKEN = "<|image_pad|>"
 # -- models -----------------------------------------------------------------------------------------------------------
 def load_tokenizer():
     from panollava.models.build import load_tokenizer as _load
-    from panollava.models.tiny import build_tiny_models
+    from panollava.offline.tiny_models import build_tiny_models
 
     return _load(str(build_tiny_models()["tiny-qwen3"]), IMAGE_TOKEN)
 
@@ -536,7 +536,7 @@ QWEN25_VL_SMALL = {
     "image_processor": dict(min_pixels=28 * 28 * 4, max_pixels=224 * 224),
     "initializer_range": 0.2,
 }
-# the same code path with tiny sizes (--family hf --smoke); a wide initialiser as in panollava.families.hf.tiny, so
+# the same code path with tiny sizes (--family hf --smoke); a wide initialiser as in panollava.offline.tiny_hf, so
 # that random next-token distributions are peaked and the identity check tests the code, not near-ties
 QWEN25_VL_SMOKE = {
     "text": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -650,7 +650,7 @@ def bench_hf_cpu(args) -> dict:
     from panollava.data.views import ViewConfig
     from panollava.families.hf import load_hf_model
     from panollava.families.hf.processor import panorama_images
-    from panollava.families.hf.tiny import build_tiny_hf_model
+    from panollava.offline.tiny_hf import build_tiny_hf_model
 
     torch.set_num_threads(args.threads)
     structure = hf_sample_structure(args.hf_sample_csv, args.hf_queries)
@@ -745,14 +745,14 @@ def hf_image_tokens(model, panorama: torch.Tensor, query: str) -> int:
 
 def write_random_qwen25_vl(folder: Path, sizes: dict, device: str, dtype: torch.dtype) -> Path:
     """A Qwen2.5-VL folder with random weights (``sizes``: QWEN25_VL_3B or QWEN25_VL_SMOKE), the tiny tokenizer and
-    chat template of ``panollava.families.hf.tiny`` (their ids are valid in any vocabulary at least as large) and a
+    chat template of ``panollava.offline.tiny_hf`` (their ids are valid in any vocabulary at least as large) and a
     ``Qwen2VLImageProcessorPil`` with ``sizes``' settings; the model is built on ``device`` in ``dtype``."""
     import shutil
 
     from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from panollava.families.hf.tiny import build_tiny_hf_model
+    from panollava.offline.tiny_hf import build_tiny_hf_model
 
     tiny = build_tiny_hf_model("qwen2_5_vl", folder.parent / f"{folder.name}-tiny-tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(tiny)
@@ -954,7 +954,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--family", choices=("panollava", "hf"), default="panollava",
                         help="hf: the off-the-shelf VLM family (issue 20) instead of our PanoramicVLM")
     parser.add_argument("--hf_kinds", default=",".join(HF_CPU_KINDS),
-                        help="(a) hf: tiny VLMs to time (panollava.families.hf.tiny kinds, comma-separated)")
+                        help="(a) hf: tiny VLMs to time (panollava.offline.tiny_hf kinds, comma-separated)")
     parser.add_argument("--hf_sample_csv", type=Path, default=HF_SAMPLE_CSV,
                         help="(a) hf: real panoramas and queries (url paths relative to the CSV's folder)")
     parser.add_argument("--hf_queries", type=int, default=3, help="(a) hf: queries per panorama")

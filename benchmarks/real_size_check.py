@@ -42,7 +42,7 @@ def build_folders(workdir: Path, kinds: list[str]) -> dict[str, Path]:
     from transformers.models.siglip2.image_processing_pil_siglip2 import Siglip2ImageProcessorPil
 
     from panollava.models.presets import load_preset_config
-    from panollava.models.tiny import build_tiny_models
+    from panollava.offline.tiny_models import build_tiny_models
 
     torch.manual_seed(0)
     folders: dict[str, Path] = {}

@@ -159,3 +159,66 @@ def restore_missing(
     for key in missing:
         state[key] = own[key]
     return held
+
+
+def describe_checkpoint(
+    checkpoint: dict[str, Any],
+    state_now: Mapping[str, torch.Tensor],
+    model_config: Mapping[str, Any],
+    trainable_parts: Iterable[str],
+    parts_in_checkpoint: Iterable[str],
+    tokenizer,
+) -> None:
+    """Drops from a checkpoint's state dict the weights reloaded from the named pretrained models, and records
+    where they come from under :data:`CHECKPOINT_KEY` (with fingerprints of those weights and of the vocabulary).
+
+    Args:
+        checkpoint: The checkpoint dict Lightning is saving (changed in place).
+        state_now: The module's full state dict.
+        model_config: The model settings (names of the pretrained models).
+        trainable_parts: Parts whose weights train in this run.
+        parts_in_checkpoint: Pretrained parts a restored checkpoint held in full.
+        tokenizer: The tokenizer (its vocabulary is fingerprinted).
+    """
+    trainable, held = tuple(trainable_parts), frozenset(parts_in_checkpoint)
+
+    def is_saved(key: str) -> bool:
+        return saved_in_checkpoint(key, trainable, held)
+
+    state = checkpoint["state_dict"]
+    for key in [k for k in state if not is_saved(k)]:
+        del state[key]
+    sources = pretrained_sources(model_config, trainable, held)
+    checkpoint[CHECKPOINT_KEY] = {
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+        "from_pretrained": sources,
+        "base_fingerprints": base_fingerprints(state_now, sources, is_saved),
+        "saved_keys": len(state),
+        "trainable_parts": list(trainable),
+    }
+
+
+def restore_checkpoint(
+    checkpoint: dict[str, Any],
+    own: Mapping[str, torch.Tensor],
+    model_config: Mapping[str, Any],
+    trainable_parts: Iterable[str],
+    tokenizer,
+    lora_supplied: bool,
+) -> frozenset[str] | None:
+    """The strict restore of :func:`restore_missing` for a module's state dict ``own``.
+
+    Returns:
+        The pretrained parts the checkpoint held in full, or None when it held every weight the module has.
+    """
+    trainable = tuple(trainable_parts)
+    fills_base_weights = bool(set(own) - set(checkpoint["state_dict"]))
+    held = restore_missing(
+        checkpoint["state_dict"], own, checkpoint.get(CHECKPOINT_KEY),
+        model_config=model_config,
+        tokenizer_print=tokenizer_fingerprint(tokenizer),
+        lora_supplied=lora_supplied,
+        fingerprints_now=lambda sources, parts: base_fingerprints(
+            own, sources, lambda key: saved_in_checkpoint(key, trainable, parts)),
+    )
+    return held if fills_base_weights else None

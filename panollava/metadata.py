@@ -27,8 +27,7 @@ from typing import Any
 
 from panollava.errors import InputNotFoundError, InvalidInputError
 from panollava.outputs.files import installed_library_versions, write_text_atomic
-from panollava.schema import (  # DEFAULT_PROMPT_TEMPLATE, METADATA_FILENAME, STAGES: also imported from here
-    DEFAULT_PROMPT_TEMPLATE,  # noqa: F401
+from panollava.schema import (
     INPUT_KEYS,
     METADATA_FILENAME,
     REQUIRED_KEYS,

@@ -13,15 +13,9 @@ from typing import Any, Literal
 import torch
 
 from panollava.captioning import CaptioningModule
-from panollava.checkpoint_contents import (
-    CHECKPOINT_KEY,
-    base_fingerprints,
-    pretrained_sources,
-    restore_missing,
-    saved_in_checkpoint,
-    tokenizer_fingerprint,
-)
+from panollava.checkpoint_contents import CHECKPOINT_KEY, describe_checkpoint, pretrained_sources, restore_checkpoint
 from panollava.errors import InvalidInputError
+from panollava.models.trainable import STAGE_TRAINABLE, TRAINABLE_PARTS, set_trainable
 from panollava.schema import (
     REQUIRED_KEYS,
     STAGES,
@@ -37,14 +31,6 @@ from panollava.schema import (
 
 logger = logging.getLogger(__name__)
 
-TRAINABLE_PARTS = ("vision_tower", "resampler", "projector", "lora", "language_model")
-STAGE_TRAINABLE = {
-    "vision": ("vision_tower", "resampler", "projector"),
-    "resampler": ("resampler", "projector"),
-    "finetune": ("lora", "projector"),
-}
-DEFAULT_GENERATION = to_plain(GenerationSettings())
-DEFAULT_PROMPT = to_plain(PromptSettings())
 __all__ = ["CHECKPOINT_KEY", "PanoLLaVAModule"]
 
 
@@ -108,8 +94,8 @@ class PanoLLaVAModule(CaptioningModule):
         if lora is None and stage == "finetune":
             lora = to_plain(LoraSettings())
         lora = {**to_plain(LoraSettings()), **to_plain(lora)} if lora is not None else None
-        generation = {**DEFAULT_GENERATION, **to_plain(generation or {})}
-        prompt = {**DEFAULT_PROMPT, **to_plain(prompt or {})}
+        generation = to_plain(typed(GenerationSettings, to_plain(generation)))
+        prompt = to_plain(typed(PromptSettings, to_plain(prompt)))
         self.save_hyperparameters(
             {
                 "model_config": dict(model_config),
@@ -169,7 +155,7 @@ class PanoLLaVAModule(CaptioningModule):
         if lora_trains and not use_lora:
             raise InvalidInputError("'lora' is trainable but no LoRA settings were given (--model.lora)")
         self.vlm, self.tokenizer = build_vlm(hp.model_config, hp.lora, hp.lora_dir, lora_trainable=lora_trains)
-        self._set_trainable()
+        set_trainable(self.vlm, self.trainable_parts)
         prompt = typed(PromptSettings, hp.prompt)
         self.prompts = PromptEncoder(
             self.tokenizer,
@@ -179,22 +165,6 @@ class PanoLLaVAModule(CaptioningModule):
             enable_thinking=bool(prompt.enable_thinking),
             max_answer_tokens=hp.max_answer_tokens,
         )
-
-    def _set_trainable(self) -> None:
-        parts = self.trainable_parts
-        for name, param in self.vlm.named_parameters():
-            if "lora_" in name:
-                param.requires_grad = "lora" in parts
-            elif name.startswith("vision_tower."):
-                param.requires_grad = "vision_tower" in parts
-            elif name.startswith("resampler."):
-                param.requires_grad = "resampler" in parts
-            elif name.startswith("projector."):
-                param.requires_grad = "projector" in parts
-            elif name.startswith("language_model."):
-                param.requires_grad = "language_model" in parts
-            else:
-                param.requires_grad = False
 
     def merge_adapter(self) -> None:
         """Merge LoRA into the LM weights (``merge_and_unload``); used for evaluation with ``merge_lora``."""
@@ -211,36 +181,15 @@ class PanoLLaVAModule(CaptioningModule):
         """Module prefix → model name, for the base weights that checkpoints do not hold."""
         return pretrained_sources(self.hparams.model_config, self.trainable_parts, self._parts_in_checkpoint)
 
-    def _is_saved(self, key: str, held: frozenset[str] | None = None) -> bool:
-        held = self._parts_in_checkpoint if held is None else held
-        return saved_in_checkpoint(key, self.trainable_parts, held)
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint["state_dict"]
-        for key in [k for k in state if not self._is_saved(k)]:
-            del state[key]
-        sources = self.pretrained_sources()
-        checkpoint[CHECKPOINT_KEY] = {
-            "tokenizer_fingerprint": tokenizer_fingerprint(self.tokenizer),
-            "from_pretrained": sources,
-            "base_fingerprints": base_fingerprints(self.state_dict(), sources, self._is_saved),
-            "saved_keys": len(state),
-            "trainable_parts": list(self.trainable_parts),
-        }
+        describe_checkpoint(checkpoint, self.state_dict(), self.hparams.model_config, self.trainable_parts,
+                            self._parts_in_checkpoint, self.tokenizer)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Check the checkpoint against the model and fill the base weights it does not hold (strict loading)."""
-        own = self.state_dict()
-        fills_base_weights = bool(set(own) - set(checkpoint["state_dict"]))
-        held = restore_missing(
-            checkpoint["state_dict"], own, checkpoint.get(CHECKPOINT_KEY),
-            model_config=self.hparams.model_config,
-            tokenizer_print=tokenizer_fingerprint(self.tokenizer),
-            lora_supplied=self.hparams.lora_dir is not None,
-            fingerprints_now=lambda sources, parts: base_fingerprints(
-                own, sources, lambda key: self._is_saved(key, parts)),
-        )
-        if fills_base_weights:
+        held = restore_checkpoint(checkpoint, self.state_dict(), self.hparams.model_config, self.trainable_parts,
+                                  self.tokenizer, lora_supplied=self.hparams.lora_dir is not None)
+        if held is not None:
             self._parts_in_checkpoint = held
 
     # -- steps ----------------------------------------------------------------------------------------------------
@@ -273,19 +222,8 @@ class PanoLLaVAModule(CaptioningModule):
         """Our family behind the seam (:class:`panollava.families.ours.PanoLLaVACaptionModel`), built on first use."""
         if self._caption_model is None and self.vlm is not None:
             from panollava.families.ours import PanoLLaVACaptionModel
-            from panollava.generation import CaptionGenerator, DecodeSettings
 
-            gen = typed(GenerationSettings, self.hparams.generation)
-            generator = CaptionGenerator(
-                self.vlm,
-                self.prompts,
-                DecodeSettings.from_dict(self.hparams.generation),
-                share_prefix=bool(gen.share_prefix),
-                compile_decode=bool(gen.compile_decode),
-            )
-            model = self.model_settings
-            identity = {"vision_name": model.vision_name, "language_model_name": model.language_model_name}
-            self._caption_model = PanoLLaVACaptionModel(self.vlm, generator, self.image_preprocessing, identity)
+            self._caption_model = PanoLLaVACaptionModel.for_module(self)
         return self._caption_model
 
     def panorama_transform(self, view_settings):
@@ -294,12 +232,6 @@ class PanoLLaVAModule(CaptioningModule):
         from panollava.families.ours import stacked_views_for
 
         return stacked_views_for(view_settings, self.image_preprocessing)
-
-    @property
-    def caption_generator(self):
-        """The one owner of decoding (``panollava.generation.CaptionGenerator``), built on first use."""
-        model = self.caption_model
-        return model.generator if model is not None else None
 
     def _reset_caption_model(self) -> None:
         if self._caption_model is not None:

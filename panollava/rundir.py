@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from panollava.errors import InputNotFoundError, InvalidInputError
-from panollava.metadata import METADATA_FILENAME, STAGES, RunMetadata, read_metadata
+from panollava.metadata import RunMetadata, read_metadata
+from panollava.schema import METADATA_FILENAME, STAGES
 
 logger = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ def test_demo_trained_model_uses_the_image(tmp_path, capsys):
 def test_demo_dataset_is_reused_when_the_demo_runs_again(tmp_path):
     """`make demo` twice into the same folder: the query subset is recorded as written, so the data is reused."""
     from panollava.commands.demo import DEMO_QUERIES
-    from panollava.data.synthetic import generate_synthetic_dataset
+    from panollava.offline.synthetic import generate_synthetic_dataset
 
     args = {"num_train": 2, "num_val": 1, "num_test": 1, "size_hw": (32, 64), "seed": 0, "queries": DEMO_QUERIES}
     first = generate_synthetic_dataset(tmp_path, **args)

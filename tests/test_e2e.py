@@ -79,7 +79,7 @@ def test_fit_writes_the_run_directory(tiny_run):
 def test_lora_trains_and_vision_tower_stays(tiny_run):
     from transformers import SiglipVisionModel
 
-    from panollava.models.tiny import build_tiny_models
+    from panollava.offline.tiny_models import build_tiny_models
 
     trained = tiny_run["cli"].model
     lora_b = [p for n, p in trained.vlm.named_parameters() if "lora_B" in n]
@@ -151,7 +151,7 @@ def test_metadata_from_the_spec_example_evaluates(tmp_path, shared_data_dir):
     """The SPEC §1 example, as written, with its model names pointing at tiny local models."""
     from transformers import SiglipVisionConfig, SiglipVisionModel
 
-    from panollava.models.tiny import build_tiny_models
+    from panollava.offline.tiny_models import build_tiny_models
     from panollava.module import PanoLLaVAModule
 
     tiny = build_tiny_models()

@@ -34,7 +34,7 @@ def model():
               "latent_dimension": 64, "image_size": [32, 32]}
     lora = {"r": 8, "alpha": 16, "dropout": 0.0,
             "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
-    from panollava.models.tiny import build_tiny_models
+    from panollava.offline.tiny_models import build_tiny_models
 
     build_tiny_models()  # first use writes them, reseeding torch: do it before the seed below
     torch.manual_seed(0)

@@ -40,7 +40,7 @@ def setup(tmp_path_factory, sample_panoramas):
 
     from panollava.data.images import load_panorama
     from panollava.data.views import ViewConfig
-    from panollava.families.hf.tiny import build_tiny_hf_model
+    from panollava.offline.tiny_hf import build_tiny_hf_model
 
     root = tmp_path_factory.mktemp("hf_cli")
     folders = {kind: build_tiny_hf_model(kind, root / kind) for kind in (*KINDS, "blip2")}

@@ -23,7 +23,7 @@ from panollava.data.views import ViewConfig, letterbox, render_views
 from panollava.errors import InputNotFoundError, InvalidInputError, ModelUnavailableError
 from panollava.families.hf.model import load_hf_model
 from panollava.families.hf.processor import load_processor, merged_call_kwargs, panorama_images, prompt_inputs
-from panollava.families.hf.tiny import build_tiny_hf_model
+from panollava.offline.tiny_hf import build_tiny_hf_model
 from panollava.generation.settings import DecodeSettings
 from panollava.schema import DEFAULT_PROMPT_TEMPLATE
 

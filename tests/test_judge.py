@@ -443,7 +443,7 @@ def test_pairwise_mode_and_position_bias(shared_data_dir, tmp_path, judge_key):
 @pytest.fixture(scope="module")
 def tiny_judge(tmp_path_factory) -> Path:
     """A tiny Qwen3ForCausalLM with a byte-level BPE tokenizer and a ChatML chat template, saved locally."""
-    from panollava.models.tiny import build_tiny_models
+    from panollava.offline.tiny_models import build_tiny_models
 
     return build_tiny_models(tmp_path_factory.mktemp("tiny-judge"))["tiny-qwen3"]
 

@@ -13,7 +13,6 @@ import pytest
 from panollava.errors import InputNotFoundError, InvalidInputError
 from panollava.metadata import (
     DEFAULT_LORA,
-    DEFAULT_PROMPT_TEMPLATE,
     METADATA_FILENAME,
     SCHEMA_VERSION,
     build_metadata,
@@ -22,6 +21,7 @@ from panollava.metadata import (
     read_metadata,
     write_metadata,
 )
+from panollava.schema import DEFAULT_PROMPT_TEMPLATE
 
 # SPEC §1, verbatim: this must load exactly as written.
 SPEC_EXAMPLE = """\

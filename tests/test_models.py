@@ -20,7 +20,7 @@ from panollava.data.prompts import PromptEncoder
 from panollava.errors import InvalidInputError, ModelUnavailableError
 from panollava.models.build import build_vlm, load_image_preprocessing, load_tokenizer
 from panollava.models.resampler import RESAMPLERS, AvgPoolResampler, IdentityResampler, MLPResampler, build_resampler
-from panollava.models.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS, build_tiny_models
+from panollava.offline.tiny_models import CHAT_TEMPLATE, SPECIAL_TOKENS, build_tiny_models
 from panollava.models.vlm import position_ids_from_mask
 
 IMAGE_TOKEN = "<|image_pad|>"

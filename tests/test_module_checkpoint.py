@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from panollava.errors import InvalidInputError
-from panollava.models.tiny import build_tiny_models
+from panollava.offline.tiny_models import build_tiny_models
 from panollava.module import CHECKPOINT_KEY, PanoLLaVAModule
 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0}

@@ -34,7 +34,7 @@ THINKING_TEMPLATE = (
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from panollava.models.tiny import build_tiny_models
+    from panollava.offline.tiny_models import build_tiny_models
 
     return AutoTokenizer.from_pretrained(build_tiny_models()["tiny-qwen3"])
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from panollava.errors import InputNotFoundError, InvalidInputError
-from panollava.metadata import METADATA_FILENAME, build_metadata, write_metadata
+from panollava.metadata import build_metadata, write_metadata
+from panollava.schema import METADATA_FILENAME
 from panollava.rundir import (
     RULE_BEST,
     RULE_LAST,

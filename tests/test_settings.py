@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from panollava.errors import InputNotFoundError, InvalidInputError
-from panollava.metadata import METADATA_FILENAME, metadata_settings, read_metadata
+from panollava.metadata import metadata_settings, read_metadata
+from panollava.schema import METADATA_FILENAME
 from panollava.schema import INPUT_KEYS, RUNTIME_KEYS
 from panollava.settings import DEFAULT_SETTINGS, merge_settings, resolve_csv, values_equal
 

@@ -20,8 +20,8 @@ GROUPS = (schema.ModelSettings, schema.LoraSettings, schema.PromptSettings, sche
 
 # Parameters that share a name, not a meaning, with a schema field (each with the reason).
 NOT_THE_SETTING = {
-    ("data/synthetic.py", "seed"): "the generated dataset's seed, not the decoding seed",
-    ("data/synthetic.py", "overwrite"): "rewrite a generated dataset, not an evaluation folder",
+    ("offline/synthetic.py", "seed"): "the generated dataset's seed, not the decoding seed",
+    ("offline/synthetic.py", "overwrite"): "rewrite a generated dataset, not an evaluation folder",
     ("metrics/bootstrap.py", "seed"): "the bootstrap's resampling seed, not the decoding seed",
     ("data/datamodule.py", "batch_size"): "the training batch size (evaluation's is eval_batch_size)",
 }

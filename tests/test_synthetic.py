@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from panollava.data.synthetic import (
+from panollava.offline.synthetic import (
     COLORS,
     DIRECTIONS,
     SHAPES,
@@ -291,7 +291,7 @@ def test_interrupted_and_conflicting_runs(tmp_path: Path) -> None:
 def test_queries_subset_writes_only_those_queries(tmp_path):
     import csv as _csv
 
-    from panollava.data.synthetic import generate_synthetic_dataset
+    from panollava.offline.synthetic import generate_synthetic_dataset
 
     paths = generate_synthetic_dataset(tmp_path, num_train=4, num_val=1, num_test=1, queries=["position", "color"])
     with open(paths["train"], newline="") as fh:

@@ -133,7 +133,7 @@ class RunDirectoryWriter(Callback):
         """Checkpoint entries of earlier segments: the metadata's list, then unlisted convention-named files."""
         import json
 
-        from panollava.metadata import METADATA_FILENAME
+        from panollava.schema import METADATA_FILENAME
         from panollava.rundir import parse_checkpoint_filename
 
         entries: list[dict[str, Any]] = []
@@ -269,7 +269,8 @@ class RunDirectoryWriter(Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or self.run_dir is None:
             return
-        from panollava.metadata import METADATA_FILENAME, write_metadata
+        from panollava.metadata import write_metadata
+        from panollava.schema import METADATA_FILENAME
         from panollava.rundir import BEST_LINK, LAST_LINK, checkpoint_filename, update_link
 
         metric = self._validation_loss(trainer)

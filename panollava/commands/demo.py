@@ -1,6 +1,6 @@
 """``panollava-cli demo``: the whole loop on an embedded default, offline, on a CPU, in about a minute or two.
 
-1. writes the tiny models (cached) and a generated panorama-captioning dataset (``panollava.data.synthetic``:
+1. writes the tiny models (cached) and a generated panorama-captioning dataset (``panollava.offline.synthetic``:
    one coloured shape per panorama, at a known direction, captions that depend on it);
 2. trains a tiny VLM (every part trainable, ``panollava/configs/demo.yaml``) with ``panollava-cli fit``, which
    writes a real run directory (with its TensorBoard curves and samples);
@@ -165,8 +165,8 @@ def run_demo(
         PanoLLaVAError: A step failed (the message names the command).
     """
     from panollava.console import echo
-    from panollava.data.synthetic import generate_synthetic_dataset
-    from panollava.models.tiny import build_tiny_models
+    from panollava.offline.synthetic import generate_synthetic_dataset
+    from panollava.offline.tiny_models import build_tiny_models
     from panollava.outputs.files import write_json_atomic
 
     import torch

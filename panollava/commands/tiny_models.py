@@ -18,7 +18,7 @@ def run_tiny_models(output_dir: str | None = None, force: bool = False) -> dict[
     Returns:
         Name → folder.
     """
-    from panollava.models.tiny import build_tiny_models
+    from panollava.offline.tiny_models import build_tiny_models
 
     folders = build_tiny_models(output_dir, force=force)
     for name, path in folders.items():

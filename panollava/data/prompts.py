@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from panollava.errors import InvalidInputError
-from panollava.metadata import DEFAULT_PROMPT_TEMPLATE
+from panollava.schema import DEFAULT_PROMPT_TEMPLATE
 
 IGNORE_INDEX = -100
 

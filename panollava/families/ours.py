@@ -9,6 +9,7 @@ from typing import Any
 
 from panollava.errors import InvalidInputError
 from panollava.families.base import FAMILY_PANOLLAVA, StackedViews
+from panollava.schema import GenerationSettings, typed
 
 
 def view_normalisation(views, image_preprocessing: Callable[[bool], Any]):
@@ -66,6 +67,18 @@ class PanoLLaVACaptionModel:
         self.generator = generator
         self.image_preprocessing = image_preprocessing
         self.identity = dict(identity)
+
+    @classmethod
+    def for_module(cls, module) -> PanoLLaVACaptionModel:
+        """The caption model of a built :class:`panollava.module.PanoLLaVAModule` (its VLM, prompts, settings)."""
+        from panollava.generation import CaptionGenerator, DecodeSettings
+
+        gen = typed(GenerationSettings, module.hparams.generation)
+        generator = CaptionGenerator(module.vlm, module.prompts, DecodeSettings.from_dict(module.hparams.generation),
+                                     share_prefix=bool(gen.share_prefix), compile_decode=bool(gen.compile_decode))
+        model = module.model_settings
+        identity = {"vision_name": model.vision_name, "language_model_name": model.language_model_name}
+        return cls(module.vlm, generator, module.image_preprocessing, identity)
 
     def panorama_transform(self, views) -> StackedViews:
         return stacked_views_for(views, self.image_preprocessing)

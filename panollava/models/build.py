@@ -36,7 +36,7 @@ def _source(name: str, what: str, flag: str) -> str:
     ``tiny:siglip``, ``tiny:siglip2`` and ``tiny:qwen3`` name the tiny offline models (built on first use).
     """
     if name.startswith("tiny:"):
-        from panollava.models.tiny import TINY_NAMES, build_tiny_models
+        from panollava.offline.tiny_models import TINY_NAMES, build_tiny_models
 
         key = f"tiny-{name[5:]}"
         if key not in TINY_NAMES:

@@ -113,7 +113,7 @@ BLIP2_CHAT_TEMPLATE = (
 
 
 def _corpus() -> list[str]:
-    from panollava.models.tiny import _corpus as base_corpus
+    from panollava.offline.tiny_models import _corpus as base_corpus
 
     return base_corpus() + ["USER ASSISTANT Question Answer model user system Picture"] * 4
 

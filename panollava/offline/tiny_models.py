@@ -25,7 +25,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from panollava.metadata import DEFAULT_PROMPT_TEMPLATE
+from panollava.offline.synthetic import vocabulary_corpus
+from panollava.schema import DEFAULT_PROMPT_TEMPLATE
 
 logger = logging.getLogger(__name__)
 
@@ -70,12 +71,7 @@ def cache_root() -> Path:
 
 def _corpus() -> list[str]:
     corpus = list(_BASE_CORPUS)
-    try:  # the synthetic dataset's captions, so that the demo's words are single tokens
-        from panollava.data.synthetic import vocabulary_corpus
-
-        corpus += list(vocabulary_corpus())
-    except ImportError:  # pragma: no cover - synthetic data module is part of the package
-        pass
+    corpus += list(vocabulary_corpus())  # the synthetic dataset's captions: the demo's words are single tokens
     return corpus * 4
 
 
