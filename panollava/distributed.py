@@ -80,3 +80,30 @@ def check_launcher_world_size(num_nodes: int, devices: int) -> None:
         "product is the launcher's world size: with torchrun, --trainer.num_nodes = --nnodes and --trainer.devices "
         "= --nproc_per_node; with srun, --trainer.num_nodes = --nodes and --trainer.devices = --ntasks-per-node"
     )
+
+
+_teardown_registered = False
+
+
+def destroy_process_group_at_exit() -> None:
+    """Registers (once per process) an ``atexit`` handler that destroys the default process group while the
+    interpreter is still whole.
+
+    Without it, a process that leaves its Gloo group alive can abort at interpreter finalization ("terminate called
+    without an active exception", SIGABRT) after all its work is written: Gloo's worker threads outlive the objects
+    they hold (pytorch/pytorch#190489). Lightning keeps the group for reuse and never destroys it; several
+    evaluations in one process (one torchrun launch) share it, so the group is destroyed at exit, not after each.
+    """
+    global _teardown_registered
+    if _teardown_registered:
+        return
+    import atexit
+
+    def destroy() -> None:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+    atexit.register(destroy)
+    _teardown_registered = True

@@ -20,6 +20,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from panollava.console import echo, quiet_third_party
 from panollava.data.datamodule import PanoDataModule
+from panollava.distributed import destroy_process_group_at_exit
 from panollava.errors import InvalidInputError
 from panollava.families.base import FAMILY_HF, FAMILY_ORIGINAL, FAMILY_PANOLLAVA
 from panollava.module import PanoLLaVAModule
@@ -472,4 +473,6 @@ def run_lightning_cli(argv: Sequence[str]) -> PanoLLaVACLI:
     argv, PanoLLaVACLI._original_config = _take_original_config(list(argv))
     PanoLLaVACLI._argv = argv
     PanoLLaVACLI._print_config = any(a.startswith("--print_config") for a in argv)
-    return PanoLLaVACLI(args=[a for a in argv if not a.startswith("--print_config")])
+    cli = PanoLLaVACLI(args=[a for a in argv if not a.startswith("--print_config")])
+    destroy_process_group_at_exit()  # after a finished command only: a failed rank must not wait in a teardown
+    return cli
