@@ -26,6 +26,7 @@ from panollava.judge.run import (
     ImageUnavailable,
     Job,
     JudgeSettings,
+    answered,
     ask_all,
     build_backend,
     digest,
@@ -147,15 +148,7 @@ def run_pairwise(settings: JudgeSettings, eval_a: str, eval_b: str, output_dir: 
     cache = read_cache(cache_path) if jobs else cache
     outcome: dict[str, str] = {}  # sid -> "A" | "B" | "tie"
     first_won: dict[str, bool | None] = {}
-    for rec in shared:
-        sid = str(rec["sample_id"])
-        if sid in failed:
-            continue
-        entry = cache.get(keys[sid])
-        if entry is None:
-            reply = replies.get(keys[sid])
-            failed[sid] = reply.error if reply is not None and reply.error else "no answer"
-            continue
+    for rec, sid, entry in answered(shared, keys, cache, replies, failed):
         position, reason = parse_pairwise_answer(entry["answer"])
         if position is None:
             failed[sid] = str(reason)

@@ -496,6 +496,23 @@ def panorama_interval(values: Sequence[float], clusters: Sequence[str]) -> dict[
 
 
 # -- single mode ----------------------------------------------------------------------------------------------------
+def answered(records, keys: Mapping[str, str], cache: Mapping[str, Any], replies: Mapping[str, Any],
+             failed: dict[str, str]):
+    """``(record, sample id, cached entry)`` for every record whose answer is in the cache. A record without one is
+    counted in ``failed`` with its call's error (never given a stand-in answer); records already failed are skipped.
+    """
+    for rec in records:
+        sid = str(rec["sample_id"])
+        if sid in failed:
+            continue
+        entry = cache.get(keys[sid])
+        if entry is None:
+            reply = replies.get(keys[sid])
+            failed[sid] = reply.error if reply is not None and reply.error else "no answer"
+            continue
+        yield rec, sid, entry
+
+
 def _single(target: EvaluationTarget, backend: Any, rubric: Rubric, settings: JudgeSettings,
             identity: dict[str, Any], stop: threading.Event) -> dict[str, Any]:
     from panollava.outputs.files import sha256_file, write_json_atomic, write_text_atomic
@@ -550,15 +567,7 @@ def _single(target: EvaluationTarget, backend: Any, rubric: Rubric, settings: Ju
     usage = {"prompt_tokens": 0, "completion_tokens": 0, "answers": 0}
     served: set[str] = set()
     finish_length = 0
-    for rec in target.records:
-        sid = str(rec["sample_id"])
-        if sid in failed:
-            continue
-        entry = cache.get(keys[sid])
-        if entry is None:
-            reply = replies.get(keys[sid])
-            failed[sid] = reply.error if reply is not None and reply.error else "no answer"
-            continue
+    for _, sid, entry in answered(target.records, keys, cache, replies, failed):
         usage["answers"] += 1
         for name in ("prompt_tokens", "completion_tokens"):
             usage[name] += int((entry.get("usage") or {}).get(name) or 0)
