@@ -197,8 +197,8 @@ class EvaluationOptions:
 
     Args:
         csv_input: CSV to evaluate (default: the metadata's dataset.test_csv, else val_csv).
-        output_dir: Where predictions and metrics go (default: eval_results/<experiment>/<stage>/<run>/<ckpt>-<CSV stem>;
-            --hf_model: eval_results/hf/<model>/<protocol>-<CSV stem>).
+        output_dir: Where predictions and metrics go (default: eval_results/<experiment>/<stage>/<run>/<ckpt>-<CSV
+            stem>; --hf_model: eval_results/hf/<model>/<protocol>-<CSV stem>).
         batch_size: Evaluation batch size.
         max_samples: Evaluate only the first N samples.
         num_workers: DataLoader worker processes.
