@@ -4,7 +4,7 @@ Entry points for the integrator (pure torch/transformers; no Lightning):
 
 - :func:`recognise` (``run_dir → Recognition | None``): the reasons, for the start-up banner;
 - :func:`load_original_run` (``run_dir, checkpoint=None|"best"|"last"|path, config_yaml=None, decode=…,
-  base_dir=cwd``) → :class:`OriginalCaptionModel`, a ``CaptionModel`` (see ``/work/seam.md``); its
+  base_dir=cwd``) → :class:`OriginalCaptionModel`, a ``CaptionModel`` (see :mod:`panollava.families.base`); its
   ``checkpoint.reason`` is the banner's checkpoint line, ``resolved`` the settings with their sources and
   warnings, ``load_report.lines()`` what was loaded, ignored and checked;
 - :func:`resolve_settings` — the settings resolution alone (testable without any model);
