@@ -31,10 +31,10 @@ from panollava.judge.run import (
     build_backend,
     digest,
     find_targets,
-    image_path_of,
     judge_key_identity,
     panorama_interval,
     read_cache,
+    sample_image,
 )
 from panollava.outputs.leaderboard import panorama_key
 
@@ -112,13 +112,9 @@ def run_pairwise(settings: JudgeSettings, eval_a: str, eval_b: str, output_dir: 
         swaps[sid] = swap
         pred_a, pred_b = rec["prediction"], recs_b[sid]["prediction"]
         first, second = (pred_b, pred_a) if swap else (pred_a, pred_b)
-        image = None
-        if settings.images:
-            try:
-                image = image_path_of(rec, a.metrics, settings.image_root)
-            except InvalidInputError as exc:
-                failed[sid] = f"image unavailable: {exc}"
-                continue
+        found, image = sample_image(rec, a.metrics, settings, failed)
+        if not found:
+            continue
         key = digest({"mode": "pairwise", "sample_id": sid, "first": first, "second": second,
                        "query": rec["query"], "references": list(rec["references"]), "image": image,
                        "judge": judge_key_identity(identity), "rubric": rubric.sha256,

@@ -496,6 +496,19 @@ def panorama_interval(values: Sequence[float], clusters: Sequence[str]) -> dict[
 
 
 # -- single mode ----------------------------------------------------------------------------------------------------
+def sample_image(rec: Mapping[str, Any], metrics: Mapping[str, Any], settings: JudgeSettings,
+                 failed: dict[str, str]) -> tuple[bool, str | None]:
+    """``(found, path)`` of the panorama attached for a sample (path None for a text-only judge). A panorama that
+    cannot be found fails its sample in ``failed`` (``found`` False): no other image is sent in its place."""
+    if not settings.images:
+        return True, None
+    try:
+        return True, image_path_of(rec, metrics, settings.image_root)
+    except InvalidInputError as exc:
+        failed[str(rec["sample_id"])] = f"image unavailable: {exc}"
+        return False, None
+
+
 def answered(records, keys: Mapping[str, str], cache: Mapping[str, Any], replies: Mapping[str, Any],
              failed: dict[str, str]):
     """``(record, sample id, cached entry)`` for every record whose answer is in the cache. A record without one is
@@ -527,13 +540,9 @@ def _single(target: EvaluationTarget, backend: Any, rubric: Rubric, settings: Ju
     image_paths: dict[str, str | None] = {}
     for rec in target.records:
         sid = str(rec["sample_id"])
-        image = None
-        if settings.images:
-            try:
-                image = image_path_of(rec, target.metrics, settings.image_root)
-            except InvalidInputError as exc:
-                failed[sid] = f"image unavailable: {exc}"
-                continue
+        found, image = sample_image(rec, target.metrics, settings, failed)
+        if not found:
+            continue
         image_paths[sid] = image
         key = request_key(rec, image, identity, rubric, settings)
         keys[sid] = key
