@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import struct
+import signal
 import subprocess
 import sys
 import zlib
@@ -559,9 +560,12 @@ def _interrupt_after_first_record(ctx: Ctx, sig: int) -> tuple[int, str, int]:
     pauses.mkdir()
     cmd = [sys.executable, "-m", "panollava", *ctx.test("--batch_size", "1", "--max_new_tokens", "16",
                                                          "--progress", "false")]
+    # SIGINT at its default in the child: a suite started in the background by a shell without job control
+    # inherits SIGINT ignored, and Python then never raises KeyboardInterrupt (the paused run would wait forever)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=PROJECT_ROOT,
                             env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-                                 "PANOLLAVA_TEST_PAUSE": "flushed", "PANOLLAVA_TEST_PAUSE_DIR": str(pauses)})
+                                 "PANOLLAVA_TEST_PAUSE": "flushed", "PANOLLAVA_TEST_PAUSE_DIR": str(pauses)},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while not (pauses / "flushed.reached").exists():  # an event the paused run creates
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -569,22 +573,22 @@ def _interrupt_after_first_record(ctx: Ctx, sig: int) -> tuple[int, str, int]:
             pytest.fail(f"the run never paused after its first record:\n{proc.communicate()[0][-3000:]}")
         time.sleep(0.02)
     proc.send_signal(sig)
-    text, _ = proc.communicate(timeout=120)
+    try:
+        text, _ = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # never leave a paused run behind
+        pytest.fail(f"the run did not stop within 120 s of {signal.Signals(sig).name}:\n{proc.communicate()[0][-3000:]}")
     saved = sum(p.read_text().count("\n") for p in (out / "shards").glob("*.jsonl"))
     assert saved >= 1 and not (out / "metrics.json").exists(), (saved, text[-2000:])
     return proc.returncode, text, saved
 
 
 def _sigint(ctx: Ctx) -> tuple[int, str]:
-    import signal
-
     status, text, _ = _interrupt_after_first_record(ctx, signal.SIGINT)  # asserts something was saved
     return status, text  # Lightning exits 1 after a KeyboardInterrupt
 
 
 def _sigkill_then_rerun(ctx: Ctx) -> list[str]:
-    import signal
-
     status, _, saved = _interrupt_after_first_record(ctx, signal.SIGKILL)
     assert status == -signal.SIGKILL
 
@@ -598,8 +602,6 @@ def _sigkill_then_rerun(ctx: Ctx) -> list[str]:
 
 
 def _sigterm(ctx: Ctx) -> tuple[int, str]:
-    import signal
-
     status, text, _ = _interrupt_after_first_record(ctx, signal.SIGTERM)  # asserts something was saved
     return status, text
 
