@@ -10,6 +10,7 @@ and ``panollava.console`` prints it.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -160,29 +161,20 @@ def plan_evaluation(
     )
     merged.require()
 
-    csv_given, csv_flag = cli_csv if cli_csv is not None else (None, "--csv_input")
-    if subcommand == "validate" and csv_given is None:
-        csv_given, csv_flag = config_csv or (meta.dataset.get("val_csv") if meta else None), "--data.val_csv"
-    csv_path, csv_reason, csv_source = resolve_csv(
-        csv_given, meta, resolved.run_dir if resolved else None, config_csv=config_csv, cli_flag=csv_flag,
-        config_name=config_name,
-    )
-    merged.values["csv_input"], merged.sources["csv_input"] = str(csv_path), csv_source
+    if subcommand == "validate" and cli_csv is None:
+        cli_csv = (config_csv or (meta.dataset.get("val_csv") if meta else None), "--data.val_csv")
+    csv_path, csv_reason, csv_source = _choose_csv(merged, cli_csv, meta, resolved.run_dir if resolved else None,
+                                                   config_csv, config_name)
     if merged.sources.get("image_root") == "metadata" and csv_source != "metadata":
         # The metadata's image_root belongs to the metadata's CSV; another CSV resolves against its own root.
         merged.sources["image_root"] = "config" if "image_root" in config else "default"
         merged.values["image_root"] = config.get("image_root")
 
     checkpoint_path = resolved.checkpoint_path if resolved is not None else Path(str(ckpt_path)).resolve()
-    output_dir = merged.values.get("output_dir")
-    if output_dir is None:
-        output_dir = default_output_dir(checkpoint_path, csv_path, resolved)
-    output_dir = Path(output_dir).resolve()
-    merged.values["output_dir"] = str(output_dir)
+    output_dir = _choose_output_dir(merged, default_output_dir(checkpoint_path, csv_path, resolved))
     if resolved is not None and output_dir == resolved.run_dir:
         logger.warning("writing evaluation results into the run directory, as --output_dir asks")
 
-    generation = {f.name: merged.values[f.name] for f in fields(GenerationSettings)}
     mismatch = merged.warning_message()
     provenance = {
         "checkpoint": {
@@ -194,13 +186,8 @@ def plan_evaluation(
         "run": resolved.to_dict() if resolved is not None else None,
         "metadata": meta.data if meta is not None else None,
         "recorded_training": metadata_recorded_training(meta) if meta is not None else None,
-        "settings": merged.provenance(),
         "settings_mismatches": mismatch,
-        "decoding": generation,
-        "dataset": {"path": str(csv_path), "sha256": sha256_file(csv_path), "reason": csv_reason,
-                    "reference_mode": merged.values["reference_mode"]},
-        "library_versions": {**installed_library_versions(), **installed_library_versions(_EVAL_LIBRARIES)},
-        "command": command,
+        **_evaluation_provenance(merged, csv_path, csv_reason, command),
     }
     banner = banner_lines(resolved, merged_ok=not mismatch, include_warnings=False) if resolved else []
     banner.append(f"📄 Data: {csv_path} ({csv_reason})")
@@ -211,6 +198,23 @@ def plan_evaluation(
         csv_path=csv_path, csv_reason=csv_reason, output_dir=output_dir, provenance=provenance, banner=banner,
         stage=meta.stage if meta is not None and meta.stage else None,
     )
+
+
+def _choose_csv(merged: MergedSettings, cli_csv: tuple[str | None, str] | None, meta: Any, run_dir: Path | None,
+                config_csv: str | None, config_name: str | None) -> tuple[Path, str, str]:
+    """:func:`~panollava.settings.resolve_csv` for a plan; the CSV becomes the merged ``csv_input``."""
+    csv_given, csv_flag = cli_csv if cli_csv is not None else (None, "--csv_input")
+    csv_path, csv_reason, csv_source = resolve_csv(csv_given, meta, run_dir, config_csv=config_csv,
+                                                   cli_flag=csv_flag, config_name=config_name)
+    merged.values["csv_input"], merged.sources["csv_input"] = str(csv_path), csv_source
+    return csv_path, csv_reason, csv_source
+
+
+def _choose_output_dir(merged: MergedSettings, default: Path) -> Path:
+    """``--output_dir`` (or ``default``), absolute; it becomes the merged ``output_dir``."""
+    output_dir = Path(merged.values.get("output_dir") or default).resolve()
+    merged.values["output_dir"] = str(output_dir)
+    return output_dir
 
 
 def _evaluation_provenance(merged: MergedSettings, csv_path: Path, csv_reason: str, command: str) -> dict[str, Any]:
@@ -268,10 +272,7 @@ def plan_original_evaluation(
     run = Path(run_dir).expanduser().resolve()
     chosen = choose_checkpoint(run, ckpt_path or checkpoint)
     merged = merge_settings(cli, None, config, config_name=config_name)
-    csv_given, csv_flag = cli_csv if cli_csv is not None else (None, "--csv_input")
-    csv_path, csv_reason, csv_source = resolve_csv(csv_given, None, run, config_csv=config_csv, cli_flag=csv_flag,
-                                                   config_name=config_name)
-    merged.values["csv_input"], merged.sources["csv_input"] = str(csv_path), csv_source
+    csv_path, csv_reason, _ = _choose_csv(merged, cli_csv, None, run, config_csv, config_name)
     image_root_note = None
     if merged.values.get("image_root") is None:
         # The original trainer opened relative urls against its working directory (its CSVs name
@@ -279,12 +280,9 @@ def plan_original_evaluation(
         merged.values["image_root"], merged.sources["image_root"] = str(Path.cwd()), "default"
         image_root_note = (f"🖼️  Relative image urls resolve against the working directory {Path.cwd()}, as the "
                            "original trainer opened them (--data.image_root to change)")
-    output_dir = merged.values.get("output_dir")
-    if output_dir is None:  # runs/<experiment>/<stage>/<crop>_<resampler>/, as our run directories
-        output_dir = (Path("eval_results") / run.parent.parent.name / run.parent.name / run.name
-                      / f"{chosen.path.stem}-{csv_path.stem}")
-    output_dir = Path(output_dir).resolve()
-    merged.values["output_dir"] = str(output_dir)
+    output_dir = _choose_output_dir(  # runs/<experiment>/<stage>/<crop>_<resampler>/, as our run directories
+        merged, Path("eval_results") / run.parent.parent.name / run.parent.name / run.name
+        / f"{chosen.path.stem}-{csv_path.stem}")
     provenance = {
         "family": recognition.family,
         "checkpoint": {"path": str(chosen.path), "sha256": sha256_file(chosen.path), "rule": chosen.rule,
@@ -348,22 +346,15 @@ def plan_hf_evaluation(
     Returns:
         The :class:`EvaluationPlan` (``family`` ``hf``).
     """
-    import re
-
     merged = merge_settings(cli, None, config, config_name=config_name)
-    csv_given, csv_flag = cli_csv if cli_csv is not None else (None, "--csv_input")
-    csv_path, csv_reason, csv_source = resolve_csv(csv_given, None, None, config_csv=config_csv, cli_flag=csv_flag,
-                                                   config_name=config_name)
-    merged.values["csv_input"], merged.sources["csv_input"] = str(csv_path), csv_source
-    output_dir = merged.values.get("output_dir")
-    if output_dir is None:  # eval_results/hf/<model>[+<adapter>]/<protocol>-<dataset>
-        name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(hf_model.rstrip("/")).name if Path(hf_model).exists()
-                      else hf_model.replace("/", "__"))
-        if hf_adapter:
-            name += "+" + re.sub(r"[^A-Za-z0-9._-]+", "_", Path(hf_adapter.rstrip("/")).name)
-        output_dir = Path("eval_results") / "hf" / name / f"{merged.values['crop_strategy']}-{csv_path.stem}"
-    output_dir = Path(output_dir).resolve()
-    merged.values["output_dir"] = str(output_dir)
+    csv_path, csv_reason, _ = _choose_csv(merged, cli_csv, None, None, config_csv, config_name)
+    # eval_results/hf/<model>[+<adapter>]/<protocol>-<dataset>
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(hf_model.rstrip("/")).name if Path(hf_model).exists()
+                  else hf_model.replace("/", "__"))
+    if hf_adapter:
+        name += "+" + re.sub(r"[^A-Za-z0-9._-]+", "_", Path(hf_adapter.rstrip("/")).name)
+    output_dir = _choose_output_dir(
+        merged, Path("eval_results") / "hf" / name / f"{merged.values['crop_strategy']}-{csv_path.stem}")
     provenance = {
         "family": FAMILY_HF,
         "checkpoint": {"path": hf_model, "sha256": None, "rule": "--hf_model",

@@ -23,7 +23,6 @@ from panollava.judge.run import (
     PAIRWISE_CACHE_FILE,
     PAIRWISE_FILE,
     ImageCache,
-    ImageUnavailable,
     Job,
     JudgeSettings,
     answered,
@@ -36,6 +35,7 @@ from panollava.judge.run import (
     read_cache,
     sample_image,
 )
+from panollava.outputs.files import write_json_atomic
 from panollava.outputs.leaderboard import panorama_key
 
 logger = logging.getLogger(__name__)
@@ -72,8 +72,6 @@ def run_pairwise(settings: JudgeSettings, eval_a: str, eval_b: str, output_dir: 
     Raises:
         InvalidInputError: The two share no sample, or a shared sample has another query or references.
     """
-    from panollava.outputs.files import write_json_atomic
-
     settings.validate()
     a, b = find_targets([eval_a, eval_b])
     rubric = load_rubric(settings.rubric)
@@ -125,13 +123,7 @@ def run_pairwise(settings: JudgeSettings, eval_a: str, eval_b: str, output_dir: 
 
         def messages(rec: dict[str, Any] = rec, first: str = first, second: str = second,
                      image: str | None = image) -> list[dict[str, Any]]:
-            url = None
-            if image is not None:
-                try:
-                    url = images.get(image)
-                except OSError as exc:
-                    raise ImageUnavailable(f"{image}: {exc}") from exc
-            return pairwise_messages(rubric, rec, first, second, url)
+            return pairwise_messages(rubric, rec, first, second, images.get(image))
 
         jobs.append(Job(key, sid, messages, fmt, {"swapped": swap}))
     try:

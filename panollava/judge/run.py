@@ -36,12 +36,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from panollava.errors import InputNotFoundError, InvalidInputError
+from panollava.evaluation.state import ShardWriter, read_jsonl_records
 from panollava.judge.backends import EndpointJudge, JudgeConfigError, JudgeReply, LocalJudge
 from panollava.judge.protocol import build_messages, image_data_url, parse_answer, response_format
 from panollava.judge.rubric import SCORE_MULTIPLIER, Rubric, load_rubric
 from panollava.metrics.bootstrap import DEFAULT_RESAMPLES, bootstrap_interval
+from panollava.outputs.files import (
+    read_json_object,
+    read_prediction_records,
+    sha256_file,
+    write_json_atomic,
+    write_text_atomic,
+)
 from panollava.outputs.leaderboard import PREDICTION_FILES, find_evaluation, panorama_key
+from panollava.outputs.report_html import resolve_image_path, write_report_html
 
 logger = logging.getLogger(__name__)
 
@@ -185,8 +196,6 @@ def find_targets(eval_dirs: Sequence[str] = (), predictions: Sequence[str] = ())
         InputNotFoundError: A folder or file that is not an evaluation.
         InvalidInputError: A record without a query or references, or the same evaluation twice.
     """
-    from panollava.outputs.files import read_json_object, read_prediction_records
-
     targets = []
     for path in eval_dirs:
         folder, picked = find_evaluation(path)
@@ -278,8 +287,6 @@ def drop_partial_tail(path: Path) -> None:
 
 
 def read_cache(path: Path) -> dict[str, dict[str, Any]]:
-    from panollava.evaluation.state import read_jsonl_records
-
     if not path.is_file():
         return {}
     try:
@@ -316,7 +323,14 @@ class ImageCache:
         self._urls: dict[str, str | OSError] = {}
         self._lock = threading.Lock()
 
-    def get(self, path: str) -> str:
+    def get(self, path: str | None) -> str | None:
+        """The data URL of ``path`` (None for a sample without a panorama).
+
+        Raises:
+            ImageUnavailable: the file cannot be read (the sample fails with this reason).
+        """
+        if path is None:
+            return None
         with self._lock:
             cached = self._urls.get(path)
         if cached is None:
@@ -327,7 +341,7 @@ class ImageCache:
             with self._lock:
                 self._urls[path] = cached
         if isinstance(cached, OSError):
-            raise cached
+            raise ImageUnavailable(f"{path}: {cached}") from cached
         return cached
 
 
@@ -361,9 +375,6 @@ def ask_all(
     Returns:
         The replies of this run by key (answers and failed calls).
     """
-    from tqdm.auto import tqdm
-
-    from panollava.evaluation.state import ShardWriter
 
     replies: dict[str, JudgeReply] = {}
     if not jobs:
@@ -468,8 +479,6 @@ def build_backend(settings: JudgeSettings, stop: threading.Event) -> Any:
 
 def image_path_of(record: Mapping[str, Any], metrics: Mapping[str, Any], image_root: str | None) -> str:
     """The absolute path of a sample's panorama, found as ``panollava-cli report`` finds it."""
-    from panollava.outputs.report_html import resolve_image_path
-
     return str(resolve_image_path(record, metrics, image_root).expanduser().resolve())
 
 
@@ -528,8 +537,6 @@ def answered(records, keys: Mapping[str, str], cache: Mapping[str, Any], replies
 
 def _single(target: EvaluationTarget, backend: Any, rubric: Rubric, settings: JudgeSettings,
             identity: dict[str, Any], stop: threading.Event) -> dict[str, Any]:
-    from panollava.outputs.files import sha256_file, write_json_atomic, write_text_atomic
-
     images = ImageCache(settings.image_width)
     fmt = response_format(rubric)
     keys: dict[str, str] = {}
@@ -550,13 +557,7 @@ def _single(target: EvaluationTarget, backend: Any, rubric: Rubric, settings: Ju
             continue
 
         def messages(rec: dict[str, Any] = rec, image: str | None = image) -> list[dict[str, Any]]:
-            url = None
-            if image is not None:
-                try:
-                    url = images.get(image)
-                except OSError as exc:
-                    raise ImageUnavailable(f"{image}: {exc}") from exc
-            return build_messages(rubric, rec, url)
+            return build_messages(rubric, rec, images.get(image))
 
         jobs.append(Job(key, sid, messages, fmt))
     reused = len(keys) - len(jobs)
@@ -634,7 +635,6 @@ def _single(target: EvaluationTarget, backend: Any, rubric: Rubric, settings: Ju
     write_text_atomic(target.folder / SCORES_FILE,
                       "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in detail))
     metrics_path = target.folder / "metrics.json"
-    from panollava.outputs.files import read_json_object
 
     current = read_json_object(metrics_path) if metrics_path.is_file() else {}
     current[JUDGE_KEY] = block  # every other key as it is on disk now
@@ -643,8 +643,6 @@ def _single(target: EvaluationTarget, backend: Any, rubric: Rubric, settings: Ju
         logger.warning("%d answer(s) were cut at --max_tokens %d; raise it", finish_length, settings.max_tokens)
     report = None
     if settings.write_report:
-        from panollava.outputs.report_html import write_report_html
-
         report = write_report_html(target.folder, target.records, current, image_root=settings.image_root)
     return {"folder": target.folder, "metrics_path": metrics_path, "block": block, "report": report,
             "picked": target.picked}
