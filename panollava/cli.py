@@ -12,12 +12,14 @@ status 2; ``--verbose`` shows the traceback.
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from panollava.commands.function_cli import run_function_command
 from panollava.console import configure_logging as _configure_logging
-from panollava.errors import PanoLLaVAError
+from panollava.errors import PanoLLaVAError, environment_error
 
 logger = logging.getLogger("panollava.cli")
 
@@ -58,9 +60,6 @@ parameter): see :mod:`panollava.commands.function_cli`. The modules import torch
 
 
 def _run_function(command: str, argv: Sequence[str]) -> int:
-    import importlib
-
-    from panollava.commands.function_cli import run_function_command
 
     module, name, positional = FUNCTION_COMMANDS[command]
     run_function_command(command, getattr(importlib.import_module(module), name), argv, positional)
@@ -68,7 +67,6 @@ def _run_function(command: str, argv: Sequence[str]) -> int:
 
 
 def _cmd_judge(argv: Sequence[str]) -> int:
-    from panollava.commands.function_cli import run_function_command
     from panollava.commands.judge import run_judge_command
     from panollava.judge.run import JudgeSettings
 
@@ -115,7 +113,6 @@ def main(args: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code  # 2: user error; 3: results written but a metric failed (errors.py)
     except OSError as exc:  # a full disk or an unwritable folder is the machine's state, not a bug
-        from panollava.errors import environment_error
 
         explained = environment_error(exc)
         if explained is None or verbose:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 
 
 def is_rank_zero() -> bool:
@@ -58,8 +59,6 @@ class _DropAdvert(logging.Filter):
 
 def quiet_third_party() -> None:
     """Silence known, harmless third-party noise (progress bars while loading weights, deprecation notes)."""
-    import warnings
-
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         from transformers.utils import logging as hf_logging

@@ -6,9 +6,13 @@ de-duplicated: a sample id seen twice is an error wherever it is found (the one 
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
+
+from panollava.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +46,6 @@ def launcher_world_size() -> tuple[int, str] | None:
     Returns:
         ``(world size, "SLURM_NTASKS=N (SLURM)")`` / ``(world size, "WORLD_SIZE=N (torchrun)")``, or None.
     """
-    import os
-
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
     if SLURMEnvironment.detect() and os.environ.get("SLURM_NTASKS", "").isdigit():
@@ -68,8 +70,6 @@ def check_launcher_world_size(num_nodes: int, devices: int) -> None:
     Raises:
         InvalidInputError: the two numbers differ (the message names both and the flags that fix it).
     """
-    from panollava.errors import InvalidInputError
-
     launched = launcher_world_size()
     if launched is None or launched[0] == num_nodes * devices:
         return
@@ -97,7 +97,6 @@ def destroy_process_group_at_exit() -> None:
     global _teardown_registered
     if _teardown_registered:
         return
-    import atexit
 
     def destroy() -> None:
         import torch.distributed as dist

@@ -9,6 +9,10 @@ Exit codes (``exit_code`` of each class; ``panollava.cli.main`` returns it): 2 f
 were written but a metric failed (or was unavailable under ``--strict_metrics``), 130 after an interruption.
 """
 
+import errno as errno_names
+import pickle
+import zipfile
+
 
 class PanoLLaVAError(Exception):
     """Base class of errors caused by the user's input, not by a bug."""
@@ -53,9 +57,6 @@ def checkpoint_load_error(path: object, exc: BaseException) -> PanoLLaVAError | 
     Returns:
         An :class:`InvalidInputError` with what/where/fix, or None when ``exc`` is not explained by the file.
     """
-    import pickle
-    import zipfile
-
     if isinstance(exc, PanoLLaVAError):
         return None  # already explained
     text = str(exc)
@@ -121,8 +122,6 @@ def environment_error(exc: OSError) -> PanoLLaVAError | None:
         A :class:`PanoLLaVAError` naming the path, the cause and the fix;
         None when ``exc`` is not one of these environment failures.
     """
-    import errno as errno_names
-
     name = errno_names.errorcode.get(exc.errno or -1)
     if name not in _WRITE_ERRNOS or isinstance(exc, PanoLLaVAError):
         return None

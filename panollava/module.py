@@ -13,8 +13,16 @@ from typing import Any, Literal
 import torch
 
 from panollava.captioning import CaptioningModule
-from panollava.checkpoint_contents import CHECKPOINT_KEY, describe_checkpoint, pretrained_sources, restore_checkpoint
+from panollava.checkpoint_contents import (
+    CHECKPOINT_KEY,
+    describe_checkpoint,
+    pretrained_sources,
+    restore_checkpoint,
+)
+from panollava.data.prompts import PromptEncoder
 from panollava.errors import InvalidInputError
+from panollava.families.ours import PanoLLaVACaptionModel, stacked_views_for
+from panollava.models.build import build_vlm, load_image_preprocessing
 from panollava.models.trainable import STAGE_TRAINABLE, TRAINABLE_PARTS, set_trainable
 from panollava.schema import (
     REQUIRED_KEYS,
@@ -138,16 +146,12 @@ class PanoLLaVAModule(CaptioningModule):
 
     def image_preprocessing(self, use_vision_processor: bool):
         """View size and normalisation for the data module (reads only the vision model's config files)."""
-        from panollava.models.build import load_image_preprocessing
-
         return load_image_preprocessing(self.model_settings.vision_name, self.image_size, use_vision_processor)
 
     def configure_model(self) -> None:
         """Build the VLM (once): Lightning calls this before training or restoring weights."""
         if self.vlm is not None:
             return
-        from panollava.data.prompts import PromptEncoder
-        from panollava.models.build import build_vlm
 
         hp = self.hparams
         use_lora = hp.lora is not None or hp.lora_dir is not None
@@ -221,16 +225,12 @@ class PanoLLaVAModule(CaptioningModule):
     def caption_model(self):
         """Our family behind the seam (:class:`panollava.families.ours.PanoLLaVACaptionModel`), built on first use."""
         if self._caption_model is None and self.vlm is not None:
-            from panollava.families.ours import PanoLLaVACaptionModel
-
             self._caption_model = PanoLLaVACaptionModel.for_module(self)
         return self._caption_model
 
     def panorama_transform(self, view_settings):
         """Normalised views at the vision tower's size; reads only the vision model's config files, so the data
         module can ask before the model is built (``fit``)."""
-        from panollava.families.ours import stacked_views_for
-
         return stacked_views_for(view_settings, self.image_preprocessing)
 
     def _reset_caption_model(self) -> None:

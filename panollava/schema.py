@@ -219,6 +219,68 @@ class EvaluationOptions:
     progress: bool = True
 
 
+@dataclass
+class RunSelection:
+    """Which model ``test`` / ``predict`` / ``validate`` evaluate (flags of the Lightning commands, not settings).
+
+    Args:
+        ckpt_dir: Run directory to evaluate; settings come from its checkpoint_metadata.json.
+        checkpoint: Checkpoint rule: best or last (default: best → last → newest *.ckpt).
+        hf_model: Evaluate an off-the-shelf Hugging Face VLM (hub id or local folder) instead of a run directory:
+            its own processor and chat template, the views of --data.crop_strategy.
+        hf_adapter: With --hf_model: a peft LoRA adapter folder trained on that model.
+        hf_dtype: With --hf_model: the dtype its weights are loaded in.
+        merge_lora: Merge the LoRA adapter into the LM before evaluating (= --model.merge_lora).
+    """
+
+    ckpt_dir: Optional[str] = None
+    checkpoint: Optional[str] = None
+    hf_model: Optional[str] = None
+    hf_adapter: Optional[str] = None
+    hf_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    merge_lora: Optional[bool] = None
+
+
+@dataclass
+class RunDirectoryOptions:
+    """Where ``fit`` writes its run directory and which checkpoints it keeps.
+
+    Args:
+        experiment_name: Experiment name: runs/<experiment>/<stage>/<crop>_<resampler>/ (fit; config-only test).
+        runs_root: Folder holding the experiments.
+        dataset_name: Dataset part of checkpoint names (fit).
+        save_top_k: Keep the k best checkpoints (fit; -1: all).
+        save_weights_only: Checkpoints without optimizer state (fit).
+        exist_ok: Allow training into a run directory with checkpoints.
+    """
+
+    experiment_name: Optional[str] = None
+    runs_root: str = "runs"
+    dataset_name: Optional[str] = None
+    save_top_k: int = -1
+    save_weights_only: bool = False
+    exist_ok: bool = False
+
+
+@dataclass
+class SampleLogOptions:
+    """Prediction/reference pairs printed while a Lightning command runs.
+
+    Args:
+        log_samples: Print prediction/reference pairs.
+        log_interval: With --log_samples: every N test batches.
+        log_max_samples: With --log_samples: at most M pairs.
+    """
+
+    log_samples: bool = False
+    log_interval: PositiveInt = 10
+    log_max_samples: NonNegativeInt = 16
+
+
+COMMAND_OPTIONS = (RunSelection, RunDirectoryOptions, SampleLogOptions)
+"""The groups of top-level flags of the Lightning commands besides the settings (one flag per field)."""
+
+
 # -- the flat keys -----------------------------------------------------------------------------------------------
 _type_hints = functools.lru_cache(maxsize=None)(typing.get_type_hints)  # the groups' annotations, resolved
 

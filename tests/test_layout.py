@@ -158,3 +158,108 @@ def test_outputs_never_import_the_command_layer():
         if t in ("panollava.cli", "panollava.commands") or t.startswith("panollava.commands.")
     )
     assert not offenders, "the outputs package imports the command layer: " + ", ".join(offenders)
+
+
+SLOW_TO_IMPORT = frozenset({"numpy", "PIL", "pandas", "torch", "torchmetrics", "transformers", "lightning", "peft",
+                            "py360convert", "openai", "pycocoevalcap.cider", "pycocoevalcap.rouge"})
+"""Third-party modules whose import costs start-up time (numpy ~60 ms to lightning ~3 s on the 2-core machine), a
+package and everything below it (pycocoevalcap's CIDEr and ROUGE scorers import numpy): the light commands (score,
+report, compare, views, judge) and ``panollava.metrics`` must not load them."""
+
+LAZY_REASON = "# optional dependency"
+"""The comment that lets a function-level import defer nothing: a package that may be absent (wandb)."""
+
+
+def _imports(path: Path, name: str, files: set[str]) -> tuple[set[str], list[tuple[int, set[str], str]]]:
+    """``(top-level targets, [(line, targets, source line)] of function-level imports)`` of one module; a target is
+    a panollava module or a third-party top-level package; ``if TYPE_CHECKING:`` blocks do not count."""
+    source = path.read_text(encoding="utf-8")
+    top: set[str] = set()
+    lazy: list[tuple[int, set[str], str]] = []
+
+    def targets(node: ast.Import | ast.ImportFrom) -> set[str]:
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            base = node.module or ""
+            if node.level:
+                anchor = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+                base = ".".join(anchor[: len(anchor) - (node.level - 1)] + ([base] if base else []))
+            names = [base] + [f"{base}.{alias.name}" for alias in node.names if f"{base}.{alias.name}" in files]
+        out = set()
+        for full in names:
+            parts = full.split(".")
+            if parts[0] != "panollava":
+                out.add(full)
+            else:  # a submodule's import runs its parent packages first
+                out.update(".".join(parts[:i]) for i in range(1, len(parts) + 1) if ".".join(parts[:i]) in files)
+        return out
+
+    def walk(nodes: list[ast.stmt], in_function: bool) -> None:
+        for node in nodes:
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                continue
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                if in_function:
+                    lazy.append((node.lineno, targets(node), source.splitlines()[node.lineno - 1].strip()))
+                else:
+                    top.update(targets(node))
+                continue
+            inner = in_function or isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            for child in ("body", "orelse", "finalbody"):
+                walk(getattr(node, child, None) or [], inner)
+            for handler in getattr(node, "handlers", None) or []:
+                walk(handler.body, inner)
+
+    walk(ast.parse(source, filename=str(path)).body, False)
+    return top, lazy
+
+
+def unjustified_lazy_imports(package: Path = PACKAGE) -> list[str]:
+    """Function-level imports that defer no slow package: ``module:line import …`` for each one whose targets'
+    top-level import closure adds none of :data:`SLOW_TO_IMPORT` to what the module itself already loads at
+    import time (and that does not carry :data:`LAZY_REASON`)."""
+    files = {_module_name(p, package): p for p in package.rglob("*.py")}
+    parsed = {name: _imports(path, name, set(files)) for name, path in files.items()}
+    def slow(module: str) -> set[str]:  # the slow packages that importing ``module`` loads (top-level imports)
+        seen, todo, found = set(), [module], set()
+        while todo:
+            current = todo.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            if current in files:
+                todo.extend(parsed[current][0])
+            else:  # a third-party module: slow when it or a package above it is
+                parts = current.split(".")
+                found.update(".".join(parts[:i]) for i in range(1, len(parts) + 1)
+                             if ".".join(parts[:i]) in SLOW_TO_IMPORT)
+        return found
+
+    offenders = []
+    for name, (_, lazy) in sorted(parsed.items()):
+        own = slow(name)
+        for line, targets, text in lazy:
+            deferred = set().union(*(slow(t) for t in targets)) - own
+            if not deferred and LAZY_REASON not in text:
+                offenders.append(f"{name}:{line} {text}")
+    return offenders
+
+
+def test_function_level_imports_only_where_they_defer_a_slow_package(tmp_path):
+    """A function-level import must buy start-up time: what it imports loads a package of :data:`SLOW_TO_IMPORT`
+    that its module does not load already (or it says why with :data:`LAZY_REASON`). Anything else goes to the top
+    of the module, where a reader looks for the dependencies."""
+    pkg = tmp_path / "panollava"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "heavy.py").write_text("import torch\n")
+    (pkg / "light.py").write_text(
+        "import json\n\ndef a():\n    from panollava import heavy\n\ndef b():\n    import shutil\n\n"
+        "def c():\n    try:\n        import wandb  # optional dependency\n    except ImportError:\n        pass\n")
+    (pkg / "uses_torch.py").write_text("import torch\n\ndef d():\n    from panollava.heavy import torch\n")
+    assert unjustified_lazy_imports(pkg) == ["panollava.light:7 import shutil",
+                                             "panollava.uses_torch:4 from panollava.heavy import torch"]
+    offenders = unjustified_lazy_imports()
+    assert not offenders, "function-level imports that defer nothing slow (move them to the top):\n" + "\n".join(
+        offenders)

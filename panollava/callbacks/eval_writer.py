@@ -25,6 +25,7 @@ What it does, by hook (see :mod:`panollava.evaluation.state` for the files):
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -32,9 +33,29 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import DDPStrategy
+from tqdm.auto import tqdm
 
-from panollava.errors import PanoLLaVAError
+from panollava.distributed import all_gather_objects
+from panollava.errors import MetricFailedError, PanoLLaVAError, environment_error
 from panollava.evaluation import interrupt, testhooks
+from panollava.evaluation.interrupt import EvaluationInterrupted
+from panollava.evaluation.lock import OutputLock
+from panollava.evaluation.state import (
+    FINAL_FILES,
+    ShardWriter,
+    _check_writable,
+    begin_attempt,
+    count_shard_lines,
+    evaluation_fingerprint,
+    finish_attempt,
+    shard_path,
+)
+from panollava.evaluation.watchdog import FailureWatchdog, write_marker
+from panollava.metrics.meteor import prestart_meteor
+from panollava.metrics.names import OFFICIAL_METRICS
+from panollava.outputs.files import attach_scores, write_predictions
+from panollava.outputs.report_html import write_report_html
 from panollava.schema import EvaluationOptions
 
 logger = logging.getLogger(__name__)
@@ -47,8 +68,6 @@ EVAL_PG_TIMEOUT = timedelta(hours=4)
 
 def set_evaluation_timeout(trainer: L.Trainer, timeout: timedelta = EVAL_PG_TIMEOUT) -> None:
     """Gives a not-yet-started DDP strategy the evaluation timeout (no effect on other strategies)."""
-    from lightning.pytorch.strategies import DDPStrategy
-
     strategy = trainer.strategy
     if isinstance(strategy, DDPStrategy) and getattr(strategy, "_timeout", None) is not None:
         strategy._timeout = max(strategy._timeout, timeout)
@@ -67,8 +86,6 @@ def _describe(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, PanoLLaVAError):
         return str(exc), exc.exit_code
     if isinstance(exc, OSError):
-        from panollava.errors import environment_error
-
         explained = environment_error(exc)
         if explained is not None:
             return str(explained), explained.exit_code
@@ -78,8 +95,6 @@ def _describe(exc: BaseException) -> tuple[str, int]:
 def _user_error(exc: BaseException) -> BaseException:
     """A machine's state (full disk, no permission) as the user error it is; anything else unchanged."""
     if isinstance(exc, OSError) and not isinstance(exc, PanoLLaVAError):
-        from panollava.errors import environment_error
-
         return environment_error(exc) or exc
     return exc
 
@@ -137,7 +152,6 @@ class EvaluationWriter(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != self.mode:
             return
-        from panollava.evaluation.state import begin_attempt, evaluation_fingerprint
 
         datamodule = trainer.datamodule
         samples = datamodule.datasets[self.mode].samples
@@ -149,9 +163,6 @@ class EvaluationWriter(Callback):
         payload: tuple[str, Any, Any]
         error: BaseException | None = None
         if trainer.is_global_zero:
-            from panollava.evaluation.lock import OutputLock
-            from panollava.evaluation.state import _check_writable
-
             try:
                 _check_writable(self.output_dir)
                 self._lock = OutputLock(self.output_dir)
@@ -180,8 +191,6 @@ class EvaluationWriter(Callback):
             raise RankFailedError(f"rank 0 could not start the evaluation: {value}", done_ids)
         self.attempt = value
         if trainer.world_size > 1:
-            from panollava.evaluation.watchdog import FailureWatchdog
-
             self._watchdog = FailureWatchdog(self.output_dir, self.attempt, trainer.global_rank)
             self._watchdog.start()
         self._num_done = len(done_ids)
@@ -200,16 +209,11 @@ class EvaluationWriter(Callback):
                 logger.info("evaluating %d samples on %d process(es) into '%s'", self._total, trainer.world_size,
                             self.output_dir)
         if trainer.is_global_zero and self.mode == "test" and remaining:
-            import shutil
-
-            from panollava.metrics.meteor import prestart_meteor
 
             prestart_meteor(shutil.which("java"))  # its 5-6 s JVM start overlaps generation, not the final step
         if trainer.progress_bar_callback is not None:
             trainer.progress_bar_callback.disable()  # counts batches of rank 0 only; ours counts samples
         if trainer.is_global_zero and self.progress and remaining:
-            from tqdm.auto import tqdm
-
             self._bar = tqdm(total=self._total, initial=self._num_done, desc=self.mode, unit="sample",
                              file=sys.stderr, dynamic_ncols=True, leave=True)
 
@@ -239,8 +243,6 @@ class EvaluationWriter(Callback):
             return
         try:
             if self._shard is None:
-                from panollava.evaluation.state import ShardWriter, shard_path
-
                 self._shard = ShardWriter(shard_path(self.output_dir, self.attempt, trainer.global_rank))
             self._shard.append(records)
         except Exception as exc:  # noqa: BLE001 - reported to every rank at the epoch's end
@@ -262,8 +264,6 @@ class EvaluationWriter(Callback):
             self._write_shard(trainer, pl_module, records)
         interrupt.leave_batch()  # a SIGTERM during the batch stops here at the latest
         if self._bar is not None:
-            from panollava.evaluation.state import count_shard_lines
-
             done = self._num_done + count_shard_lines(self.output_dir, self.attempt, self._offsets)
             self._bar.update(max(0, done - self._bar.n))
 
@@ -299,8 +299,6 @@ class EvaluationWriter(Callback):
 
     def _raise_failures(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Every rank learns whether any rank failed; all raise (the failing rank its own error)."""
-        from panollava.distributed import all_gather_objects
-
         own = self._error or getattr(pl_module, "eval_error", None)
         failures = all_gather_objects([(trainer.global_rank, _describe(own) if own is not None else None)])
         failures = [(rank, described) for rank, described in failures if described is not None]
@@ -346,8 +344,6 @@ class EvaluationWriter(Callback):
         return metric.last_scores, None
 
     def _finish(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from panollava.distributed import all_gather_objects
-
         self._raise_failures(trainer, pl_module)
         gathered = all_gather_objects(self._local)
         self.generated = len(gathered)
@@ -363,8 +359,6 @@ class EvaluationWriter(Callback):
                 records = self._merge(trainer, gathered)
                 scores, note = self._score(records) if self.mode == "test" else (None, None)
                 if scores is not None:
-                    from panollava.metrics.names import OFFICIAL_METRICS
-
                     values = {n: scores.corpus[n] for n in OFFICIAL_METRICS if scores.corpus[n] is not None}
                     values.update(scores.secondary)
                     for name, value in values.items():
@@ -378,7 +372,6 @@ class EvaluationWriter(Callback):
                 outcome = ("error", *_describe(error))
         if trainer.world_size > 1:
             outcome = trainer.strategy.broadcast(outcome, src=0)
-        from panollava.errors import MetricFailedError
 
         self._finished = outcome[0] == "ok" or outcome[2] == MetricFailedError.exit_code  # the set is written
         if error is not None:
@@ -389,9 +382,6 @@ class EvaluationWriter(Callback):
             raise RankFailedError(f"rank 0 failed: {outcome[1]}", outcome[2])
 
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, records: list[dict[str, Any]], scores) -> None:
-        from panollava.evaluation.state import finish_attempt
-        from panollava.outputs.files import attach_scores, write_predictions
-
         self.records = attach_scores(records, scores.per_sample if scores is not None else None)
         describe = getattr(pl_module, "describe_decoding", None)
         evaluation = {
@@ -417,8 +407,6 @@ class EvaluationWriter(Callback):
         def write_outputs() -> None:
             write_predictions(self.output_dir, self.records)
             if self.mode == "test":
-                from panollava.outputs.report_html import write_report_html
-
                 write_report_html(self.output_dir, self.records, metrics)
 
         finish_attempt(self.output_dir, mode=self.mode, attempt=self.attempt, generated=self.generated,
@@ -428,7 +416,6 @@ class EvaluationWriter(Callback):
                     " and metrics.json" if self.mode == "test" else "", self.output_dir, self.generated,
                     self._num_done)
         if scores is not None:  # a metric that raised (or, strict, one unavailable here): non-zero exit, results kept
-            from panollava.evaluation.state import FINAL_FILES
 
             scores.raise_for_failures(strict=self.strict_metrics,
                                       written=[str(self.output_dir / n) for n in FINAL_FILES[self.mode]])
@@ -446,15 +433,12 @@ class EvaluationWriter(Callback):
             self._end_run()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        from panollava.evaluation.interrupt import EvaluationInterrupted
-
         count = self._shard.count if self._shard is not None else 0
         self._close()
         try:
             if self.attempt is None:
                 return
             if self._world_size > 1:  # the other ranks' watchdogs end them if the normal path cannot
-                from panollava.evaluation.watchdog import write_marker
 
                 write_marker(self.output_dir, self.attempt, self._rank, _describe(exception)[0]
                              if isinstance(exception, Exception) else f"interrupted ({type(exception).__name__})")

@@ -20,6 +20,7 @@ is the lowest *finite* loss, and there is no ``best.ckpt`` while no epoch has on
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -32,7 +33,16 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from panollava.errors import InvalidInputError
-from panollava.schema import ViewSettings, typed
+from panollava.metadata import build_metadata, write_metadata
+from panollava.rundir import (
+    BEST_LINK,
+    LAST_LINK,
+    checkpoint_filename,
+    parse_checkpoint_filename,
+    run_dir_path,
+    update_link,
+)
+from panollava.schema import METADATA_FILENAME, ViewSettings, typed
 
 logger = logging.getLogger(__name__)
 
@@ -53,13 +63,13 @@ class RunDirectoryWriter(Callback):
 
     def __init__(
         self,
-        experiment_name: str = "default",
-        runs_root: str = "runs",
-        dataset_name: str | None = None,
-        save_top_k: int = -1,
-        save_weights_only: bool = False,
-        exist_ok: bool = False,
-        tensorboard: bool = False,
+        experiment_name: str,
+        runs_root: str,
+        dataset_name: str | None,
+        save_top_k: int,
+        save_weights_only: bool,
+        exist_ok: bool,
+        tensorboard: bool,
     ) -> None:
         self.experiment_name = experiment_name
         self.tensorboard = tensorboard
@@ -88,7 +98,6 @@ class RunDirectoryWriter(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        from panollava.rundir import run_dir_path
         # The directory is checked and created in on_fit_start: only then is a resumed checkpoint known.
 
         views = typed(ViewSettings, self._data_hparams(trainer))
@@ -131,10 +140,6 @@ class RunDirectoryWriter(Callback):
 
     def _history(self, run_dir: Path) -> list[dict[str, Any]]:
         """Checkpoint entries of earlier segments: the metadata's list, then unlisted convention-named files."""
-        import json
-
-        from panollava.schema import METADATA_FILENAME
-        from panollava.rundir import parse_checkpoint_filename
 
         entries: list[dict[str, Any]] = []
         meta_path = run_dir / METADATA_FILENAME
@@ -166,8 +171,6 @@ class RunDirectoryWriter(Callback):
         return entries
 
     def _metadata(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
-        from panollava.metadata import build_metadata
-
         hp = pl_module.hparams
         data = self._data_hparams(trainer)
         views = typed(ViewSettings, data)
@@ -269,9 +272,6 @@ class RunDirectoryWriter(Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or self.run_dir is None:
             return
-        from panollava.metadata import write_metadata
-        from panollava.schema import METADATA_FILENAME
-        from panollava.rundir import BEST_LINK, LAST_LINK, checkpoint_filename, update_link
 
         metric = self._validation_loss(trainer)
         val_loss = metric if metric is not None else float("nan")

@@ -149,8 +149,8 @@ class SampleLogger(Callback):
 
     def __init__(
         self,
-        log_interval: int = 10,
-        log_max_samples: int = 16,
+        log_interval: int,
+        log_max_samples: int,
         val_samples: int = DEFAULT_VAL_SAMPLES,
         console: bool = True,
     ) -> None:
@@ -292,7 +292,7 @@ def write_csv_samples(csv_logger: CSVLogger, stage: str, samples: Sequence[Logge
 
 def write_wandb_samples(wandb_logger: WandbLogger, stage: str, samples: Sequence[LoggedSample], step: int) -> None:
     """A ``wandb.Table`` under ``<stage>/samples``: views (``wandb.Image``), image, query, prediction, references."""
-    import wandb  # WandbLogger cannot be built without it
+    import wandb  # optional dependency: WandbLogger cannot be built without it
 
     rows = []
     for s in samples:

@@ -29,9 +29,12 @@ from typing import Any
 
 import yaml
 
-from panollava.errors import PanoLLaVAError
+from panollava.console import echo
+from panollava.console import quiet_third_party as _quiet_third_party
+from panollava.errors import PanoLLaVAError, environment_error
 from panollava.metrics.names import OFFICIAL_METRICS, PER_SAMPLE_METRICS_SHOWN
-from panollava.outputs.files import read_json_object
+from panollava.outputs.files import read_json_object, write_json_atomic
+from panollava.rundir import run_dir_path
 
 DEMO_EXPERIMENT = "demo"
 BLIND_EXPERIMENT = "demo-image-blind"
@@ -49,8 +52,6 @@ def demo_config() -> Path:
 
 
 def _run(args: list[str]) -> None:
-    from panollava.console import echo
-    from panollava.errors import environment_error
     from panollava.lightning_cli import run_lightning_cli
 
     command = f"panollava-cli {' '.join(args)}"
@@ -71,8 +72,6 @@ class _Step:
     """One demo pipeline (trained or image-blind): its fit arguments, run directory and evaluation folder."""
 
     def __init__(self, out: Path, data: dict[str, Path], experiment: str, image_blind: bool, max_epochs: int | None):
-        from panollava.rundir import run_dir_path
-
         config = yaml.safe_load(demo_config().read_text(encoding="utf-8"))
         runs = out / "runs"
         shutil.rmtree(runs / experiment, ignore_errors=True)  # the demo owns this folder; reruns start clean
@@ -115,8 +114,6 @@ class _BackgroundFit:
     """``panollava-cli fit`` in a child process (one torch thread), its output in a log file."""
 
     def __init__(self, args: list[str], log_path: Path) -> None:
-        from panollava.console import echo
-
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.args, self.log_path = args, log_path
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -164,12 +161,10 @@ def run_demo(
     Raises:
         PanoLLaVAError: A step failed (the message names the command).
     """
-    from panollava.console import echo
+    import torch
+
     from panollava.offline.synthetic import generate_synthetic_dataset
     from panollava.offline.tiny_models import build_tiny_models
-    from panollava.outputs.files import write_json_atomic
-
-    import torch
 
     out = Path(output_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -177,7 +172,6 @@ def run_demo(
     # The tiny model is overhead-bound: one thread is faster than two (and far faster on a busy machine).
     torch.set_num_threads(1)
     echo(f"🧪 panollava demo → {out}")
-    from panollava.console import quiet_third_party as _quiet_third_party
 
     _quiet_third_party()
     models = build_tiny_models()

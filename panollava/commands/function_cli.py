@@ -16,6 +16,8 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from jsonargparse import ArgumentParser
+
 _BOOL_WORDS = ("true", "false", "yes", "no", "1", "0")
 
 
@@ -112,8 +114,6 @@ def run_function_command(
     Raises:
         SystemExit: For ``--help`` (0) and invalid arguments (2), as argparse does.
     """
-    from jsonargparse import ArgumentParser
-
     doc = inspect.getdoc(func) or ""
     description = doc.split("\n\n", 1)[0]
     parser = ArgumentParser(prog=f"panollava-cli {prog}", description=description, exit_on_error=True)

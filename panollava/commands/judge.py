@@ -8,14 +8,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from panollava.errors import InvalidInputError
-from panollava.judge.run import JudgeSettings
+from panollava.judge.cost import count_prompt_tokens
+from panollava.judge.pairwise import run_pairwise
+from panollava.judge.run import JudgeSettings, run_judge
+from panollava.outputs.report_html import format_judge_score
 
 __all__ = ["run_judge_command"]
 
 
 def _print_block(result: Mapping[str, Any]) -> None:
-    from panollava.outputs.report_html import format_judge_score
-
     block = result["block"]
     if result["picked"] not in ("evaluation folder", "predictions file"):
         print(f"🔎 {result['picked']}")
@@ -69,9 +70,6 @@ def run_judge_command(
         raise InvalidInputError(f"judge: --pairwise takes two evaluation folders, got {len(pairwise)}")
     if count_tokens and pairwise:
         raise InvalidInputError("judge: --count_tokens works with --eval_dir or --predictions, not --pairwise")
-    from panollava.judge.cost import count_prompt_tokens
-    from panollava.judge.pairwise import run_pairwise
-    from panollava.judge.run import run_judge
 
     if count_tokens:
         for est in count_prompt_tokens(settings, count_tokens, eval_dirs, predictions):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from panollava.errors import InputNotFoundError
 from panollava.outputs.files import read_json_object, read_prediction_records
+from panollava.outputs.report_html import write_report_html
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +40,6 @@ def run_report(
         InputNotFoundError: A file is missing (the message says which flag to pass).
         InvalidInputError: A file is malformed.
     """
-    from panollava.outputs.report_html import write_report_html
-
     source = Path(predictions).expanduser().resolve()
     records = read_prediction_records(source)
     metrics_path = Path(metrics).expanduser().resolve() if metrics else source.parent / "metrics.json"

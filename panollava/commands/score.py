@@ -29,8 +29,17 @@ from typing import Any, Literal
 
 from panollava.data.dataset import REFERENCE_MODES, drop_missing_references, is_missing_text, sample_id_for
 from panollava.errors import InputNotFoundError, InvalidInputError
+from panollava.metrics import prestart_meteor, score_captions
 from panollava.metrics.names import PER_SAMPLE_METRICS
-from panollava.outputs.files import PREDICTION_CHOICES, is_original_predictions_csv, read_json_lines
+from panollava.outputs.files import (
+    PREDICTION_CHOICES,
+    format_metrics_table,
+    is_original_predictions_csv,
+    read_json_lines,
+    sha256_file,
+    write_json_atomic,
+    write_predictions,
+)
 from panollava.schema import EvaluationOptions, ReferenceMode
 
 logger = logging.getLogger(__name__)
@@ -418,8 +427,6 @@ def load_predictions(
 def _write_scored(
     output_dir: Path, records: list[dict[str, Any]], per_sample: dict[str, dict[str, Any]]
 ) -> Path:
-    from panollava.outputs.files import write_predictions
-
     scored = [dict(r, scores={k: per_sample.get(r["sample_id"], {}).get(k) for k in PER_SAMPLE_METRICS}) for r in records]
     return write_predictions(output_dir, scored, stem="predictions_scored")[0]
 
@@ -458,9 +465,6 @@ def run_score(
         MetricFailedError: A metric raised (or, with ``strict_metrics``, is unavailable); raised after
             ``metrics.json`` and the scored predictions were written, with the metric null and its reason.
     """
-    from panollava.metrics import prestart_meteor, score_captions
-    from panollava.outputs.files import format_metrics_table, sha256_file, write_json_atomic
-
     prestart_meteor(shutil.which("java"))  # the JVM boots while the file is read and tokenized
     source = Path(predictions).expanduser().resolve()
     loaded = read_predictions(source, references_column, reference_mode)

@@ -18,16 +18,24 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from panollava.data.dataset import REFERENCE_MODES, CaptionSample, group_samples, read_caption_csv, training_samples
+from panollava.data.dataset import (
+    REFERENCE_MODES,
+    CaptionSample,
+    group_samples,
+    read_caption_csv,
+    training_samples,
+)
+from panollava.data.panorama_batches import PanoramaBatches, attach_views, identity_collate
 from panollava.errors import InvalidInputError
+from panollava.evaluation.sharding import rank_batches
 from panollava.schema import (
     CropStrategy,
+    EvaluationOptions,
     FovDeg,
     PositiveInt,
     Ratio,
     ReferenceMode,
     Triple,
-    EvaluationOptions,
     ViewSettings,
     args_doc,
     to_plain,
@@ -229,9 +237,6 @@ class PanoDataModule(L.LightningDataModule):
         The batches come from :func:`panollava.evaluation.sharding.rank_batches` (rank and world size from the
         trainer; ``skip_sample_ids``, set by the evaluation writer when it resumes, left out first).
         """
-        from panollava.data.panorama_batches import PanoramaBatches, identity_collate
-        from panollava.evaluation.sharding import rank_batches
-
         hp = self.hparams
         dataset = self.datasets[split]
         trainer = self.trainer
@@ -259,8 +264,6 @@ class PanoDataModule(L.LightningDataModule):
         """Evaluation batches that carry decoded panoramas (``view_device`` model) get their views cut here, on
         the device the batch was uploaded to."""
         if isinstance(batch, dict) and "panoramas" in batch:
-            from panollava.data.panorama_batches import attach_views
-
             attach_views(batch)
         return batch
 

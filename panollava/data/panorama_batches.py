@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from panollava.data.dataset import CaptionSample
+from panollava.data.views import normalize_views, render_views
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +46,6 @@ class TransformBox:
 def cut_views(panorama: torch.Tensor, spec: dict[str, Any]) -> torch.Tensor:
     """The normalised views (V, 3, H, W) of one decoded panorama (uint8 (3, H, W)), on its device; zeros when the
     spec is image-blind. The one code path for views cut in loader workers and on the model's device."""
-    from panollava.data.views import normalize_views, render_views
-
     views = normalize_views(render_views(panorama, spec["config"]), spec["mean"], spec["std"])
     return torch.zeros_like(views) if spec["image_blind"] else views
 

@@ -19,6 +19,7 @@ Light module: no torch.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -62,8 +63,6 @@ class OutputLock:
             OutputBusyError: another process holds it (the message names the folder, pid, host and command).
             InvalidInputError: the folder cannot be created, or its filesystem has no working locks.
         """
-        import fcntl
-
         if self._fd is not None:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -99,8 +98,6 @@ class OutputLock:
 
     def release(self) -> None:
         """Releases the lock (the file stays; see the module docstring)."""
-        import fcntl
-
         if self._fd is None:
             return
         try:

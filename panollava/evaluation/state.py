@@ -39,7 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from panollava.errors import InvalidInputError, PanoLLaVAError
+from panollava.evaluation import interrupt, testhooks
 from panollava.outputs.files import read_json_lines, sha256_file, write_json_atomic
+from panollava.schema import SETTINGS
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +157,6 @@ def adapter_digest(lora_dir: str | os.PathLike[str] | None) -> str | None:
     """sha256 over the adapter folder's config and weight files (None without an adapter)."""
     if lora_dir is None:
         return None
-    import hashlib
 
     digest = hashlib.sha256()
     folder = Path(lora_dir)
@@ -212,8 +213,6 @@ def evaluation_fingerprint(
 
 def _schema_default(key: str) -> Any:
     """The built-in default of a ``setting.<key>`` / ``decoding.<key>`` fingerprint entry (``KeyError``: none)."""
-    from panollava.schema import SETTINGS
-
     if key == "merge_lora":  # recorded since issue 17; earlier states never merged silently
         return False
     section, _, name = key.partition(".")
@@ -549,7 +548,6 @@ def finish_attempt(
     check_owner(output_dir, attempt)
     (output_dir / metrics_name).unlink(missing_ok=True)
     write_outputs()
-    from panollava.evaluation import interrupt, testhooks
 
     testhooks.pause("rewrite", interrupt.requested)
     metrics["predictions_sha256"] = sha256_file(output_dir / "predictions.jsonl")

@@ -24,6 +24,8 @@ import threading
 import time
 from pathlib import Path
 
+from panollava.evaluation.state import SHARD_DIR
+
 logger = logging.getLogger(__name__)
 
 GRACE_S = 15.0
@@ -32,8 +34,6 @@ POLL_S = 1.0
 
 
 def marker_path(output_dir: Path, attempt: str, rank: int) -> Path:
-    from panollava.evaluation.state import SHARD_DIR
-
     return output_dir / SHARD_DIR / f"{attempt}-rank{rank}.failed"
 
 
@@ -75,8 +75,6 @@ class FailureWatchdog:
         self._stop.set()
 
     def _others(self) -> list[dict]:
-        from panollava.evaluation.state import SHARD_DIR
-
         found = []
         for path in (self.output_dir / SHARD_DIR).glob(f"{self.attempt}-rank*.failed"):
             if path.name == marker_path(self.output_dir, self.attempt, self.rank).name:

@@ -47,11 +47,11 @@ from torch import nn
 
 from panollava.errors import InvalidInputError
 from panollava.evaluation.interrupt import check as check_stop
+from panollava.generation.attention import register
 from panollava.generation.sampling import apply_repetition_penalty, filter_logits, sample_from_logits
 from panollava.generation.settings import DecodeSettings
 from panollava.models.vlm import position_ids_from_mask
 from panollava.schema import GenerationSettings
-
 
 COMPILED_SLOT_MULTIPLE = 64
 """With ``compile_decode``, KV caches hold a multiple of this many slots (fewer distinct shapes to compile)."""
@@ -131,7 +131,6 @@ class LanguageModelRunner:
         # one-token steps of an sdpa LM run through the GQA-folding attention (panollava.generation.attention)
         self.step_attention: str | None = None
         if getattr(self.config, "_attn_implementation", None) == "sdpa":
-            from panollava.generation.attention import register
 
             self.step_attention = register()
         self.compile_decode = bool(compile_decode)

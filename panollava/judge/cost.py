@@ -7,9 +7,17 @@ from pathlib import Path
 from typing import Any
 
 from panollava.errors import InvalidInputError
+from panollava.judge.backends import _folder_fingerprint
 from panollava.judge.protocol import build_messages
 from panollava.judge.rubric import load_rubric
-from panollava.judge.run import CACHE_FILE, JudgeSettings, image_path_of, read_cache, find_targets, request_key
+from panollava.judge.run import (
+    CACHE_FILE,
+    JudgeSettings,
+    find_targets,
+    image_path_of,
+    read_cache,
+    request_key,
+)
 
 __all__ = ["count_prompt_tokens"]
 
@@ -42,7 +50,6 @@ def count_prompt_tokens(
     identity = ({"backend": "openai-compatible", "model": settings.judge_model} if settings.endpoint
                 else {"backend": "transformers", "model": str(Path(settings.judge_model).expanduser().resolve())})
     if settings.endpoint is None:  # the local judge's identity includes its fingerprint
-        from panollava.judge.backends import _folder_fingerprint
 
         identity["fingerprint"] = _folder_fingerprint(Path(identity["model"]))
     out = []

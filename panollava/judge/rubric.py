@@ -19,6 +19,8 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+import yaml
+
 from panollava.errors import InputNotFoundError, InvalidInputError
 
 logger = logging.getLogger(__name__)
@@ -177,8 +179,6 @@ def load_rubric(path: str | Path | None = None) -> Rubric:
         InputNotFoundError: The file does not exist.
         InvalidInputError: It is not valid YAML, or a field is missing or malformed (named in the message).
     """
-    import yaml
-
     path = Path(path).expanduser().resolve() if path is not None else DEFAULT_RUBRIC_PATH
     if not path.is_file():
         raise InputNotFoundError(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from panollava.errors import InputNotFoundError, InvalidInputError
+from panollava.outputs.files import read_json_object
 
 __all__ = ["JudgeScores", "judge_identity_key", "judge_sample_scores", "judge_scores_from_metrics"]
 
@@ -110,8 +111,6 @@ def judge_sample_scores(folder: str | Path) -> JudgeScores:
         InputNotFoundError: No metrics.json there, or it was not judged.
         InvalidInputError: The block is malformed.
     """
-    from panollava.outputs.files import read_json_object
-
     folder = Path(folder).expanduser().resolve()
     metrics_path = folder / "metrics.json"
     if not metrics_path.is_file():

@@ -32,8 +32,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pycocoevalcap.bleu.bleu import Bleu
+
 from panollava.errors import InvalidInputError, MetricFailedError
+from panollava.metrics.meteor import MeteorError, MeteorTimeout, get_meteor, jvm_options
 from panollava.metrics.names import OFFICIAL_METRICS, PER_SAMPLE_METRICS
+from panollava.metrics.ptb_tokenizer import java_executable, java_version, tokenize_caption_files
+from panollava.metrics.secondary import secondary_scores
+from panollava.metrics.spice import SpiceRun, spice_unavailable_reason
 
 logger = logging.getLogger(__name__)
 
@@ -227,9 +233,6 @@ def score_captions(
         ValueError: Unknown ``tokenizer``.
         RuntimeError: ``tokenizer="java"`` without Java (or no tokenizer at all).
     """
-    from panollava.metrics.meteor import MeteorError, MeteorTimeout, get_meteor, jvm_options
-    from panollava.metrics.ptb_tokenizer import java_executable, java_version, tokenize_caption_files
-    from panollava.metrics.spice import SpiceRun, spice_unavailable_reason
 
     started = time.monotonic()
     deadline = started + meteor_timeout_s
@@ -285,8 +288,7 @@ def score_captions(
         unavailable["spice"] = spice_reason
 
     # 4. BLEU, ROUGE-L, CIDEr-D: pycocoevalcap's own code, in this thread meanwhile.
-    from pycocoevalcap.bleu.bleu import Bleu
-    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.cider.cider import Cider  # these two import numpy
     from pycocoevalcap.rouge.rouge import Rouge
 
     corpus: dict[str, float | None] = {name: None for name in OFFICIAL_METRICS}
@@ -327,7 +329,6 @@ def score_captions(
     secondary_values: dict[str, float] = {}
     secondary_impl: dict[str, str] = {}
     if secondary:
-        from panollava.metrics.secondary import secondary_scores
 
         t0 = time.monotonic()
         secondary_values, secondary_impl, secondary_missing = secondary_scores(gts, res)

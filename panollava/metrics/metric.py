@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torchmetrics import Metric
 
 from panollava.errors import InvalidInputError
 from panollava.metrics.caption_scores import CaptionScores, score_captions
+from panollava.metrics.meteor import prestart_meteor as start
 from panollava.metrics.names import OFFICIAL_METRICS
 
 logger = logging.getLogger(__name__)
@@ -71,8 +74,6 @@ def merge_states(states: Sequence[dict[str, list[Any]]]) -> tuple[list[str], lis
 
 def _scoring_rank() -> bool:
     """Whether this process is the one that scores (rank 0, or not distributed)."""
-    import torch.distributed as dist
-
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
@@ -121,9 +122,6 @@ class CaptionMetric(Metric):
             self.add_state(name, default=[], dist_reduce_fx=None)
         self.last_scores: CaptionScores | None = None
         if meteor and prestart_meteor and _scoring_rank():
-            import shutil
-
-            from panollava.metrics.meteor import prestart_meteor as start
 
             start(shutil.which("java"))
 
@@ -170,8 +168,6 @@ class CaptionMetric(Metric):
     def _gather(self, obj: Any) -> list[Any]:
         if self.object_gather_fn is not None:
             return list(self.object_gather_fn(obj))
-        import torch.distributed as dist
-
         gathered: list[Any] = [None] * dist.get_world_size(self.process_group)
         dist.all_gather_object(gathered, obj, group=self.process_group)
         return gathered
@@ -190,8 +186,6 @@ class CaptionMetric(Metric):
             ``{metric: 0-d float tensor}`` for the available official metrics and the secondary ones. The full
             result is on :attr:`last_scores`.
         """
-        import torch.distributed as dist
-
         # After a sync the lists are merged and sorted; without one (single process) do it here.
         ids, predictions, references = merge_states(
             [{"sample_ids": self.sample_ids, "predictions": self.predictions, "references": self.references}]

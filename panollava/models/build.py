@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import try_to_load_from_cache
+
 from panollava.errors import InvalidInputError, ModelUnavailableError
 from panollava.schema import LoraSettings, ModelSettings, to_plain, typed
 
 logger = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -53,8 +54,6 @@ def _source(name: str, what: str, flag: str) -> str:
             f"or a Hugging Face hub id ({flag})"
         )
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        from huggingface_hub import try_to_load_from_cache
-
         if not isinstance(try_to_load_from_cache(name, "config.json"), str):
             raise ModelUnavailableError(
                 f"{what} {name!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: download it on a "

@@ -35,6 +35,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["TINY_HF_KINDS", "build_tiny_hf_model", "build_tiny_hf_models"]
@@ -124,7 +126,6 @@ def _tokenizer(specials: list[str], extra: dict[str, str] | None = None, prepend
     ``prepend_bos``: the tokenizer adds ``named["bos_token"]`` in front of every encoded text (as Gemma's and
     Llama's tokenizers do), so that the family's handling of a template that already starts with it is tested.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())

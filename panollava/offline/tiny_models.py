@@ -18,12 +18,15 @@ parallel tests) never see half-written folders.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from panollava.offline.synthetic import vocabulary_corpus
 from panollava.schema import DEFAULT_PROMPT_TEMPLATE
@@ -78,8 +81,6 @@ def _corpus() -> list[str]:
 def build_digest() -> str:
     """8 hex digits identifying what the tiny models are built from (the tokenizer corpus), so that a cache written
     by other code is never mistaken for the current one."""
-    import hashlib
-
     return hashlib.sha256("\n".join([TINY_VERSION, CHAT_TEMPLATE, *_corpus()]).encode()).hexdigest()[:8]
 
 
@@ -93,7 +94,6 @@ def build_tokenizer(output_dir: Path, vocab_size: int = 512):
     Returns:
         The ``PreTrainedTokenizerFast`` that was saved.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())

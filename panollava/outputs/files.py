@@ -17,8 +17,10 @@ import io
 import json
 import logging
 import os
+import platform
 import tempfile
 from collections.abc import Mapping, Sequence
+from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
@@ -161,9 +163,6 @@ def installed_library_versions(
     Returns:
         ``name → version`` (None when not installed) plus ``"python"``.
     """
-    import platform
-    from importlib import metadata as importlib_metadata
-
     versions: dict[str, str | None] = {}
     for name in names:
         try:

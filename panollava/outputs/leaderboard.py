@@ -55,6 +55,7 @@ from panollava.outputs.files import (
     sha256_file,
     write_text_atomic,
 )
+from panollava.outputs.report_html import format_judge_score, render_page
 from panollava.schema import GENERATION_COMPUTE_OPTIONS, GenerationSettings, check_settings
 
 logger = logging.getLogger(__name__)
@@ -641,7 +642,6 @@ def _judge_text(row: Mapping[str, Any]) -> str:
     """``"65.50 [49.78, 80.62] (n 8 of 15, failed 7 = 46.7%; judge NAME)"``, or ``"not judged"``."""
     if row.get("judge_n") is None:
         return "not judged"
-    from panollava.outputs.report_html import format_judge_score
 
     return format_judge_score(_judge_block(row))
 
@@ -689,8 +689,6 @@ def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _html(rows: Sequence[Mapping[str, Any]], warnings: Sequence[str], num_resamples: int) -> str:
-    from panollava.outputs.report_html import render_page
-
     esc = __import__("html").escape
 
     def data(value: Any) -> str:

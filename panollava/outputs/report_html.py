@@ -27,12 +27,14 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from panollava.errors import InvalidInputError, PanoLLaVAError
 from panollava.metrics.names import METRIC_LABELS, OFFICIAL_METRICS, PER_SAMPLE_METRICS_SHOWN
+from panollava.outputs.files import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -599,8 +601,6 @@ def write_report_html(
     Raises:
         InvalidInputError: A record lacks ``sample_id`` or ``prediction``.
     """
-    from panollava.outputs.files import write_text_atomic
-
     out = Path(output_dir).expanduser().resolve()
     try:
         view_config, view_notes = view_config_from_metrics(metrics)
@@ -643,7 +643,6 @@ def write_report_html(
                                       jpeg_quality=jpeg_quality, view_error=view_error)
 
     # JPEG decoding and encoding release the GIL: one thread per core renders the panoramas side by side.
-    from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
         pano_images: list[PanoramaImages | None] = list(pool.map(render, pano_paths))

@@ -41,11 +41,12 @@ import inspect
 import json
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import snapshot_download
 
 from panollava.data.prompts import format_user_text
 from panollava.data.views import ViewConfig, view_geometries
@@ -155,7 +156,6 @@ def resolve_model_folder(
         raise InputNotFoundError(
             f"--hf_model '{path.absolute()}' does not exist; pass an existing model folder or a hub id (org/name)"
         )
-    from huggingface_hub import snapshot_download
 
     try:
         folder = Path(snapshot_download(
@@ -635,8 +635,6 @@ def _combine(outputs: list[Any]) -> Any:
 
 
 def _view_dict(views: ViewConfig) -> dict[str, Any]:
-    from dataclasses import asdict
-
     return json.loads(json.dumps(asdict(views)))
 
 

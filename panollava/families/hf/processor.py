@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import inspect
 import json
 import logging
 from dataclasses import dataclass
@@ -164,7 +165,6 @@ def _assemble(folder: Path, model_type: str) -> Any:
                 f"the processor {cls.__name__} of '{folder}' needs a {attribute!r}, which this family cannot build "
                 "without AutoProcessor; install what AutoProcessor asks for (see the error above)"
             )
-    import inspect
 
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "args", "kwargs", *attributes}
     settings = {k: v for k, v in processor_dict.items() if k in accepted}
@@ -231,8 +231,6 @@ def load_processor(folder: str | Path, model_type: str, force_assembled: bool = 
 def merged_call_kwargs(processor: Any) -> dict[str, dict]:
     """The processor's kwargs per modality as its ``__call__`` merges them (defaults, tokenizer init kwargs,
     ``return_tensors="pt"``)."""
-    import inspect
-
     tokenizer_init = processor.tokenizer.init_kwargs if hasattr(processor, "tokenizer") else {}
     first = inspect.signature(processor._merge_kwargs).parameters.get("ModelProcessorKwargs")
     if first is not None and first.default is inspect.Parameter.empty:  # transformers 5.17: passed explicitly

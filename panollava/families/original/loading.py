@@ -35,6 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
+from huggingface_hub import try_to_load_from_cache
+from safetensors.torch import load_file
 
 from panollava.errors import InputNotFoundError, InvalidInputError, ModelUnavailableError
 from panollava.families.base import FAMILY_ORIGINAL, Recognition
@@ -163,8 +166,6 @@ def load_adapter_weights(lora_dir: Path) -> tuple[dict[str, torch.Tensor], Path]
     """
     st = lora_dir / "adapter_model.safetensors"
     if st.is_file():
-        from safetensors.torch import load_file
-
         return load_file(str(st)), st
     binary = lora_dir / "adapter_model.bin"
     if not binary.is_file():
@@ -205,8 +206,6 @@ def read_yaml(path: Path) -> dict[str, Any]:
     Raises:
         InvalidInputError: not YAML, or not a mapping at the top.
     """
-    import yaml
-
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -372,8 +371,6 @@ def resolve_model_path(name: str, base_dir: Path) -> str:
     if not looks_like_hub_id:
         raise ModelUnavailableError(f"model {name!r} of the original run is not a folder nor a hub id; {hint}")
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        from huggingface_hub import try_to_load_from_cache
-
         if not isinstance(try_to_load_from_cache(name, "config.json"), str):
             raise ModelUnavailableError(
                 f"model {name!r} of the original run is not in the Hugging Face cache (HF_HUB_OFFLINE is set); {hint}"
