@@ -16,7 +16,7 @@ from panollava import schema
 
 PACKAGE = Path(__file__).resolve().parents[1] / "panollava"
 GROUPS = (schema.ModelSettings, schema.LoraSettings, schema.PromptSettings, schema.GenerationSettings,
-          schema.ViewSettings, schema.EvaluationOptions)
+          schema.ViewSettings, schema.EvaluationOptions, *schema.COMMAND_OPTIONS)
 
 # Parameters that share a name, not a meaning, with a schema field (each with the reason).
 NOT_THE_SETTING = {

@@ -21,7 +21,7 @@ from panollava.families.base import FAMILY_HF, FAMILY_PANOLLAVA
 from panollava.metadata import metadata_recorded_training, metadata_settings
 from panollava.outputs.files import installed_library_versions, sha256_file
 from panollava.rundir import ResolvedRun, banner_lines, find_run_dir_from_config, resolve_run_dir
-from panollava.schema import SETTINGS, GenerationSettings
+from panollava.schema import SETTINGS, GenerationSettings, RunDirectoryOptions
 from panollava.settings import MergedSettings, merge_settings, resolve_csv
 
 logger = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def plan_evaluation(
     ckpt_dir: str | None = None,
     checkpoint: str | None = None,
     ckpt_path: str | None = None,
-    runs_root: str = "runs",
+    runs_root: str = RunDirectoryOptions.runs_root,
     experiment_name: str | None = None,
     config_stage: str | None = None,
     config_name: str | None = None,
