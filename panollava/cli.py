@@ -60,7 +60,6 @@ parameter): see :mod:`panollava.commands.function_cli`. The modules import torch
 
 
 def _run_function(command: str, argv: Sequence[str]) -> int:
-
     module, name, positional = FUNCTION_COMMANDS[command]
     run_function_command(command, getattr(importlib.import_module(module), name), argv, positional)
     return 0
@@ -113,7 +112,6 @@ def main(args: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code  # 2: user error; 3: results written but a metric failed (errors.py)
     except OSError as exc:  # a full disk or an unwritable folder is the machine's state, not a bug
-
         explained = environment_error(exc)
         if explained is None or verbose:
             raise

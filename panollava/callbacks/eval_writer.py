@@ -209,7 +209,6 @@ class EvaluationWriter(Callback):
                 logger.info("evaluating %d samples on %d process(es) into '%s'", self._total, trainer.world_size,
                             self.output_dir)
         if trainer.is_global_zero and self.mode == "test" and remaining:
-
             prestart_meteor(shutil.which("java"))  # its 5-6 s JVM start overlaps generation, not the final step
         if trainer.progress_bar_callback is not None:
             trainer.progress_bar_callback.disable()  # counts batches of rank 0 only; ours counts samples
@@ -416,7 +415,6 @@ class EvaluationWriter(Callback):
                     " and metrics.json" if self.mode == "test" else "", self.output_dir, self.generated,
                     self._num_done)
         if scores is not None:  # a metric that raised (or, strict, one unavailable here): non-zero exit, results kept
-
             scores.raise_for_failures(strict=self.strict_metrics,
                                       written=[str(self.output_dir / n) for n in FINAL_FILES[self.mode]])
 
@@ -439,7 +437,6 @@ class EvaluationWriter(Callback):
             if self.attempt is None:
                 return
             if self._world_size > 1:  # the other ranks' watchdogs end them if the normal path cannot
-
                 write_marker(self.output_dir, self.attempt, self._rank, _describe(exception)[0]
                              if isinstance(exception, Exception) else f"interrupted ({type(exception).__name__})")
             if self._finished:

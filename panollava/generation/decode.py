@@ -131,7 +131,6 @@ class LanguageModelRunner:
         # one-token steps of an sdpa LM run through the GQA-folding attention (panollava.generation.attention)
         self.step_attention: str | None = None
         if getattr(self.config, "_attn_implementation", None) == "sdpa":
-
             self.step_attention = register()
         self.compile_decode = bool(compile_decode)
         self.compile_mode: str | None = None

@@ -50,7 +50,6 @@ def count_prompt_tokens(
     identity = ({"backend": "openai-compatible", "model": settings.judge_model} if settings.endpoint
                 else {"backend": "transformers", "model": str(Path(settings.judge_model).expanduser().resolve())})
     if settings.endpoint is None:  # the local judge's identity includes its fingerprint
-
         identity["fingerprint"] = _folder_fingerprint(Path(identity["model"]))
     out = []
     for target in targets:

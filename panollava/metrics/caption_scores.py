@@ -329,7 +329,6 @@ def score_captions(
     secondary_values: dict[str, float] = {}
     secondary_impl: dict[str, str] = {}
     if secondary:
-
         t0 = time.monotonic()
         secondary_values, secondary_impl, secondary_missing = secondary_scores(gts, res)
         unavailable.update(secondary_missing)

@@ -122,7 +122,6 @@ class CaptionMetric(Metric):
             self.add_state(name, default=[], dist_reduce_fx=None)
         self.last_scores: CaptionScores | None = None
         if meteor and prestart_meteor and _scoring_rank():
-
             start(shutil.which("java"))
 
     def update(  # type: ignore[override]
