@@ -2,7 +2,8 @@
 
 The test reads panollava's source with ``ast`` and fails when a schema field's default literal is restated
 elsewhere: as the default of a function parameter of the same name, or as the fallback of ``.get("name", literal)``
-(the pattern that let ``fov_deg``'s 90.0 live in five files). Code that needs a default reads it from the schema
+(the pattern that let ``fov_deg``'s 90.0 live in five files), or as the default of a class field of the same name
+(``ViewConfig.fov_deg = 90.0``). Code that needs a default reads it from the schema
 (``ViewSettings.fov_deg``, or a typed object rebuilt from the plain hyper-parameters).
 """
 
@@ -24,6 +25,7 @@ NOT_THE_SETTING = {
     ("offline/synthetic.py", "overwrite"): "rewrite a generated dataset, not an evaluation folder",
     ("metrics/bootstrap.py", "seed"): "the bootstrap's resampling seed, not the decoding seed",
     ("data/datamodule.py", "batch_size"): "the training batch size (evaluation's is eval_batch_size)",
+    ("judge/run.py", "seed"): "the seed sent with each judge request, not the decoding seed",
 }
 
 
@@ -54,20 +56,29 @@ def restated_defaults(package: Path = PACKAGE) -> list[str]:
                 for arg, default in pairs:
                     if (arg.arg in defaults and isinstance(default, ast.Constant)
                             and repr(default.value) in defaults[arg.arg] and (rel, arg.arg) not in NOT_THE_SETTING):
-                        hits.append(f"{rel}:{default.lineno} parameter {arg.arg}={default.value!r}")
+                        hits.append((rel, default.lineno, f"parameter {arg.arg}={default.value!r}"))
+            elif isinstance(node, ast.ClassDef):  # a dataclass field restating a setting's default
+                for item in node.body:
+                    if (isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
+                            and item.target.id in defaults and isinstance(item.value, ast.Constant)
+                            and repr(item.value.value) in defaults[item.target.id]
+                            and (rel, item.target.id) not in NOT_THE_SETTING):
+                        hits.append((rel, item.lineno, f"field {node.name}.{item.target.id} = {item.value.value!r}"))
             elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                   and node.func.attr in ("get", "pop", "setdefault") and len(node.args) == 2):
                 key, value = node.args
                 if (isinstance(key, ast.Constant) and key.value in defaults and isinstance(value, ast.Constant)
                         and repr(value.value) in defaults[key.value]):
-                    hits.append(f"{rel}:{node.lineno} .{node.func.attr}({key.value!r}, {value.value!r})")
-    return hits
+                    hits.append((rel, node.lineno, f".{node.func.attr}({key.value!r}, {value.value!r})"))
+    return [f"{rel}:{line} {what}" for rel, line, what in sorted(hits)]
 
 
 def test_the_finder_sees_a_restated_default(tmp_path):
-    (tmp_path / "x.py").write_text("def f(fov_deg=90.0, seed=1):\n    return cfg.get('crop_strategy', 'anyres_e2p')\n")
+    (tmp_path / "x.py").write_text("def f(fov_deg=90.0, seed=1):\n    return cfg.get('crop_strategy', 'anyres_e2p')\n"
+                                   "class Views:\n    num_views: int = 8\n    seed: int = 3\n")
     assert restated_defaults(tmp_path) == ["x.py:1 parameter fov_deg=90.0", "x.py:2 .get('crop_strategy', "
-                                                                           "'anyres_e2p')"]
+                                                                           "'anyres_e2p')",
+                                           "x.py:4 field Views.num_views = 8"]
 
 
 def test_no_schema_default_is_restated():

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from panollava.errors import InvalidInputError
-from panollava.schema import DEFAULT_PROMPT_TEMPLATE
+from panollava.schema import DEFAULT_PROMPT_TEMPLATE, PromptSettings, ViewSettings
 
 IGNORE_INDEX = -100
 
@@ -53,9 +53,9 @@ class PromptEncoder:
     tokenizer: object
     image_token: str
     template: str = DEFAULT_PROMPT_TEMPLATE
-    system_prompt: str | None = None
-    enable_thinking: bool = False
-    max_answer_tokens: int = 128
+    system_prompt: str | None = PromptSettings.system_prompt
+    enable_thinking: bool = PromptSettings.enable_thinking
+    max_answer_tokens: int = ViewSettings.max_answer_tokens
     prompt_cache_size: int = PROMPT_CACHE_SIZE
 
     def __post_init__(self) -> None:

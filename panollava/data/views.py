@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from panollava.data.projection import CUBE_FACE_YAW_PITCH_DEG, equirect_to_perspective, vertical_fov_deg
 from panollava.errors import InvalidInputError
-from panollava.schema import CROP_STRATEGIES, FOV_DEG_RANGE
+from panollava.schema import CROP_STRATEGIES, FOV_DEG_RANGE, ViewSettings
 
 logger = logging.getLogger(__name__)
 
@@ -105,12 +105,12 @@ class ViewConfig:
         num_views: Number of views of ``e2p`` (tiles on the horizon) and ``sliding_window``.
     """
 
-    crop_strategy: str = "anyres_e2p"
+    crop_strategy: str = ViewSettings.crop_strategy
     image_size: tuple[int, int] = (224, 224)
-    fov_deg: float = 90.0
-    overlap_ratio: float = 0.5
+    fov_deg: float = ViewSettings.fov_deg
+    overlap_ratio: float = ViewSettings.overlap_ratio
     pitch_range_deg: tuple[float, float] = (-45.0, 45.0)
-    num_views: int = 8
+    num_views: int = ViewSettings.num_views
 
     def __post_init__(self) -> None:
         # accept an int, a list, numpy scalars (YAML/JSON/CLI values) and keep the config hashable
