@@ -5,7 +5,9 @@ The typed dataclasses below are the one declaration. Everything else derives fro
 * ``--help``: the groups type the init args of ``PanoLLaVAModule`` (``--model.model_config.image_size``, ...)
   and the data module's view arguments; the evaluation flags (``--max_new_tokens``, ...) come from
   :data:`SETTINGS`; ``generation.DecodeSettings`` is :class:`GenerationSettings` without the
-  :data:`GENERATION_COMPUTE_OPTIONS`.
+  :data:`GENERATION_COMPUTE_OPTIONS`. The Lightning commands' other flags (``--ckpt_dir``, ``--runs_root``,
+  ``--log_samples``, ...) are the fields of :data:`COMMAND_OPTIONS`, which are not settings (not in
+  ``metrics.json``'s settings, never from the metadata).
 * validation: :func:`validate_setting` checks a value with jsonargparse's typing (the same types the CLI uses),
   so the metadata reader, the merge, the decode loop and the command line accept and refuse the same values.
 * the flat keys of ``metrics.json`` (``settings.<key>.{value, source}``), where ``checkpoint_metadata.json``
