@@ -9,9 +9,34 @@ and prints ``STATUSES [s1, s2, ...]`` last (exit 0).
 """
 
 import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 from panollava.cli import main
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment of a panollava process a test starts: one torch thread, unbuffered output, this checkout
+    first on the path, no pause points inherited from the test's own environment; ``extra`` added last."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": str(PROJECT_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    for key in ("PANOLLAVA_TEST_PAUSE", "PANOLLAVA_TEST_PAUSE_DIR"):
+        env.pop(key, None)
+    env.update(extra)
+    return env
+
+
+def torchrun(commands: list[list[str]], cwd: Path, nproc: int = 2) -> subprocess.CompletedProcess:
+    """One torchrun launch of ``nproc`` ranks running ``commands`` one after another (this script), output kept."""
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), __file__,
+         json.dumps(commands)],
+        cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
+    )
 
 if __name__ == "__main__":
     keep_going = "--keep-going" in sys.argv

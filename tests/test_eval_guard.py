@@ -10,7 +10,6 @@ faults on one rank under torchrun). Interrupting tests never race the run: the r
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
@@ -21,19 +20,14 @@ from pathlib import Path
 
 import pytest
 
+from multi_eval import subprocess_env
 from panollava.cli import main
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 NUM_SAMPLES = 15  # quic360-sample/test.csv: 15 (url, query) pairs on 5 panoramas
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": str(PROJECT_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    for key in ("PANOLLAVA_TEST_PAUSE", "PANOLLAVA_TEST_PAUSE_DIR"):
-        env.pop(key, None)
-    env.update(extra)
-    return env
+_env = subprocess_env
 
 
 @pytest.fixture(scope="module")

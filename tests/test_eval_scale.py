@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from multi_eval import subprocess_env
 from panollava.cli import main
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -86,9 +86,7 @@ def _args(tiny_run, scale_csv: Path, out: Path, *extra: str) -> list[str]:
             *COMMON, *extra]
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": str(PROJECT_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+_env = subprocess_env
 
 
 @pytest.fixture(scope="module")

@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from multi_eval import torchrun
 from panollava.cli import main
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 VIEW = ["--model.model_config.image_size", "56"]  # the rendered views' size (the tests' tiny models see 56 px views)
 KINDS = ("qwen2_vl", "llava", "internvl")
 
@@ -121,13 +118,7 @@ def test_two_processes_and_sampling_layouts(setup, tmp_path):
     ddp = ("--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.devices", "2")
     runs = [_args(setup, kind, tmp_path / f"d_{kind}", "--batch_size", "2", *ddp) for kind in KINDS]
     runs.append(_args(setup, "qwen2_vl", tmp_path / "d_sampled", "--batch_size", "3", *sampled, *ddp))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": str(PROJECT_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(PROJECT_ROOT / "tests" / "multi_eval.py"), json.dumps(runs)],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
-    )
+    proc = torchrun(runs, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-4000:]
     for kind in KINDS:
         assert _predictions(tmp_path / f"d_{kind}") == setup["expected"][kind], kind

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from multi_eval import torchrun
 from panollava.cli import main
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -117,13 +115,7 @@ def test_two_processes_equal_the_original_model(root, tmp_path):
         ["test", "--ckpt_dir", "runs/bare/finetune/anyres-e2p_mlp", "--config", "configs/default.yaml", *DECODING,
          "--csv_input", "data/test.csv", "--batch_size", "3", "--output_dir", str(tmp_path / "d2"), *ddp],
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": str(PROJECT_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(PROJECT_ROOT / "tests" / "multi_eval.py"), json.dumps(runs)],
-        cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
-    )
+    proc = torchrun(runs, cwd=root)
     assert proc.returncode == 0, proc.stdout[-4000:]
     for name in ("d1", "d2"):
         assert _predictions(tmp_path / name) == _expected(), name
