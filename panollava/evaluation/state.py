@@ -75,11 +75,7 @@ _HASH_THREADS = 4
 
 def _file_sha256(path: str) -> str | None:
     try:
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        return digest.hexdigest()
+        return sha256_file(path)
     except OSError:
         return None
 
