@@ -378,3 +378,11 @@ def test_only_the_attempt_that_owns_the_state_completes_it(tmp_path):
         finish_attempt(tmp_path, mode="test", attempt=first, generated=1, write_outputs=lambda: None,
                        metrics_name="metrics.json", metrics={})
     assert not _state(tmp_path)["complete"] and shard_path(tmp_path, second, 0).is_file()
+
+
+def test_layout_keys_are_settings():
+    """The keys left out of the resume fingerprint are settings keys (a name that is not one would never match)."""
+    from panollava.evaluation.state import LAYOUT_KEYS
+    from panollava.schema import SETTINGS
+
+    assert LAYOUT_KEYS <= set(SETTINGS), sorted(LAYOUT_KEYS - set(SETTINGS))

@@ -54,8 +54,7 @@ FINAL_FILES = {
 """The final outputs of each mode; the first is the commit marker (removed first, written last)."""
 
 LAYOUT_KEYS = frozenset({
-    "batch_size", "num_workers", "output_dir", "overwrite", "progress", "log_samples", "log_interval",
-    "log_max_samples", "strict_metrics", "csv_input", "runs_root", "experiment_name",
+    "batch_size", "num_workers", "output_dir", "overwrite", "progress", "strict_metrics", "csv_input",
 })
 """Settings that change how the work is laid out, never a caption: left out of the fingerprint, so a run that ran
 out of memory can resume with a smaller batch or another world size."""
